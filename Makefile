@@ -1,0 +1,35 @@
+# efx developer commands. `make help` lists them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STANDIN ?= .cache/standin-b6
+
+.PHONY: help install test demo lint bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## Create .venv and install efx (editable) with its test tools
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install  ## Run the whole test suite
+	$(VENV)/bin/pytest
+
+lint: install  ## Ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check efx tests
+	$(VENV)/bin/ruff format --check efx tests
+	$(VENV)/bin/mypy
+
+demo: install  ## Embed the sample photos (offline: on the clearly labelled stand-in model)
+	bash scripts/demo.sh
+
+bench: install  ## Time efx extract against the model alone (B6 stand-in, side by side)
+	$(PY) scripts/bench_extract.py
+
+clean:  ## Remove the venv, caches and demo output
+	rm -rf $(VENV) .cache demo-out .pytest_cache .mypy_cache .ruff_cache

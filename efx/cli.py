@@ -1,0 +1,270 @@
+"""The `efx` command: parse flags, call the library, turn EfxError into `efx: message` + exit 1.
+
+No pipeline logic lives here, and nothing here imports TensorFlow: `efx --help` and `efx info`
+answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from .errors import EfxError
+
+EXIT_INTERRUPTED = 130
+
+
+class _UserError(click.ClickException):
+    def show(self, file: Any = None) -> None:
+        click.echo(f"efx: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EfxError as error:
+            raise _UserError(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("efx: interrupted; the output is left marked incomplete", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="efx", prog_name="efx")
+def main() -> None:
+    """efx: image folders in, one EfficientNet embedding per image out (HDF5 or .npy shards).
+
+    \b
+    Quick start:
+      efx extract photos/ embeddings.h5        # walk photos/, write HDF5
+      efx info embeddings.h5                   # what is inside
+      find . -name '*.jpg' -print0 | efx extract -0 - shards/
+
+    Run `efx COMMAND --help` for each command's options.
+    """
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.argument("output")
+@click.option(
+    "--model",
+    "-m",
+    envvar="EFX_MODEL",
+    default=None,
+    metavar="MODEL",
+    help="Short name (b0 ... b7), TF-Hub/Kaggle URL, SavedModel folder or .tar.gz of one. "
+    "Default: EfficientNet-B6 feature vectors from TF-Hub (env: EFX_MODEL).",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    metavar="PX",
+    help="Square input size. Default: the model's own (528 for B6).",
+)
+@click.option(
+    "--batch-size",
+    "-b",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Images per model call. Default: 8 on CPU, 32 on GPU.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hdf5", "npy"]),
+    default=None,
+    help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
+)
+@click.option(
+    "--shard-size",
+    type=int,
+    default=10_000,
+    show_default=True,
+    metavar="N",
+    help="Rows per .npy shard.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option(
+    "-0",
+    "--null",
+    is_flag=True,
+    help="Paths read from stdin (SOURCE -) are NUL-separated, as from find -print0.",
+)
+@click.option(
+    "--strict", is_flag=True, help="Exit 1 if any image failed (after writing all the others)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON summary object on stdout (and nothing else there).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages (hidden by default)."
+)
+def extract(
+    sources: tuple[str, ...],
+    output: str,
+    model: str | None,
+    image_size: int | None,
+    batch_size: int | None,
+    fmt: str | None,
+    shard_size: int,
+    overwrite: bool,
+    null: bool,
+    strict: bool,
+    as_json: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Embed every image of SOURCE... into OUTPUT, one row per image.
+
+    SOURCE is a folder (searched recursively for .jpg .jpeg .png .gif .bmp .webp, in sorted
+    order), an image file, or - to read paths from stdin, one per line. OUTPUT ending in .h5 or
+    .hdf5 is an HDF5 file; anything else is a folder of .npy shards.
+
+    Images that cannot be read or decoded are recorded as failures with a reason, and the run
+    goes on. An existing OUTPUT is never replaced without --overwrite.
+
+    \b
+    Examples:
+      efx extract photos/ embeddings.h5
+      efx extract --model b0 a.jpg b.png more/ out.h5
+      find /data -name '*.jpg' -print0 | efx extract -0 - shards/
+      efx extract --json --quiet photos/ out.h5 | jq .images_per_second
+    """
+    from .api import extract as run_extract
+
+    _hide_native_logs(verbose)
+    stdin = click.get_binary_stream("stdin") if "-" in sources else None
+    summary = run_extract(
+        sources,
+        output,
+        model=model,
+        image_size=image_size,
+        batch_size=batch_size,
+        format=fmt,
+        shard_size=shard_size,
+        overwrite=overwrite,
+        null=null,
+        stdin=stdin,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    if not quiet:
+        _report(summary)
+    if strict and summary.failed:
+        raise EfxError(f"{summary.failed} image(s) failed (--strict); the others were written")
+
+
+def _report(summary: Any) -> None:
+    from . import writers
+
+    echo = lambda text: click.echo(text, err=True)  # noqa: E731
+    if summary.standin:
+        echo(
+            "efx: WARNING: the model is the offline STAND-IN (random weights); "
+            "these embeddings are for testing and timing only, not real features"
+        )
+    if summary.failed:
+        failures = writers.describe(summary.output)["failures"]
+        echo(f"efx: {summary.failed} image(s) could not be embedded:")
+        for failure in failures[:10]:
+            echo(f"  {failure['path']}: {failure['error']}")
+        if summary.failed > 10:
+            echo(f"  ... (all of them: efx info {summary.output})")
+    echo(
+        f"efx: embedded {summary.embedded} of {summary.images} images, {summary.failed} failed, "
+        f"in {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s on "
+        f"{summary.device}) -> {summary.output}"
+    )
+
+
+@main.command()
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(output: str, as_json: bool) -> None:
+    """Describe an efx OUTPUT (HDF5 file or .npy shard folder) without loading TensorFlow."""
+    from . import writers
+
+    details = writers.describe(output)
+    if as_json:
+        click.echo(json.dumps(details, ensure_ascii=False))
+        return
+    rows = [
+        ("output", f"{details['output']} ({details['format']})"),
+        ("complete", "yes" if details["complete"] else "NO (interrupted or still running)"),
+        ("embeddings", f"{details['count']} x {details['feature_dim']} {details['dtype']}"),
+        ("model", details["model"]),
+        ("image size", details["image_size"]),
+        ("failed", details["failed"]),
+        ("created", details["created"]),
+        ("versions", f"efx {details['efx_version']}, tensorflow {details['tensorflow_version']}"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key + ':':<12}{value}")
+    for failure in details["failures"]:
+        click.echo(f"  failed: {failure['path']}: {failure['error']}")
+    if details["failed"] > len(details["failures"]):
+        click.echo(f"  ... and {details['failed'] - len(details['failures'])} more")
+
+
+@main.command("make-standin")
+@click.argument("folder")
+@click.option(
+    "--arch",
+    default="b6",
+    show_default=True,
+    type=click.Choice([f"b{i}" for i in range(8)]),
+    help="EfficientNet variant whose architecture (and compute) to copy.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages.")
+def make_standin(folder: str, arch: str, verbose: bool) -> None:
+    """Build the offline STAND-IN model in FOLDER: the TF-Hub module's interface and architecture
+    with random weights, for demos and benchmarks without internet. Its embeddings mean nothing,
+    and every output made with it says so.
+    """
+    from .standin import build_standin
+
+    _hide_native_logs(verbose)
+    build_standin(folder, arch)
+    click.echo(
+        f"efx: stand-in EfficientNet-{arch.upper()} (random weights) written to {folder}", err=True
+    )
+
+
+def _hide_native_logs(verbose: bool) -> None:
+    """Keep TensorFlow's C++ chatter (oneDNN, CUDA, libjpeg notices) off the terminal.
+
+    Those lines go straight to file descriptor 2, so the only way to hide them is to point fd 2
+    at /dev/null and give Python's sys.stderr a duplicate of the real stderr for efx's own
+    output (messages, progress bar, tracebacks of real bugs).
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", module=r"(tensorflow|tf_keras|keras|tensorflow_hub)")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return  # stderr is captured in-process (tests): nothing native to hide
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="backslashreplace")

@@ -1,0 +1,92 @@
+"""Sources (folders, files, `-` for stdin) to the ordered list of image paths. No TensorFlow."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from .errors import EfxError
+
+# Extensions walked in folders (compared case-insensitively). Files named explicitly, on the
+# command line or on stdin, are taken whatever their extension: the decoder goes by content.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
+
+STDIN = "-"
+
+
+def check_sources(sources: Iterable[str]) -> None:
+    """Fail early, before any work, on a source that does not exist."""
+    sources = list(sources)
+    if not sources:
+        raise EfxError("no SOURCE given: name image folders, image files, or - for stdin")
+    if sources.count(STDIN) > 1:
+        raise EfxError("- (stdin) can be given only once as a SOURCE")
+    for source in sources:
+        if source != STDIN and not os.path.exists(source):
+            kind = "broken symlink" if os.path.islink(source) else "no such file or folder"
+            raise EfxError(f"source not found: {source} ({kind})")
+
+
+def find_images(
+    sources: Iterable[str], stdin: BinaryIO | None = None, null: bool = False
+) -> list[str]:
+    """All image paths of `sources`, in the order rows will be written.
+
+    Sources keep the order given; a folder contributes its images sorted by relative path; `-`
+    contributes the paths read from `stdin` in the order read (one per line, or NUL-separated).
+    """
+    paths: list[str] = []
+    for source in sources:
+        if source == STDIN:
+            if stdin is None:
+                raise EfxError("- (stdin) given as a SOURCE but no input stream is available")
+            paths.extend(read_path_list(stdin, null=null))
+        elif os.path.isdir(source):
+            paths.extend(os.path.join(source, rel) for rel in walk_images(source))
+        else:
+            paths.append(source)
+    return paths
+
+
+def read_path_list(stream: BinaryIO, null: bool = False) -> list[str]:
+    """Paths from a newline- (or NUL-) separated byte stream; blank entries are skipped."""
+    data = stream.read()
+    separator = b"\0" if null else b"\n"
+    paths = []
+    for raw in data.split(separator):
+        if not null:
+            raw = raw.rstrip(b"\r")
+        if raw.strip():
+            paths.append(os.fsdecode(raw))
+    return paths
+
+
+def walk_images(root: str) -> list[str]:
+    """Image files below `root` as sorted relative paths, following symlinks but not loops."""
+    found = list(_walk(root, "", set()))
+    found.sort()
+    return found
+
+
+def _walk(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[str]:
+    folder = os.path.join(root, rel) if rel else root
+    try:
+        stat = os.stat(folder)
+        entries = list(os.scandir(folder))
+    except OSError:
+        return  # unreadable subfolder: nothing we can list in it
+    key = (stat.st_dev, stat.st_ino)
+    if key in seen:
+        return  # a symlink loop back into a folder already on this path
+    seen = seen | {key}
+    for entry in entries:
+        child = os.path.join(rel, entry.name) if rel else entry.name
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(root, child, seen)
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            yield child

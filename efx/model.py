@@ -1,0 +1,254 @@
+"""Models as data, and loading one into a callable that maps image batches to embeddings.
+
+Only `load_model` imports TensorFlow; resolving names and handles does not, so flags are checked
+before the slow import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import EfxError
+
+STANDIN_MARKER = "efx_standin.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is: where to get it and the input size it was trained at (None: ask it)."""
+
+    handle: str
+    image_size: int | None = None
+
+
+def _efficientnet(variant: str, size: int) -> ModelSpec:
+    return ModelSpec(f"https://tfhub.dev/tensorflow/efficientnet/{variant}/feature-vector/1", size)
+
+
+# The EfficientNet feature-vector collection on TF-Hub, with each model's training resolution.
+MODELS: dict[str, ModelSpec] = {
+    "b0": _efficientnet("b0", 224),
+    "b1": _efficientnet("b1", 240),
+    "b2": _efficientnet("b2", 260),
+    "b3": _efficientnet("b3", 300),
+    "b4": _efficientnet("b4", 380),
+    "b5": _efficientnet("b5", 456),
+    "b6": _efficientnet("b6", 528),
+    "b7": _efficientnet("b7", 600),
+}
+DEFAULT_MODEL = MODELS["b6"].handle
+_BY_HANDLE = {spec.handle: spec for spec in MODELS.values()}
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """A short name, TF-Hub/Kaggle handle, SavedModel folder or .tar.gz to a ModelSpec."""
+    name = name.strip()
+    if name.lower() in MODELS:
+        return MODELS[name.lower()]
+    if name.rstrip("/") in _BY_HANDLE:
+        return _BY_HANDLE[name.rstrip("/")]
+    if _is_url(name):
+        return ModelSpec(name)
+    if os.path.isdir(name):
+        if not _has_saved_model(name):
+            raise EfxError(
+                f"--model folder is not a SavedModel (no saved_model.pb inside). Received: {name}"
+            )
+        return ModelSpec(os.path.abspath(name), _standin_size(name))
+    if os.path.isfile(name):
+        if not name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise EfxError(
+                "--model file must be a .tar.gz of a SavedModel (as TF-Hub serves them). "
+                f"Received: {name}"
+            )
+        return ModelSpec(os.path.abspath(name))
+    short = ", ".join(MODELS)
+    raise EfxError(
+        "--model is not a short name, a URL, a SavedModel folder or a .tar.gz. "
+        f"Short names: {short}. Received: {name}"
+    )
+
+
+@dataclass
+class LoadedModel:
+    """A ready model: `embed` maps float32 [n, s, s, 3] in [0, 1] to float32 [n, feature_dim]."""
+
+    name: str  # what outputs record as the model; says "stand-in" for the offline stand-in
+    image_size: int
+    feature_dim: int
+    standin: bool
+    device: str
+    embed: Callable[[Any], np.ndarray]
+
+
+def load_model(spec: ModelSpec, image_size: int | None = None) -> LoadedModel:
+    """Fetch (cached by tensorflow-hub), load and probe a model, or raise EfxError saying why."""
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    folder = _local_folder(spec, hub)
+    marker = _standin_marker(folder)
+    try:
+        module = hub.load(folder)
+    except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
+        raise EfxError(
+            f"could not load the SavedModel in {folder}: {_first_line(error)}. If this is a "
+            "cached download, delete that folder and try again."
+        ) from error
+
+    call = _model_call(module)
+    size = image_size or spec.image_size or (marker or {}).get("image_size") or _fixed_size(module)
+    if not size:
+        raise EfxError(
+            f"cannot tell which input size {spec.handle} expects: pass --image-size "
+            "(the size the model was trained at)."
+        )
+
+    probe = call(tf.zeros([1, size, size, 3], tf.float32))
+    if probe.shape.rank != 2 or probe.shape[0] != 1:
+        raise EfxError(
+            f"{spec.handle} is not an image feature-vector model: it returned shape "
+            f"{probe.shape.as_list()} for one image, expected [1, features]."
+        )
+
+    def embed(images: Any) -> np.ndarray:
+        return np.asarray(call(images), dtype=np.float32)
+
+    name = spec.handle
+    if marker:
+        name = f"STAND-IN {marker['architecture']}, random weights, not real embeddings ({name})"
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    return LoadedModel(name, int(size), int(probe.shape[1]), bool(marker), device, embed)
+
+
+def _local_folder(spec: ModelSpec, hub: Any) -> str:
+    """A local SavedModel folder for the spec: as given, unpacked from a tarball, or downloaded."""
+    handle = spec.handle
+    if os.path.isdir(handle):
+        return handle
+    if os.path.isfile(handle):
+        return _unpack_tarball(handle)
+    try:
+        return str(hub.resolve(handle))
+    except Exception as error:  # noqa: BLE001 - network, HTTP and cache errors all end here
+        cache = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(
+            tempfile.gettempdir(), "tfhub_modules"
+        )
+        raise EfxError(
+            f"could not fetch the model {handle}: {_first_line(error)}.\n"
+            f"  tensorflow-hub looked in its cache ({cache}, set by TFHUB_CACHE_DIR) and then "
+            "tried to download it.\n"
+            "  To run offline, download the model's .tar.gz on a machine with internet "
+            "(from Kaggle Models, or the handle with ?tf-hub-format=compressed), then pass "
+            "--model path/to/model.tar.gz or an unpacked SavedModel folder."
+        ) from error
+
+
+def _unpack_tarball(path: str) -> str:
+    """Unpack a SavedModel tarball once into the efx cache, keyed by its path, size and mtime."""
+    stat = os.stat(path)
+    key = hashlib.sha1(
+        f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    ).hexdigest()
+    root = os.path.join(_cache_dir(), "unpacked")
+    target = os.path.join(root, key[:16])
+    if _has_saved_model(target):
+        return target
+    os.makedirs(root, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".unpack-", dir=root)
+    try:
+        with tarfile.open(path) as archive:
+            archive.extractall(scratch, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise EfxError(f"could not unpack --model {path}: {_first_line(error)}") from error
+    folder = _find_saved_model(scratch)
+    if folder is None:
+        raise EfxError(f"--model {path} holds no SavedModel (no saved_model.pb inside)")
+    os.replace(folder, target) if folder != scratch else os.replace(scratch, target)
+    return target
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("EFX_CACHE_DIR") or os.path.join(base, "efx")
+
+
+def _find_saved_model(root: str) -> str | None:
+    for folder, _dirs, files in os.walk(root):
+        if "saved_model.pb" in files or "saved_model.pbtxt" in files:
+            return folder
+    return None
+
+
+def _has_saved_model(folder: str) -> bool:
+    return any(
+        os.path.isfile(os.path.join(folder, name))
+        for name in ("saved_model.pb", "saved_model.pbtxt")
+    )
+
+
+def _standin_marker(folder: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(folder, STANDIN_MARKER), encoding="utf-8") as file:
+            marker: dict[str, Any] = json.load(file)
+            return marker
+    except (OSError, ValueError):
+        return None
+
+
+def _standin_size(folder: str) -> int | None:
+    marker = _standin_marker(folder)
+    return int(marker["image_size"]) if marker and "image_size" in marker else None
+
+
+def _model_call(module: Any) -> Callable[[Any], Any]:
+    """The module's forward function: its __call__ (TF2 hub modules), else its serving signature."""
+    if callable(module):
+
+        def call(images: Any) -> Any:
+            try:
+                return module(images, training=False)
+            except TypeError:
+                return module(images)
+
+        return call
+    signature = module.signatures.get("serving_default") if hasattr(module, "signatures") else None
+    if signature is None:
+        raise EfxError("the model is neither callable nor has a serving_default signature")
+    (input_name,) = signature.structured_input_signature[1].keys()
+
+    def call_signature(images: Any) -> Any:
+        outputs = signature(**{input_name: images})
+        return next(iter(outputs.values()))
+
+    return call_signature
+
+
+def _fixed_size(module: Any) -> int | None:
+    """The square input size a model's signature fixes, if it fixes one."""
+    try:
+        spec = next(
+            iter(module.signatures["serving_default"].structured_input_signature[1].values())
+        )
+        height, width = spec.shape[1], spec.shape[2]
+        return int(height) if height and height == width else None
+    except (AttributeError, KeyError, StopIteration, TypeError, IndexError):
+        return None
+
+
+def _is_url(name: str) -> bool:
+    return name.startswith(("http://", "https://", "gs://"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
