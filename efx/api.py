@@ -6,6 +6,7 @@ Everything before the model load is checked without importing TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -19,11 +20,8 @@ import numpy as np
 from . import writers
 from .discover import check_sources, find_images
 from .errors import EfxError
-from .model import DEFAULT_MODEL, load_model, resolve_model
+from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
 
-# Batch sizes by device: on CPU throughput barely depends on it (1, 4, 8 within 3%), so keep it
-# small for memory and responsive Ctrl-C; a GPU needs larger batches to stay busy.
-DEFAULT_BATCH_SIZE = {"CPU": 8, "GPU": 32}
 DEFAULT_SHARD_SIZE = 10_000
 MAX_IMAGE_SIZE = 2048
 
@@ -43,8 +41,9 @@ class Summary:
     images: int
     embedded: int
     failed: int
-    seconds: float
-    images_per_second: float
+    seconds: float  # the whole run
+    load_seconds: float  # of which loading the model (download, restore, first call)
+    images_per_second: float  # embedded images per second of streaming, after the model load
     complete: bool
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,10 +85,8 @@ def extract(
         )
 
     started = time.monotonic()
-    loaded = load_model(spec, image_size)
-    from . import decode  # imports TensorFlow; deferred so that checks above stay instant
-
-    batch = batch_size or DEFAULT_BATCH_SIZE[loaded.device]
+    loaded = load_model(spec, image_size, batch_size)
+    loaded_at = time.monotonic()
     attrs = {
         "model": loaded.name,
         "standin": loaded.standin,
@@ -102,21 +99,64 @@ def extract(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     options = {"shard_size": shard_size} if fmt == "npy" else {}
-    writer = writers.open_writer(fmt, output, attrs, **options)
-    embedded = failed = 0
     try:
-        storable = []
-        for path in paths:
-            problem = writers.unstorable(fmt, path)
-            if problem:
-                writer.fail(path, problem)
-                failed += 1
-            else:
-                storable.append(path)
+        writer = writers.open_writer(fmt, output, attrs, **options)
+    except OSError as error:
+        raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
+    try:
+        embedded, failed = _stream(paths, fmt, loaded, writer, progress)
+        writer.close()
+    except OSError as error:
+        _abort(writer)
+        raise EfxError(
+            f"writing {output} failed: {error.strerror or error} (disk full?). The rows written "
+            "so far are kept and the output is marked incomplete."
+        ) from error
+    except BaseException:
+        _abort(writer)
+        raise
 
-        bar = _progress_bar(len(paths), progress)
+    finished = time.monotonic()
+    streaming = finished - loaded_at
+    return Summary(
+        output=output,
+        format=fmt,
+        model=loaded.name,
+        standin=loaded.standin,
+        device=loaded.device,
+        image_size=loaded.image_size,
+        feature_dim=loaded.feature_dim,
+        batch_size=loaded.batch_size,
+        images=len(paths),
+        embedded=embedded,
+        failed=failed,
+        seconds=round(finished - started, 3),
+        load_seconds=round(loaded_at - started, 3),
+        images_per_second=round(embedded / streaming, 3) if streaming > 0 else 0.0,
+        complete=True,
+    )
+
+
+def _stream(
+    paths: list[str], fmt: str, loaded: LoadedModel, writer: writers.Writer, progress: bool
+) -> tuple[int, int]:
+    """The loop: decoded batches -> model -> writer, failures recorded as they come."""
+    from . import decode  # imports TensorFlow; deferred so that the checks stay instant
+
+    embedded = failed = 0
+    storable = []
+    for path in paths:
+        problem = writers.unstorable(fmt, path)
+        if problem:
+            writer.fail(path, problem)
+            failed += 1
+        else:
+            storable.append(path)
+
+    batches = decode.image_batches(storable, loaded.image_size, loaded.batch_size)
+    with _progress_bar(len(paths), progress) as bar:
         bar.update(failed)
-        for index, images, ok in decode.image_batches(storable, loaded.image_size, batch):
+        for index, images, ok in batches:
             index, ok = index.numpy(), ok.numpy()
             if ok.any():
                 good = images if ok.all() else _select(images, ok)
@@ -126,29 +166,13 @@ def extract(
                 writer.fail(storable[i], decode.failure_reason(storable[i], loaded.image_size))
                 failed += 1
             bar.update(len(index))
-        bar.close()
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+    return embedded, failed
 
-    seconds = time.monotonic() - started
-    return Summary(
-        output=output,
-        format=fmt,
-        model=loaded.name,
-        standin=loaded.standin,
-        device=loaded.device,
-        image_size=loaded.image_size,
-        feature_dim=loaded.feature_dim,
-        batch_size=batch,
-        images=len(paths),
-        embedded=embedded,
-        failed=failed,
-        seconds=round(seconds, 3),
-        images_per_second=round(embedded / seconds, 3) if seconds > 0 else 0.0,
-        complete=True,
-    )
+
+def _abort(writer: writers.Writer) -> None:
+    """Leave the output marked incomplete; a second failure here must not hide the first."""
+    with contextlib.suppress(Exception):
+        writer.abort()
 
 
 def load(output: str) -> tuple[list[str], np.ndarray]:

@@ -147,7 +147,9 @@ def extract(
     from .api import extract as run_extract
 
     _hide_native_logs(verbose)
-    stdin = click.get_binary_stream("stdin") if "-" in sources else None
+    stdin = sys.stdin.buffer if "-" in sources else None
+    if stdin is not None and stdin.isatty() and not quiet:
+        click.echo("efx: reading image paths from stdin, one per line (end with Ctrl-D)", err=True)
     summary = run_extract(
         sources,
         output,
@@ -172,7 +174,9 @@ def extract(
 def _report(summary: Any) -> None:
     from . import writers
 
-    echo = lambda text: click.echo(text, err=True)  # noqa: E731
+    def echo(text: str) -> None:
+        click.echo(text, err=True)
+
     if summary.standin:
         echo(
             "efx: WARNING: the model is the offline STAND-IN (random weights); "
@@ -187,8 +191,8 @@ def _report(summary: Any) -> None:
             echo(f"  ... (all of them: efx info {summary.output})")
     echo(
         f"efx: embedded {summary.embedded} of {summary.images} images, {summary.failed} failed, "
-        f"in {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s on "
-        f"{summary.device}) -> {summary.output}"
+        f"in {summary.seconds:.1f} s (model load {summary.load_seconds:.1f} s, then "
+        f"{summary.images_per_second:.2f} images/s on {summary.device}) -> {summary.output}"
     )
 
 

@@ -6,6 +6,7 @@ before the slow import.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +21,10 @@ import numpy as np
 from .errors import EfxError
 
 STANDIN_MARKER = "efx_standin.json"
+
+# Batch sizes by device: on CPU throughput barely depends on it (1, 4, 8 within 3%), so keep it
+# small for memory and a quick Ctrl-C; a GPU needs larger batches to stay busy.
+DEFAULT_BATCH_SIZE = {"CPU": 8, "GPU": 32}
 
 
 @dataclass(frozen=True)
@@ -85,16 +90,29 @@ class LoadedModel:
     name: str  # what outputs record as the model; says "stand-in" for the offline stand-in
     image_size: int
     feature_dim: int
+    batch_size: int
     standin: bool
     device: str
     embed: Callable[[Any], np.ndarray]
 
 
-def load_model(spec: ModelSpec, image_size: int | None = None) -> LoadedModel:
-    """Fetch (cached by tensorflow-hub), load and probe a model, or raise EfxError saying why."""
+def load_model(
+    spec: ModelSpec, image_size: int | None = None, batch_size: int | None = None
+) -> LoadedModel:
+    """Fetch (cached by tensorflow-hub), load and probe a model, or raise EfxError saying why.
+
+    The probe runs one full batch: the first call at a new input shape costs about a batch's
+    compute again (kernel selection), so paying it here keeps it out of the streaming rate, and
+    `embed` pads short batches to the same shape so that it is paid once.
+    """
     import tensorflow as tf
     import tensorflow_hub as hub
 
+    for gpu in tf.config.list_physical_devices("GPU"):
+        # Take GPU memory as needed so that several runs can share a GPU; a GPU already
+        # initialised in this process (library use) keeps its setting.
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
     folder = _local_folder(spec, hub)
     marker = _standin_marker(folder)
     try:
@@ -113,21 +131,25 @@ def load_model(spec: ModelSpec, image_size: int | None = None) -> LoadedModel:
             "(the size the model was trained at)."
         )
 
-    probe = call(tf.zeros([1, size, size, 3], tf.float32))
-    if probe.shape.rank != 2 or probe.shape[0] != 1:
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    batch = batch_size or DEFAULT_BATCH_SIZE[device]
+    probe = call(tf.zeros([batch, size, size, 3], tf.float32))
+    if probe.shape.rank != 2 or probe.shape[0] != batch:
         raise EfxError(
             f"{spec.handle} is not an image feature-vector model: it returned shape "
-            f"{probe.shape.as_list()} for one image, expected [1, features]."
+            f"{probe.shape.as_list()} for {batch} images, expected [{batch}, features]."
         )
 
     def embed(images: Any) -> np.ndarray:
-        return np.asarray(call(images), dtype=np.float32)
+        count = int(images.shape[0])
+        if count < batch:
+            images = tf.pad(images, [[0, batch - count], [0, 0], [0, 0], [0, 0]])
+        return np.asarray(call(images), dtype=np.float32)[:count]
 
     name = spec.handle
     if marker:
         name = f"STAND-IN {marker['architecture']}, random weights, not real embeddings ({name})"
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    return LoadedModel(name, int(size), int(probe.shape[1]), bool(marker), device, embed)
+    return LoadedModel(name, int(size), int(probe.shape[1]), batch, bool(marker), device, embed)
 
 
 def _local_folder(spec: ModelSpec, hub: Any) -> str:

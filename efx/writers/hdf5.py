@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import re
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -41,6 +46,38 @@ def _append(dataset: h5py.Dataset, rows: Any) -> None:
     dataset[start:] = rows
 
 
+@contextlib.contextmanager
+def _as_os_error() -> Iterator[None]:
+    """h5py reports failed writes (disk full, EFBIG) as RuntimeError; efx expects OSError."""
+    try:
+        yield
+    except (RuntimeError, OSError) as error:
+        _skip_hdf5_shutdown()
+        found = re.search(r"error message = '([^']*)'", str(error))
+        raise OSError(found.group(1) if found else str(error).splitlines()[0]) from error
+
+
+def _skip_hdf5_shutdown() -> None:
+    """After a failed write, the HDF5 library retries the flush when the process exits and
+    segfaults (HDF5 1.14, h5py 3.14). Python's atexit handlers run before the C library's, so
+    one that ends the process there, with status 1, lets efx report the failure and exit cleanly.
+    """
+    global _shutdown_skipped
+    if not _shutdown_skipped:
+        _shutdown_skipped = True
+        atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
+
+
+_shutdown_skipped = False
+
+
 class Hdf5Writer:
     def __init__(self, output: str, attrs: dict[str, Any]) -> None:
         dim = int(attrs["feature_dim"])
@@ -65,21 +102,25 @@ class Hdf5Writer:
         self._file.flush()
 
     def write(self, paths: list[str], embeddings: np.ndarray) -> None:
-        _append(self._embeddings, embeddings)
-        _append(self._paths, _encode(paths))
-        self._file.flush()
+        with _as_os_error():
+            _append(self._embeddings, embeddings)
+            _append(self._paths, _encode(paths))
+            self._file.flush()
 
     def fail(self, path: str, reason: str) -> None:
-        _append(self._failed_paths, _encode([path]))
-        _append(self._failed_errors, _encode([reason]))
+        with _as_os_error():
+            _append(self._failed_paths, _encode([path]))
+            _append(self._failed_errors, _encode([reason]))
 
     def close(self) -> None:
-        self._file.attrs["complete"] = True
-        self._file.close()
+        with _as_os_error():
+            self._file.attrs["complete"] = True
+            self._file.close()
 
     def abort(self) -> None:
         if self._file.id.valid:
-            self._file.close()
+            with _as_os_error():
+                self._file.close()
 
 
 def read(output: str) -> tuple[list[str], np.ndarray]:

@@ -1,0 +1,134 @@
+"""Shared fixtures: real images on disk (good, odd and broken) and small real SavedModels."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(REPO, "samples")
+TINY_DIM = 16  # deliberately not 2304: efx must read the dimension from the model
+KERAS_DIM = 24
+
+
+def sample(name: str) -> Image.Image:
+    return Image.open(os.path.join(SAMPLES, name)).convert("RGB")
+
+
+def write_good_images(root: str) -> list[str]:
+    """Real photos in several formats and modes, in nested folders; returns sorted rel paths."""
+    cat = sample("chelsea.png")
+    coffee = sample("coffee.jpg")
+    os.makedirs(os.path.join(root, "nested", "deeper"), exist_ok=True)
+    cat.save(os.path.join(root, "a_cat.jpg"), quality=92)
+    coffee.save(os.path.join(root, "B_coffee.PNG"))  # upper-case extension
+    cat.convert("L").save(os.path.join(root, "nested", "gray.png"))
+    coffee.convert("P", palette=Image.Palette.ADAPTIVE).save(
+        os.path.join(root, "nested", "palette.png")
+    )
+    rgba = cat.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(os.path.join(root, "nested", "rgba.png"))
+    sixteen = (np.asarray(coffee.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(os.path.join(root, "nested", "sixteen.png"))
+    frames = [cat.resize((120, 80)), coffee.resize((120, 80))]
+    frames[0].save(
+        os.path.join(root, "nested", "deeper", "anim.gif"),
+        save_all=True,
+        append_images=frames[1:],
+        duration=100,
+        loop=0,
+    )
+    coffee.save(os.path.join(root, "nested", "deeper", "coffee.bmp"))
+    cat.save(os.path.join(root, "nested", "deeper", "cat.webp"), quality=90)
+    Path(root, "notes.txt").write_text("not walked")  # not an image extension: skipped
+    return sorted(
+        [
+            "B_coffee.PNG",
+            "a_cat.jpg",
+            "nested/deeper/anim.gif",
+            "nested/deeper/cat.webp",
+            "nested/deeper/coffee.bmp",
+            "nested/gray.png",
+            "nested/palette.png",
+            "nested/rgba.png",
+            "nested/sixteen.png",
+        ]
+    )
+
+
+def write_broken_images(root: str) -> dict[str, str]:
+    """Files with image extensions that cannot be embedded, with the reason efx should give."""
+    os.makedirs(root, exist_ok=True)
+    buffer_path = os.path.join(root, "whole.jpg")
+    sample("chelsea.png").save(buffer_path, quality=90)
+    data = Path(buffer_path).read_bytes()
+    os.remove(buffer_path)
+    Path(root, "truncated.jpg").write_bytes(data[: len(data) // 3])
+    Path(root, "empty.png").write_bytes(b"")
+    Path(root, "text.jpg").write_text("this is not an image\n")
+    sample("coffee.jpg").save(os.path.join(root, "tiff.png"), format="TIFF")
+    return {
+        "empty.png": "empty file",
+        "text.jpg": "not an image (text file)",
+        "tiff.png": "unsupported format: TIFF",
+        "truncated.jpg": "truncated or corrupt JPEG",
+    }
+
+
+@pytest.fixture
+def good_dir(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    rels = write_good_images(str(root))
+    return str(root), rels
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny TF2 SavedModel with the module's interface: float32 [n, h, w, 3] -> [n, 16]."""
+    import tensorflow as tf
+
+    class Tiny(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel = tf.Variable(tf.random.stateless_normal([5, 5, 3, TINY_DIM], seed=[1, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, images):
+            features = tf.nn.conv2d(images, self.kernel, strides=4, padding="SAME")
+            return tf.reduce_mean(tf.nn.relu(features), axis=[1, 2])
+
+    folder = str(tmp_path_factory.mktemp("models") / "tiny")
+    tf.saved_model.save(Tiny(), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def keras_model(tmp_path_factory) -> str:
+    """A small Keras 2 model exported the way the real module was (tf.saved_model.save)."""
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input(shape=(None, None, 3))
+    x = tf_keras.layers.Conv2D(KERAS_DIM, 3, strides=2)(inputs)
+    x = tf_keras.layers.BatchNormalization()(x)
+    outputs = tf_keras.layers.GlobalAveragePooling2D()(x)
+    folder = str(tmp_path_factory.mktemp("models") / "keras")
+    tf.saved_model.save(tf_keras.Model(inputs, outputs), folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_tarball(tiny_model, tmp_path) -> str:
+    """The tiny model as TF-Hub serves models: a .tar.gz of the SavedModel folder's contents."""
+    base = str(tmp_path / "tiny-model")
+    return shutil.make_archive(base, "gztar", root_dir=tiny_model)

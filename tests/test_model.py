@@ -1,0 +1,70 @@
+"""Model loading: short names, local folders, tarballs, and the stand-in's labelling."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import SAMPLES, TINY_DIM
+
+import efx
+from efx.errors import EfxError
+from efx.model import DEFAULT_MODEL, MODELS, load_model, resolve_model
+
+
+def test_short_names_carry_native_sizes():
+    assert resolve_model("b6").image_size == 528
+    assert resolve_model("B0").image_size == 224
+    assert resolve_model(DEFAULT_MODEL) == MODELS["b6"]
+    assert DEFAULT_MODEL == "https://tfhub.dev/tensorflow/efficientnet/b6/feature-vector/1"
+
+
+def test_unknown_size_for_a_flexible_model_asks_for_image_size(tiny_model):
+    with pytest.raises(EfxError, match="pass --image-size"):
+        load_model(resolve_model(tiny_model))
+
+
+def test_feature_dim_is_read_from_the_model(tiny_model):
+    loaded = load_model(resolve_model(tiny_model), 32)
+    assert loaded.feature_dim == TINY_DIM
+    assert loaded.standin is False
+    assert loaded.name == tiny_model
+
+
+def test_local_tarball_is_unpacked_once_and_loaded(tiny_tarball, tmp_path, monkeypatch):
+    monkeypatch.setenv("EFX_CACHE_DIR", str(tmp_path / "efx-cache"))
+    first = load_model(resolve_model(tiny_tarball), 32)
+    assert first.feature_dim == TINY_DIM
+    unpacked = list((tmp_path / "efx-cache" / "unpacked").iterdir())
+    assert len(unpacked) == 1
+    load_model(resolve_model(tiny_tarball), 32)
+    assert list((tmp_path / "efx-cache" / "unpacked").iterdir()) == unpacked
+
+
+def test_a_tarball_without_a_savedmodel_is_refused(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.setenv("EFX_CACHE_DIR", str(tmp_path / "efx-cache"))
+    (tmp_path / "readme.txt").write_text("hi")
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "readme.txt", arcname="readme.txt")
+    with pytest.raises(EfxError, match="holds no SavedModel"):
+        load_model(resolve_model(str(archive)), 32)
+
+
+def test_standin_is_labelled_everywhere(tmp_path):
+    """The stand-in's outputs say so in the stored model name and a flag, never passing as real."""
+    from efx.standin import build_standin
+
+    folder = str(tmp_path / "standin-b0")
+    build_standin(folder, "b0")
+    output = str(tmp_path / "o.h5")
+    summary = efx.extract(os.path.join(SAMPLES, "space"), output, model=folder, image_size=64)
+    assert summary.standin is True
+    assert summary.feature_dim == 1280  # EfficientNet-B0's pooled features
+    info = efx.writers.describe(output)
+    assert info["model"].startswith("STAND-IN EfficientNet-B0 architecture, random weights")
+    assert "not real embeddings" in info["model"]
+    # Its native size comes with it.
+    assert resolve_model(folder).image_size == 224

@@ -1,0 +1,80 @@
+"""Every writer through the same checks: rows in order, failures, metadata, completeness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from efx import writers
+
+ATTRS = {
+    "model": "m",
+    "image_size": 8,
+    "feature_dim": 5,
+    "efx_version": "0",
+    "created": "now",
+    "tensorflow_version": "x",
+}
+OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
+
+
+@pytest.fixture(params=sorted(writers.WRITERS))
+def fmt(request):
+    return request.param
+
+
+def rows(start: int, count: int) -> tuple[list[str], np.ndarray]:
+    paths = [f"dir/ü {i}.jpg" for i in range(start, start + count)]
+    embeddings = np.arange(start * 5, (start + count) * 5, dtype=np.float32).reshape(count, 5)
+    return paths, embeddings
+
+
+def test_rows_failures_and_metadata_round_trip(fmt, tmp_path):
+    output = str(tmp_path / OUTPUTS[fmt])
+    options = {"shard_size": 3} if fmt == "npy" else {}
+    writer = writers.open_writer(fmt, output, ATTRS, **options)
+    for start, count in [(0, 2), (2, 4), (6, 1)]:
+        writer.write(*rows(start, count))
+    writer.fail("bad.jpg", "empty file")
+    writer.close()
+
+    paths, embeddings = writers.read(output)
+    expected_paths, expected = rows(0, 7)
+    assert paths == expected_paths
+    np.testing.assert_array_equal(embeddings, expected)
+    info = writers.describe(output)
+    assert info["format"] == fmt
+    assert (info["count"], info["feature_dim"], info["dtype"]) == (7, 5, "float32")
+    assert info["complete"] is True
+    assert info["model"] == "m" and info["image_size"] == 8 and info["created"] == "now"
+    assert info["failed"] == 1
+    assert info["failures"] == [{"path": "bad.jpg", "error": "empty file"}]
+
+
+def test_aborted_output_is_readable_and_marked_incomplete(fmt, tmp_path):
+    output = str(tmp_path / OUTPUTS[fmt])
+    writer = writers.open_writer(fmt, output, ATTRS)
+    writer.write(*rows(0, 3))
+    writer.abort()
+    assert writers.describe(output)["complete"] is False
+    assert writers.read(output)[0] == rows(0, 3)[0]
+
+
+def test_empty_output_reads_as_zero_rows(fmt, tmp_path):
+    output = str(tmp_path / OUTPUTS[fmt])
+    writers.open_writer(fmt, output, ATTRS).close()
+    paths, embeddings = writers.read(output)
+    assert paths == [] and embeddings.shape == (0, 5)
+
+
+def test_path_with_a_newline_is_rejected_only_where_it_cannot_be_stored():
+    assert writers.unstorable("npy", "a\nb.jpg") is not None
+    assert writers.unstorable("hdf5", "a\nb.jpg") is None
+    assert writers.unstorable("npy", "a b.jpg") is None
+
+
+def test_format_is_guessed_from_the_output_name():
+    assert writers.format_for("x.h5") == "hdf5"
+    assert writers.format_for("x.HDF5") == "hdf5"
+    assert writers.format_for("shards/") == "npy"
+    assert writers.format_for("x.h5", "npy") == "npy"
