@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from typing import Any
@@ -147,6 +148,7 @@ def extract(
     from .api import extract as run_extract
 
     _hide_native_logs(verbose)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, Slurm and Kubernetes stop like Ctrl-C
     stdin = sys.stdin.buffer if "-" in sources else None
     if stdin is not None and stdin.isatty() and not quiet:
         click.echo("efx: reading image paths from stdin, one per line (end with Ctrl-D)", err=True)
@@ -169,6 +171,10 @@ def extract(
         _report(summary)
     if strict and summary.failed:
         raise EfxError(f"{summary.failed} image(s) failed (--strict); the others were written")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(summary: Any) -> None:
