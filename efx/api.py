@@ -85,6 +85,8 @@ def extract(
         )
 
     started = time.monotonic()
+    if progress:  # the load takes seconds to minutes (a first run downloads): say what is going on
+        print(f"efx: loading {spec.handle} ...", file=sys.stderr, flush=True)
     loaded = load_model(spec, image_size, batch_size)
     loaded_at = time.monotonic()
     attrs = {
