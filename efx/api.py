@@ -11,13 +11,14 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from . import writers
+from .config import DEFAULT_MAX_PIXELS, DecodeOptions
 from .discover import check_sources, find_images
 from .errors import EfxError
 from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
@@ -58,6 +59,9 @@ def extract(
     image_size: int | None = None,
     batch_size: int | None = None,
     format: str | None = None,  # noqa: A002 - mirrors --format
+    resize: str = "squash",
+    exif: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     null: bool = False,
@@ -75,6 +79,7 @@ def extract(
     _check_positive("--batch-size", batch_size)
     _check_positive("--image-size", image_size, MAX_IMAGE_SIZE)
     _check_positive("--shard-size", shard_size)
+    options = DecodeOptions(image_size or 1, resize=resize, exif=exif, max_pixels=max_pixels)
     writers.check_output(output, fmt, overwrite)
     spec = resolve_model(model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
     paths = find_images(sources, stdin=stdin, null=null)
@@ -89,24 +94,26 @@ def extract(
         print(f"efx: loading {spec.handle} ...", file=sys.stderr, flush=True)
     loaded = load_model(spec, image_size, batch_size)
     loaded_at = time.monotonic()
+    options = replace(options, image_size=loaded.image_size)
     attrs = {
         "model": loaded.name,
         "standin": loaded.standin,
         "image_size": loaded.image_size,
         "feature_dim": loaded.feature_dim,
-        "resize": "squash, bilinear with antialiasing",
+        "resize": options.resize,
+        "exif_orientation": options.exif,
         "efx_version": _version(),
         "tensorflow_version": _tf_version(),
         "device": loaded.device,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    options = {"shard_size": shard_size} if fmt == "npy" else {}
+    writer_options = {"shard_size": shard_size} if fmt == "npy" else {}
     try:
-        writer = writers.open_writer(fmt, output, attrs, **options)
+        writer = writers.open_writer(fmt, output, attrs, **writer_options)
     except OSError as error:
         raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
     try:
-        embedded, failed = _stream(paths, fmt, loaded, writer, progress)
+        embedded, failed = _stream(paths, fmt, options, loaded, writer, progress)
         writer.close()
     except OSError as error:
         _abort(writer)
@@ -140,7 +147,12 @@ def extract(
 
 
 def _stream(
-    paths: list[str], fmt: str, loaded: LoadedModel, writer: writers.Writer, progress: bool
+    paths: list[str],
+    fmt: str,
+    options: DecodeOptions,
+    loaded: LoadedModel,
+    writer: writers.Writer,
+    progress: bool,
 ) -> tuple[int, int]:
     """The loop: decoded batches -> model -> writer, failures recorded as they come."""
     from . import decode  # imports TensorFlow; deferred so that the checks stay instant
@@ -155,7 +167,7 @@ def _stream(
         else:
             storable.append(path)
 
-    batches = decode.image_batches(storable, loaded.image_size, loaded.batch_size)
+    batches = decode.image_batches(storable, options, loaded.batch_size)
     with _progress_bar(len(paths), progress) as bar:
         bar.update(failed)
         for index, images, ok in batches:
@@ -165,7 +177,7 @@ def _stream(
                 writer.write([storable[i] for i in index[ok]], loaded.embed(good))
                 embedded += int(ok.sum())
             for i in index[~ok]:
-                writer.fail(storable[i], decode.failure_reason(storable[i], loaded.image_size))
+                writer.fail(storable[i], decode.failure_reason(storable[i], options))
                 failed += 1
             bar.update(len(index))
     return embedded, failed

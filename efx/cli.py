@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .config import DEFAULT_MAX_PIXELS
 from .errors import EfxError
 
 EXIT_INTERRUPTED = 130
@@ -80,6 +81,29 @@ def main() -> None:
     help="Images per model call. Default: 8 on CPU, 32 on GPU.",
 )
 @click.option(
+    "--resize",
+    type=click.Choice(["squash", "crop", "pad"]),
+    default="squash",
+    show_default=True,
+    help="squash: stretch to the square (the TF-Hub convention); crop: centre square of the "
+    "shorter side; pad: fit inside the square, pad with black.",
+)
+@click.option(
+    "--no-exif",
+    is_flag=True,
+    help="Ignore the EXIF orientation tag of JPEGs (by default a photo stored sideways with a "
+    "rotation tag is embedded upright, as viewers show it).",
+)
+@click.option(
+    "--max-pixels",
+    type=int,
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    metavar="N",
+    help="Refuse (as a failure, before decoding) images whose header claims more pixels: "
+    "decompression bombs.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["hdf5", "npy"]),
@@ -120,6 +144,9 @@ def extract(
     model: str | None,
     image_size: int | None,
     batch_size: int | None,
+    resize: str,
+    no_exif: bool,
+    max_pixels: int,
     fmt: str | None,
     shard_size: int,
     overwrite: bool,
@@ -158,6 +185,9 @@ def extract(
         model=model,
         image_size=image_size,
         batch_size=batch_size,
+        resize=resize,
+        exif=not no_exif,
+        max_pixels=max_pixels,
         format=fmt,
         shard_size=shard_size,
         overwrite=overwrite,
@@ -218,7 +248,7 @@ def info(output: str, as_json: bool) -> None:
         ("complete", "yes" if details["complete"] else "NO (interrupted or still running)"),
         ("embeddings", f"{details['count']} x {details['feature_dim']} {details['dtype']}"),
         ("model", details["model"]),
-        ("image size", details["image_size"]),
+        ("input", _input_settings(details)),
         ("failed", details["failed"]),
         ("created", details["created"]),
         ("versions", f"efx {details['efx_version']}, tensorflow {details['tensorflow_version']}"),
@@ -229,6 +259,18 @@ def info(output: str, as_json: bool) -> None:
         click.echo(f"  failed: {failure['path']}: {failure['error']}")
     if details["failed"] > len(details["failures"]):
         click.echo(f"  ... and {details['failed'] - len(details['failures'])} more")
+
+
+def _input_settings(details: dict[str, Any]) -> str:
+    size = details["image_size"]
+    settings = [f"{size}x{size}"]
+    if details.get("resize"):
+        settings.append(f"resize {details['resize']}")
+    if details.get("exif_orientation") is not None:
+        settings.append(
+            "EXIF orientation " + ("applied" if details["exif_orientation"] else "ignored")
+        )
+    return ", ".join(settings)
 
 
 @main.command("make-standin")

@@ -8,48 +8,81 @@ flagged, and `failure_reason` says why in words a person understands.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import tensorflow as tf
 
+from .config import DecodeOptions
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
+# One-byte strings by value, to assemble binary headers inside the graph.
+_BYTES = [bytes([value]) for value in range(256)]
+# APP1 segments are at most 64 KiB and come before the image data: the EXIF block is in here.
+_EXIF_SEARCH = 65536
+_ORIENTATION_TAG = 0x0112
 
 
-def decode_image(data: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Encoded bytes -> float32 RGB [image_size, image_size, 3] with values in [0, 1]."""
+def decode_image(data: tf.Tensor, options: DecodeOptions) -> tf.Tensor:
+    """Encoded bytes -> float32 RGB [size, size, 3] with values in [0, 1], as a person sees it.
+
+    The format is read from the content, not the name. A header that claims more pixels than
+    `options.max_pixels` is refused before anything is decoded.
+    """
     # The first 32 bytes, zero-padded, so that short files can be sniffed without range errors.
     head = tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32])
-    image = tf.case(
-        [
-            (_is_animated_webp(head), _refuse_animated_webp),
-            (tf.equal(tf.strings.substr(head, 0, 3), JPEG_MAGIC), lambda: _decode_jpeg(data)),
-            (tf.equal(tf.strings.substr(head, 0, 8), PNG_MAGIC), lambda: _decode_png(data)),
-        ],
-        default=lambda: _decode_other(data),
-    )
-    rgb = _to_rgb(image)
-    # Antialiased bilinear: a large photo and its smaller copy give nearly the same input.
-    resized = tf.image.resize(rgb, [image_size, image_size], method="bilinear", antialias=True)
-    return tf.ensure_shape(resized, [image_size, image_size, 3])
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), JPEG_MAGIC)
+    is_png = tf.equal(tf.strings.substr(head, 0, 8), PNG_MAGIC)
+    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    with tf.control_dependencies([_check_pixels(data, head, is_jpeg, options.max_pixels)]):
+        image = tf.case(
+            [
+                (is_jpeg, lambda: _decode_jpeg(data, options.exif)),
+                (is_png, lambda: _decode_png(data)),
+                (is_bmp, lambda: _decode_bmp(data)),
+                (_is_animated_webp(head), lambda: _decode_other(_first_webp_frame(data))),
+            ],
+            default=lambda: _decode_other(data),
+        )
+    return _resize(_to_rgb(image), options)
 
 
-def _decode_jpeg(data: tf.Tensor) -> tf.Tensor:
+def _resize(rgb: tf.Tensor, options: DecodeOptions) -> tf.Tensor:
+    """RGB of any size -> [size, size, 3]. Antialiased bilinear: a large photo and its smaller
+    copy give nearly the same input."""
+    size = options.image_size
+    if options.resize == "crop":
+        shape = tf.shape(rgb)
+        side = tf.minimum(shape[0], shape[1])
+        rgb = tf.image.crop_to_bounding_box(
+            rgb, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side
+        )
+    if options.resize == "pad":
+        resized = tf.image.resize_with_pad(rgb, size, size, method="bilinear", antialias=True)
+    else:
+        resized = tf.image.resize(rgb, [size, size], method="bilinear", antialias=True)
+    return tf.ensure_shape(resized, [size, size, 3])
+
+
+def _decode_jpeg(data: tf.Tensor, exif: bool) -> tf.Tensor:
     # INTEGER_ACCURATE matches Pillow/libjpeg's default output; channels=3 also converts
     # grayscale and CMYK JPEGs to RGB.
     image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-    return tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    return _orient(image, _exif_orientation(data)) if exif else image
 
 
 def _decode_png(data: tf.Tensor) -> tf.Tensor:
     # uint16 keeps 16-bit PNGs' precision; 8-bit PNGs are scaled by 257, so x/65535 == x8/255.
+    # An animated PNG gives its default image (the first frame).
     image = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
     return tf.image.convert_image_dtype(image, tf.float32)
 
 
 def _decode_other(data: tf.Tensor) -> tf.Tensor:
-    # GIF, BMP, WebP (uint8 only); the first frame of an animation. Anything else fails here
-    # with "Unknown image file format".
+    # GIF, WebP (uint8 only; channels=0 because channels=3 fails on RGBA WebP); the first frame
+    # of an animated GIF. Anything else fails here with "Unknown image file format".
     image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     return tf.image.convert_image_dtype(image, tf.float32)
 
@@ -65,23 +98,260 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(rgb, [None, None, 3])
 
 
+# --- Reading binary headers in the graph -------------------------------------------------------
+
+
+def _bytes_at(data: tf.Tensor, offset: tf.Tensor | int, length: int) -> tf.Tensor:
+    """`length` bytes of `data` from `offset` as int64, zero past the end."""
+    chunk = tf.strings.join([tf.strings.substr(data, offset, length), b"\0" * length])
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(chunk, 0, length), tf.uint8), tf.int64)
+
+
+def _uint(data: tf.Tensor, offset: tf.Tensor | int, length: int, little: bool = True) -> tf.Tensor:
+    """An unsigned integer of `length` bytes stored at `offset` (little- or big-endian)."""
+    values = _bytes_at(data, offset, length)
+    weights = [256**i for i in range(length)]
+    return tf.reduce_sum(values * tf.constant(weights if little else weights[::-1], tf.int64))
+
+
+def _pack(values: list[tf.Tensor | int]) -> tf.Tensor:
+    """Bytes (ints 0-255) -> a string tensor."""
+    return tf.strings.reduce_join(
+        tf.gather(_BYTES, tf.stack([tf.cast(v, tf.int64) for v in values]))
+    )
+
+
+def _le24(value: tf.Tensor) -> list[tf.Tensor]:
+    return [value % 256, value // 256 % 256, value // 65536 % 256]
+
+
+def _check_pixels(
+    data: tf.Tensor, head: tf.Tensor, is_jpeg: tf.Tensor, max_pixels: int
+) -> tf.Operation:
+    """Refuse a decompression bomb from its header, before a byte of it is decoded."""
+
+    def jpeg_size() -> tf.Tensor:
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return tf.stack([shape[1], shape[0]])
+
+    def header_size() -> tf.Tensor:
+        le16 = lambda offset: _uint(head, offset, 2)  # noqa: E731
+        le32 = lambda offset: _uint(head, offset, 4)  # noqa: E731
+        le24 = lambda offset: _uint(head, offset, 3)  # noqa: E731
+        magic4 = tf.strings.substr(head, 0, 4)
+        webp = tf.strings.substr(head, 8, 8)
+        vp8l = _uint(head, 21, 4)
+        signed_height = tf.bitwise.bitwise_xor(le32(22), 0x80000000) - 0x80000000
+        return tf.case(
+            [
+                (
+                    tf.equal(magic4, PNG_MAGIC[:4]),
+                    lambda: tf.stack([_uint(head, 16, 4, False), _uint(head, 20, 4, False)]),
+                ),
+                (tf.equal(magic4, b"GIF8"), lambda: tf.stack([le16(6), le16(8)])),
+                (
+                    tf.equal(tf.strings.substr(head, 0, 2), b"BM"),
+                    lambda: tf.stack([le32(18), tf.abs(signed_height)]),
+                ),
+                (
+                    tf.equal(webp, b"WEBPVP8 "),
+                    lambda: tf.stack([le16(26) % 16384, le16(28) % 16384]),
+                ),
+                (
+                    tf.equal(webp, b"WEBPVP8L"),
+                    lambda: tf.stack([vp8l % 16384 + 1, vp8l // 16384 % 16384 + 1]),
+                ),
+                (tf.equal(webp, b"WEBPVP8X"), lambda: tf.stack([le24(24) + 1, le24(27) + 1])),
+            ],
+            default=lambda: tf.zeros([2], tf.int64),
+        )
+
+    size = tf.cond(is_jpeg, jpeg_size, header_size)
+    message = tf.strings.format(
+        "image too large: {}x{} pixels exceeds --max-pixels {}", (size[0], size[1], max_pixels)
+    )
+    return tf.debugging.Assert(size[0] * size[1] <= max_pixels, [message])
+
+
+# --- EXIF orientation ----------------------------------------------------------------------------
+
+
+def _exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation tag (1-8) of a JPEG, or 1 when there is none or it is unreadable.
+
+    Read from the bytes already in memory with a few vectorised ops: no second decode and no
+    Python in the pipeline (TensorFlow's decoders ignore the tag, tensorflow/tensorflow#8430).
+    """
+    raw = _bytes_at(data, 0, _EXIF_SEARCH + 16)
+    # An APP1 marker (FF E1), two length bytes, then "Exif\0\0".
+    marker = b"\xff\xe1\0\0Exif\0\0"
+    hit = tf.ones([_EXIF_SEARCH], tf.bool)
+    for i, byte in enumerate(marker):
+        if i not in (2, 3):
+            hit = tf.logical_and(hit, tf.equal(raw[i : i + _EXIF_SEARCH], byte))
+    found = tf.where(hit)
+
+    def parse() -> tf.Tensor:
+        tiff = found[0, 0] + 10  # the TIFF header: byte order, then the offset of IFD0
+        little = tf.equal(raw[tiff], ord("I"))
+
+        def read(offsets: tf.Tensor, length: int) -> tf.Tensor:
+            at = tiff + offsets[..., None] + tf.range(length, dtype=tf.int64)
+            values = tf.gather(raw, tf.clip_by_value(at, 0, _EXIF_SEARCH + 15))
+            weights = tf.constant([256**i for i in range(length)], tf.int64)
+            return tf.reduce_sum(values * tf.where(little, weights, weights[::-1]), axis=-1)
+
+        ifd = read(tf.constant(4, tf.int64), 4)
+        count = tf.minimum(read(ifd, 2), 64)
+        entries = ifd + 2 + 12 * tf.range(count, dtype=tf.int64)  # 12-byte tag entries
+        match = tf.where(tf.equal(read(entries, 2), _ORIENTATION_TAG))
+        value = tf.cond(
+            tf.size(match) > 0,
+            lambda: read(entries[match[0, 0]] + 8, 2),
+            lambda: tf.constant(1, tf.int64),
+        )
+        return tf.where((value >= 1) & (value <= 8), value, 1)
+
+    return tf.cond(tf.size(found) > 0, parse, lambda: tf.constant(1, tf.int64))
+
+
+def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turn a decoded image the way its EXIF orientation says (as Pillow's exif_transpose)."""
+    swapped = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    branches = [
+        lambda: image,  # 1: upright
+        lambda: tf.reverse(image, [1]),  # 2: mirrored
+        lambda: tf.reverse(image, [0, 1]),  # 3: upside down
+        lambda: tf.reverse(image, [0]),  # 4: flipped
+        swapped,  # 5: transposed
+        lambda: tf.reverse(swapped(), [1]),  # 6: stored 90 degrees counter-clockwise
+        lambda: tf.reverse(swapped(), [0, 1]),  # 7: transversed
+        lambda: tf.reverse(swapped(), [0]),  # 8: stored 90 degrees clockwise
+    ]
+    return tf.switch_case(tf.cast(orientation - 1, tf.int32), branches)
+
+
+# --- Formats TensorFlow gets wrong ----------------------------------------------------------------
+
+
+def _first_webp_frame(data: tf.Tensor) -> tf.Tensor:
+    """An animated WebP -> a still WebP of its first frame.
+
+    TensorFlow 2.21's animated-WebP decoder corrupts the heap and kills the process, so an
+    animation never reaches it: the first ANMF chunk's bitstream is rewrapped as a still image.
+    """
+    size = tf.strings.length(data)
+
+    def not_anmf(position: tf.Tensor) -> tf.Tensor:
+        return tf.logical_and(
+            position + 24 <= size, tf.not_equal(tf.strings.substr(data, position, 4), b"ANMF")
+        )
+
+    def next_chunk(position: tf.Tensor) -> tf.Tensor:
+        length = tf.cast(_uint(data, position + 4, 4), tf.int32)
+        return position + 8 + length + length % 2
+
+    position = tf.while_loop(
+        not_anmf, lambda p: [next_chunk(p)], [tf.constant(12, tf.int32)], maximum_iterations=256
+    )[0]
+    tf.debugging.assert_less_equal(position + 24, size, message="truncated or corrupt WebP")
+    frame_size = tf.cast(_uint(data, position + 4, 4), tf.int32)
+    width, height = _uint(data, position + 14, 3), _uint(data, position + 17, 3)
+    frame = tf.strings.substr(data, position + 24, frame_size - 16)
+    alpha = tf.where(tf.equal(tf.strings.substr(frame, 0, 4), b"ALPH"), 0x10, 0)
+    riff_size = tf.cast(tf.strings.length(frame), tf.int64) + 4 + 18
+    header = _pack([*[ord(c) for c in "RIFF"], *_le24(riff_size), riff_size // 16777216])
+    vp8x = _pack(
+        [*[ord(c) for c in "VP8X"], 10, 0, 0, 0, alpha, 0, 0, 0, *_le24(width), *_le24(height)]
+    )
+    return tf.strings.join([header, b"WEBP", vp8x, frame])
+
+
+def _decode_bmp(data: tf.Tensor) -> tf.Tensor:
+    """BMP -> float32 RGB. TensorFlow reads 24- and 32-bit BMPs right, but decodes palette BMPs
+    as grayscale, refuses 1- and 4-bit ones and ignores BI_BITFIELDS masks: those are read here."""
+    header_size = _uint(data, 14, 4)
+    bpp = _uint(data, 28, 2)
+    compression = _uint(data, 30, 4)
+    modern = header_size >= 40  # not the 1980s OS/2 header
+    palette = modern & (bpp <= 8) & tf.equal(compression, 0)
+    bitfields = modern & (tf.equal(bpp, 16) | tf.equal(bpp, 32))
+    bitfields &= tf.equal(compression, 3) | tf.equal(compression, 6) | tf.equal(bpp, 16)
+    return tf.case(
+        [
+            (palette, lambda: _decode_bmp_pixels(data, header_size, bpp, palette=True)),
+            (bitfields, lambda: _decode_bmp_pixels(data, header_size, bpp, palette=False)),
+        ],
+        default=lambda: _decode_other(data),
+    )
+
+
+def _decode_bmp_pixels(
+    data: tf.Tensor, header_size: tf.Tensor, bpp: tf.Tensor, palette: bool
+) -> tf.Tensor:
+    offset = _uint(data, 10, 4)
+    width = _uint(data, 18, 4)
+    signed_height = tf.bitwise.bitwise_xor(_uint(data, 22, 4), 0x80000000) - 0x80000000
+    height = tf.abs(signed_height)
+    stride = (bpp * width + 31) // 32 * 4  # rows are padded to 4 bytes
+    tf.debugging.assert_less_equal(
+        offset + stride * height,
+        tf.cast(tf.strings.length(data), tf.int64),
+        message="truncated or corrupt BMP",
+    )
+    pixel_bytes = tf.io.decode_raw(tf.strings.substr(data, offset, stride * height), tf.uint8)
+    rows = tf.reshape(tf.cast(pixel_bytes, tf.int64), tf.stack([height, stride]))
+    if palette:
+        per_byte = 8 // bpp
+        shifts = 8 - bpp * (tf.range(per_byte, dtype=tf.int64) + 1)
+        indices = tf.bitwise.bitwise_and(
+            tf.bitwise.right_shift(rows[:, :, None], shifts), 2**bpp - 1
+        )
+        indices = tf.reshape(indices, tf.stack([height, -1]))[:, :width]
+        colors = _uint(data, 46, 4)
+        count = tf.where(colors > 0, tf.minimum(colors, 2**bpp), 2**bpp)
+        table = tf.reshape(
+            tf.cast(
+                tf.io.decode_raw(tf.strings.substr(data, 14 + header_size, 4 * count), tf.uint8),
+                tf.float32,
+            ),
+            [-1, 4],
+        )
+        image = tf.gather(
+            table[:, 2::-1] / 255.0, tf.minimum(indices, tf.shape(table, out_type=tf.int64)[0] - 1)
+        )
+    else:
+        depth = bpp // 8
+        pixels = tf.reshape(rows[:, : width * depth], tf.stack([height, width, depth]))
+        weights = tf.constant([1, 256, 65536, 16777216], tf.int64)[:depth]
+        values = tf.reduce_sum(pixels * weights, axis=-1)
+        default_masks = tf.where(
+            tf.equal(bpp, 16), [0x7C00, 0x03E0, 0x001F], [0xFF0000, 0xFF00, 0xFF]
+        )
+        masks = tf.where(
+            tf.equal(_uint(data, 30, 4), 0),
+            tf.cast(default_masks, tf.int64),
+            tf.stack([_uint(data, 54, 4), _uint(data, 58, 4), _uint(data, 62, 4)]),
+        )
+        lowest = tf.bitwise.bitwise_and(masks, -masks)
+        shifts = tf.cast(tf.raw_ops.PopulationCount(x=lowest - 1), tf.int64)
+        peak = tf.cast(tf.maximum(tf.bitwise.right_shift(masks, shifts), 1), tf.float32)
+        channels = tf.bitwise.right_shift(tf.bitwise.bitwise_and(values[:, :, None], masks), shifts)
+        image = tf.cast(channels, tf.float32) / peak
+    # Rows are stored bottom-up unless the height is negative.
+    return tf.cond(signed_height > 0, lambda: tf.reverse(image, [0]), lambda: image)
+
+
 def _is_animated_webp(head: tf.Tensor) -> tf.Tensor:
     # A VP8X chunk with the animation flag (bit 1 of the byte after the chunk size).
-    flags = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 20, 1), tf.uint8)[0], tf.int32)
+    flags = _uint(head, 20, 1)
     return tf.logical_and(
         tf.equal(tf.strings.substr(head, 8, 8), b"WEBPVP8X"),
         tf.not_equal(tf.bitwise.bitwise_and(flags, 2), 0),
     )
 
 
-def _refuse_animated_webp() -> tf.Tensor:
-    # TensorFlow 2.21's animated-WebP decoder corrupts the heap and kills the process, so an
-    # animated WebP must never reach it.
-    with tf.control_dependencies([tf.debugging.Assert(False, ["animated WebP is not supported"])]):
-        return tf.zeros([1, 1, 3], tf.float32)
-
-
-def image_batches(paths: Sequence[str], image_size: int, batch_size: int) -> tf.data.Dataset:
+def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int) -> tf.data.Dataset:
     """Batches of (index, image, ok) in input order, read and decoded in parallel.
 
     Each file is decoded in a one-element dataset whose errors are dropped, followed by a
@@ -89,12 +359,12 @@ def image_batches(paths: Sequence[str], image_size: int, batch_size: int) -> tf.
     when decoding failed. The parallel interleave keeps input order (deterministic=True).
     """
     encoded = [os.fsencode(path) for path in paths]
-    blank = tf.zeros([image_size, image_size, 3], tf.float32)
+    blank = tf.zeros([options.image_size, options.image_size, 3], tf.float32)
 
     def one(index: tf.Tensor, path: tf.Tensor) -> tf.data.Dataset:
         decoded = (
             tf.data.Dataset.from_tensors(path)
-            .map(lambda p: (index, decode_image(tf.io.read_file(p), image_size), True))
+            .map(lambda p: (index, decode_image(tf.io.read_file(p), options), True))
             .ignore_errors()
         )
         failed = tf.data.Dataset.from_tensors((index, blank, False))
@@ -116,7 +386,7 @@ def image_batches(paths: Sequence[str], image_size: int, batch_size: int) -> tf.
     )
 
 
-def failure_reason(path: str, image_size: int) -> str:
+def failure_reason(path: str, options: DecodeOptions) -> str:
     """Why `path` cannot be embedded: the pipeline's decode run again eagerly, its error in words.
 
     Failures are rare, so re-reading the one file is cheaper than carrying messages through
@@ -129,7 +399,7 @@ def failure_reason(path: str, image_size: int) -> str:
     if not head:
         return "empty file"
     try:
-        decode_image(tf.io.read_file(os.fsencode(path)), image_size)
+        decode_image(tf.io.read_file(os.fsencode(path)), options)
     except tf.errors.OpError as error:
         return _decode_reason(error.message, head)
     return "could not be read during the run (it decodes now: was it being written?)"
@@ -152,8 +422,9 @@ def _os_reason(error: OSError) -> str:
 
 def _decode_reason(message: str, head: bytes) -> str:
     kind = sniff_format(head)
-    if "animated WebP" in message:
-        return "animated WebP is not supported"
+    too_large = re.search(r"image too large: [\w -]*", message)
+    if too_large:
+        return too_large.group(0)
     if "Input is empty" in message:
         return "empty file"
     if "Unknown image file format" in message:

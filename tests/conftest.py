@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "samples")
@@ -20,6 +20,23 @@ KERAS_DIM = 24
 
 def sample(name: str) -> Image.Image:
     return Image.open(os.path.join(SAMPLES, name)).convert("RGB")
+
+
+def pillow_input(path: str, size: int) -> np.ndarray:
+    """An independently prepared model input: Pillow decodes (turning by EXIF orientation, as
+    viewers do) and resizes; float32 RGB [size, size, 3] in [0, 1]."""
+    image = ImageOps.exif_transpose(Image.open(path))
+    if image.mode.startswith("I"):  # 16-bit grayscale: keep the precision
+        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        rgb = np.stack([gray] * 3, axis=-1)
+    else:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    # Pillow's BILINEAR on float channels is the same antialiased triangle filter efx uses.
+    channels = [
+        np.asarray(Image.fromarray(rgb[:, :, c], mode="F").resize((size, size), Image.BILINEAR))
+        for c in range(3)
+    ]
+    return np.stack(channels, axis=-1)
 
 
 def write_good_images(root: str) -> list[str]:

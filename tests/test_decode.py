@@ -10,13 +10,14 @@ import tensorflow as tf
 from conftest import write_broken_images, write_good_images
 from PIL import Image
 
+from efx.config import DecodeOptions
 from efx.decode import decode_image, failure_reason
 
 SIZE = 48
 
 
 def decode_file(path: str, size: int = SIZE) -> np.ndarray:
-    return decode_image(tf.io.read_file(path), size).numpy()
+    return decode_image(tf.io.read_file(path), DecodeOptions(size)).numpy()
 
 
 def test_every_good_format_decodes_to_rgb_in_unit_range(tmp_path):
@@ -72,18 +73,23 @@ def test_broken_files_fail_with_a_reason_a_person_understands(tmp_path):
     for name, reason in write_broken_images(str(tmp_path)).items():
         with pytest.raises(tf.errors.OpError):
             decode_file(str(tmp_path / name))
-        assert failure_reason(str(tmp_path / name), SIZE) == reason
+        assert failure_reason(str(tmp_path / name), DecodeOptions(SIZE)) == reason
 
 
-def test_animated_webp_is_refused_without_crashing(tmp_path):
-    # TensorFlow's animated-WebP decoder corrupts the heap; efx must never call it.
+def test_animated_webp_gives_its_first_frame_without_crashing(tmp_path):
+    # TensorFlow's animated-WebP decoder corrupts the heap; efx rewraps the first frame instead.
     frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
-    assert failure_reason(str(tmp_path / "anim.webp"), SIZE) == "animated WebP is not supported"
+    image = decode_file(str(tmp_path / "anim.webp"))
+    assert image[..., 0].mean() > 0.9 and image[..., 2].mean() < 0.1
 
 
 def test_unreadable_and_missing_files_have_reasons(tmp_path):
-    assert failure_reason(str(tmp_path / "gone.jpg"), SIZE).startswith("file not found")
+    assert failure_reason(str(tmp_path / "gone.jpg"), DecodeOptions(SIZE)).startswith(
+        "file not found"
+    )
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "dangling.jpg")
-    assert failure_reason(str(tmp_path / "dangling.jpg"), SIZE).startswith("file not found")
-    assert failure_reason(str(tmp_path), SIZE) == "is a folder, not an image file"
+    assert failure_reason(str(tmp_path / "dangling.jpg"), DecodeOptions(SIZE)).startswith(
+        "file not found"
+    )
+    assert failure_reason(str(tmp_path), DecodeOptions(SIZE)) == "is a folder, not an image file"

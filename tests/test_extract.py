@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import KERAS_DIM, TINY_DIM, write_broken_images, write_good_images
+from conftest import KERAS_DIM, TINY_DIM, pillow_input, write_broken_images, write_good_images
 from PIL import Image
 
 import efx
@@ -36,13 +36,7 @@ def reference_embedding(model_dir: str, path: str, size: int) -> np.ndarray:
     """The model applied to an independently prepared input: Pillow decode and resize."""
     import tensorflow as tf
 
-    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    # Pillow's BILINEAR on float channels is the same antialiased triangle filter efx uses.
-    channels = [
-        np.asarray(Image.fromarray(rgb[:, :, c], mode="F").resize((size, size), Image.BILINEAR))
-        for c in range(3)
-    ]
-    batch = tf.constant(np.stack(channels, axis=-1)[None])
+    batch = tf.constant(pillow_input(path, size)[None])
     return tf.saved_model.load(model_dir)(batch).numpy()[0]
 
 

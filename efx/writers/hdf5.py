@@ -142,6 +142,8 @@ def describe(output: str) -> dict[str, Any]:
             "dtype": str(embeddings.dtype),
             "model": attrs.get("model"),
             "image_size": attrs.get("image_size"),
+            "resize": attrs.get("resize"),
+            "exif_orientation": attrs.get("exif_orientation"),
             "failed": int(failures["paths"].shape[0]),
             "failures": [
                 {"path": path, "error": error}

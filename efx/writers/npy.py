@@ -190,6 +190,8 @@ def describe(output: str) -> dict[str, Any]:
         "dtype": "float32",
         "model": manifest.get("model"),
         "image_size": manifest.get("image_size"),
+        "resize": manifest.get("resize"),
+        "exif_orientation": manifest.get("exif_orientation"),
         "failed": len(failures),
         "failures": failures[:20],
         "complete": bool(manifest.get("complete", False)),

@@ -1,0 +1,38 @@
+"""How images become model input: the decode settings, as data. No TensorFlow here.
+
+The CLI builds a `DecodeOptions`, `efx.extract` validates it before any work, and the decode
+stage reads it. The same options are stored in every output, so that a later run (--resume,
+merge) can tell whether its rows are comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import EfxError
+
+# squash: stretch to the square (the TF-Hub convention); crop: centre square of the shorter
+# side; pad: fit inside the square and pad with black.
+RESIZE_MODES = ("squash", "crop", "pad")
+
+# Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
+# bomb or an image no embedding model needs at full size.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    image_size: int
+    resize: str = "squash"
+    exif: bool = True  # apply the EXIF orientation tag of JPEGs
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise EfxError(
+                f"--resize must be one of {', '.join(RESIZE_MODES)}. Received: {self.resize!r}"
+            )
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise EfxError(
+                f"--max-pixels must be a positive integer. Received: {self.max_pixels!r}"
+            )

@@ -1,0 +1,386 @@
+"""Real-world inputs: every odd but valid image embeds as a person sees it; every bad one is
+reported with a reason and the run goes on. Files are made from the real photos in samples/."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, pillow_input, sample
+from PIL import Image
+
+import efx
+from efx.config import DEFAULT_MAX_PIXELS, DecodeOptions
+from efx.decode import decode_image, failure_reason
+
+SIZE = 48
+
+
+def decode_file(path: str, **options) -> np.ndarray:
+    return decode_image(tf.io.read_file(path), DecodeOptions(SIZE, **options)).numpy()
+
+
+def cat() -> Image.Image:
+    return sample("chelsea.png")  # 451x300: not square, so a wrong turn cannot hide
+
+
+def coffee() -> Image.Image:
+    return sample("coffee.jpg")
+
+
+def exif_jpeg(orientation: int, big_endian: bool = False) -> bytes:
+    if big_endian:  # Pillow writes little-endian EXIF; cameras from some makers write this
+        ifd = struct.pack(">HHHIHH", 1, 0x0112, 3, 1, orientation, 0) + b"\0\0\0\0"
+        exif = b"Exif\0\0MM\0\x2a" + struct.pack(">I", 8) + ifd
+    else:
+        tags = Image.Exif()
+        tags[0x0112] = orientation
+        tags[0x010F] = "efx test camera"  # the orientation is not always the first tag
+        exif = tags.tobytes()
+    buffer = io.BytesIO()
+    cat().save(buffer, "JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def bitfields_bmp(image: Image.Image, bpp: int, masks: tuple[int, int, int]) -> bytes:
+    """A BI_BITFIELDS BMP (Pillow writes none): TensorFlow ignores the masks."""
+    pixels = np.asarray(image.convert("RGB")).astype(np.uint32)
+    height, width, _ = pixels.shape
+    value = np.zeros((height, width), np.uint32)
+    for channel, mask in enumerate(masks):
+        shift = (mask & -mask).bit_length() - 1
+        peak = mask >> shift
+        value |= ((pixels[..., channel] * peak + 127) // 255) << shift
+    stride = (bpp * width + 31) // 32 * 4
+    rows = value.astype("<u2" if bpp == 16 else "<u4")[::-1]  # bottom-up
+    raw = b"".join(row.tobytes().ljust(stride, b"\0") for row in rows)
+    header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bpp, 3, len(raw), 2835, 2835, 0, 0)
+    header += struct.pack("<III", *masks)
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(raw), 0, 0, offset) + header + raw
+
+
+def saved(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def animation(fmt: str, mode: str = "RGB", **params) -> bytes:
+    frames = [cat().convert(mode).resize((120, 80)), coffee().convert(mode).resize((120, 80))]
+    return saved(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **params)
+
+
+def rgba(image: Image.Image) -> Image.Image:
+    with_alpha = image.convert("RGBA")
+    with_alpha.putalpha(180)
+    return with_alpha
+
+
+def palette_with_transparency() -> Image.Image:
+    image = coffee().convert("P", palette=Image.Palette.ADAPTIVE)
+    image.info["transparency"] = 0
+    return image
+
+
+# name -> bytes, for inputs that are valid: efx must see what Pillow (turning by EXIF) sees.
+ODD_BUT_VALID: dict[str, Callable[[], bytes]] = {
+    **{f"exif-{o}.jpg": (lambda o=o: exif_jpeg(o)) for o in range(1, 9)},
+    "exif-6-big-endian.jpg": lambda: exif_jpeg(6, big_endian=True),
+    "cmyk.jpg": lambda: saved(coffee().convert("CMYK"), "JPEG", quality=90),
+    "progressive.jpg": lambda: saved(coffee(), "JPEG", progressive=True, quality=90),
+    "gray.jpg": lambda: saved(coffee().convert("L"), "JPEG"),
+    "gray-alpha.png": lambda: saved(cat().convert("LA"), "PNG"),
+    "palette-transparency.png": lambda: saved(palette_with_transparency(), "PNG"),
+    "one-bit.png": lambda: saved(cat().convert("1"), "PNG"),
+    "sixteen-bit.png": lambda: saved(
+        Image.fromarray((np.asarray(cat().convert("L"), np.uint16) * 257 + 3).astype(np.uint16)),
+        "PNG",
+    ),
+    "animated.png": lambda: animation("PNG"),
+    "animated.gif": lambda: animation("GIF"),
+    "animated.webp": lambda: animation("WEBP"),
+    "animated-rgba.webp": lambda: animation("WEBP", mode="RGBA"),
+    "rgba.webp": lambda: saved(rgba(cat()), "WEBP", quality=90),
+    "lossless.webp": lambda: saved(cat(), "WEBP", lossless=True),
+    "palette.bmp": lambda: saved(coffee().convert("P", palette=Image.Palette.ADAPTIVE), "BMP"),
+    "one-bit.bmp": lambda: saved(cat().convert("1"), "BMP"),
+    "gray.bmp": lambda: saved(cat().convert("L"), "BMP"),
+    "rgb.bmp": lambda: saved(cat(), "BMP"),
+    "bitfields-565.bmp": lambda: bitfields_bmp(cat(), 16, (0xF800, 0x07E0, 0x001F)),
+    "bitfields-32.bmp": lambda: bitfields_bmp(coffee(), 32, (0xFF0000, 0x00FF00, 0x0000FF)),
+    "png-named.jpg": lambda: saved(cat(), "PNG"),
+    "jpeg-named.png": lambda: saved(coffee(), "JPEG", quality=90),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_BUT_VALID))
+def test_odd_but_valid_inputs_decode_as_pillow_shows_them(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(ODD_BUT_VALID[name]())
+    # Decoders agree exactly (libjpeg accurate DCT, zlib, libwebp); the resize is the same
+    # triangle filter, ~3e-7 apart. 565 BMPs: Pillow rounds 5-bit values to 8 bits, efx keeps
+    # the exact fraction, so the two may differ by up to one 8-bit level.
+    tolerance = 1.5 / 255 if "565" in name else 2e-5
+    np.testing.assert_allclose(
+        decode_file(str(path)), pillow_input(str(path), SIZE), rtol=0, atol=tolerance
+    )
+
+
+def test_sideways_phone_photo_with_orientation_tag_matches_the_upright_photo(tmp_path):
+    upright = cat().crop((0, 0, 448, 288))  # whole JPEG blocks, so turning is lossless
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # the sensor's landscape, sideways
+    tags = Image.Exif()
+    tags[0x0112] = 6  # "turn 90 degrees clockwise to view"
+    stored.save(tmp_path / "sideways.jpg", quality=95, exif=tags.tobytes())
+
+    upright_input = decode_file(str(tmp_path / "upright.jpg"))
+    # JPEG re-encoding of the turned pixels differs by a level or two; a wrong turn by ~0.2.
+    assert np.abs(decode_file(str(tmp_path / "sideways.jpg")) - upright_input).mean() < 0.01
+    ignored = decode_file(str(tmp_path / "sideways.jpg"), exif=False)
+    assert np.abs(ignored - upright_input).mean() > 0.05
+
+
+def test_crop_takes_the_centre_square_and_pad_fits_inside(tmp_path):
+    image = cat()  # 451x300
+    image.save(tmp_path / "cat.png")
+    crop = decode_file(str(tmp_path / "cat.png"), resize="crop")
+    left = (451 - 300) // 2
+    image.crop((left, 0, left + 300, 300)).save(tmp_path / "centre.png")
+    np.testing.assert_allclose(crop, pillow_input(str(tmp_path / "centre.png"), SIZE), atol=2e-5)
+
+    pad = decode_file(str(tmp_path / "cat.png"), resize="pad")
+    inner = round(SIZE * 300 / 451)  # 32 rows of picture, the rest black bands
+    top = (SIZE - inner) // 2
+    assert np.all(pad[: top - 1] == 0) and np.all(pad[top + inner + 1 :] == 0)
+    assert pad[top + 1 : top + inner - 1].std() > 0.05
+
+
+def test_downscaling_is_antialiased_so_size_barely_matters(tmp_path):
+    big = sample("space/astronaut.jpg").resize((4000, 3000), Image.LANCZOS)
+    big.save(tmp_path / "big.jpg", quality=95)
+    big.resize((1000, 750), Image.LANCZOS).save(tmp_path / "small.jpg", quality=95)
+    difference = decode_file(str(tmp_path / "big.jpg")) - decode_file(str(tmp_path / "small.jpg"))
+    assert np.abs(difference).mean() < 0.01
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid PNG of side x side black pixels, a few hundred KB: zlib squeezes the zeros."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    squeeze = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # filter byte + one gray byte per pixel
+    idat = b"".join(squeeze.compress(row) for _ in range(side)) + squeeze.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header claims width x height (decoders fill in grey)."""
+    data = bytearray(saved(coffee().resize((64, 48)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def write_bad_inputs(root: Path) -> dict[str, str]:
+    """Files that cannot be embedded, each with the reason efx must give."""
+    root.mkdir(parents=True, exist_ok=True)
+    good_jpeg = saved(cat(), "JPEG", quality=90)
+    good_png = saved(cat(), "PNG")
+    too_large = "image too large: {} pixels exceeds --max-pixels " + str(DEFAULT_MAX_PIXELS)
+    avif = b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf" + os.urandom(64)
+    gif_bomb = b"GIF89a" + struct.pack("<HH", 65535, 65535) + saved(cat(), "GIF")[10:]
+    files = {
+        "empty.jpg": (b"", "empty file"),
+        "notes.jpg": (b"shopping list: milk, eggs\n", "not an image (text file)"),
+        "page.png": (b"<!DOCTYPE html><html>404</html>", "not an image (HTML/XML/SVG text file)"),
+        "truncated.jpg": (good_jpeg[: len(good_jpeg) // 2], "truncated or corrupt JPEG"),
+        "truncated.png": (good_png[: len(good_png) // 2], "truncated or corrupt PNG"),
+        "bad-header.jpg": (good_jpeg[:3] + os.urandom(200), "truncated or corrupt JPEG"),
+        "scan.jpg": (saved(cat(), "TIFF"), "unsupported format: TIFF"),
+        "photo.png": (avif, "unsupported format: AVIF"),
+        "bomb.png": (png_bomb(20000), too_large.format("20000x20000")),
+        "bomb.jpg": (jpeg_claiming(12000, 12000), too_large.format("12000x12000")),
+        "bomb.gif": (gif_bomb, too_large.format("65535x65535")),
+    }
+    for name, (data, _) in files.items():
+        (root / name).write_bytes(data)
+    os.symlink(root / "deleted-since.jpg", root / "dangling.jpg")
+    reasons = {name: reason for name, (_, reason) in files.items()}
+    reasons["dangling.jpg"] = "file not found (removed, or a broken symlink)"
+    return reasons
+
+
+def test_each_bad_input_gets_the_reason_a_person_understands(tmp_path):
+    for name, reason in write_bad_inputs(tmp_path).items():
+        assert failure_reason(str(tmp_path / name), DecodeOptions(SIZE)) == reason, name
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_file_is_permission_denied(tmp_path):
+    (tmp_path / "secret.jpg").write_bytes(saved(cat(), "JPEG"))
+    (tmp_path / "secret.jpg").chmod(0)
+    assert failure_reason(str(tmp_path / "secret.jpg"), DecodeOptions(SIZE)) == "permission denied"
+
+
+def test_max_pixels_is_a_setting(tmp_path):
+    (tmp_path / "cat.png").write_bytes(saved(cat(), "PNG"))
+    options = DecodeOptions(SIZE, max_pixels=100_000)
+    assert failure_reason(str(tmp_path / "cat.png"), options) == (
+        "image too large: 451x300 pixels exceeds --max-pixels 100000"
+    )
+
+
+@pytest.fixture
+def messy_dir(tmp_path):
+    """A photo collection as found in the wild: odd formats, bad files, awkward names, a loop."""
+    root = tmp_path / "messy"
+    good = {}
+    for name in ["exif-6.jpg", "cmyk.jpg", "sixteen-bit.png", "animated.webp", "palette.bmp"]:
+        good[f"odd/{name}"] = ODD_BUT_VALID[name]()
+    good["names/with space.jpg"] = saved(coffee(), "JPEG")
+    good["names/日本語の写真.png"] = saved(cat(), "PNG")
+    for rel, data in good.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    # A name that is not valid UTF-8 (Latin-1 "café"), as old archives have.
+    raw_name = os.path.join(os.fsencode(root / "names"), b"caf\xe9.jpg")
+    with open(raw_name, "wb") as file:
+        file.write(saved(cat().rotate(90, expand=True), "JPEG"))
+    good[os.path.relpath(os.fsdecode(raw_name), root)] = b""
+    (root / "names" / "line\nbreak.jpg").write_bytes(saved(coffee().rotate(180), "JPEG"))
+    good["names/line\nbreak.jpg"] = b""
+    os.symlink("..", root / "odd" / "loop")  # walking must not go round forever
+    bad = {f"bad/{n}": r for n, r in write_bad_inputs(root / "bad").items()}
+    return root, sorted(good), bad
+
+
+def test_messy_collection_embeds_every_good_image_and_reports_every_bad_one(
+    messy_dir, tiny_model, tmp_path
+):
+    root, good, bad = messy_dir
+    output = str(tmp_path / "out.h5")
+    summary = efx.extract(str(root), output, model=tiny_model, image_size=SIZE)
+    assert (summary.embedded, summary.failed) == (len(good), len(bad))
+    paths, embeddings = efx.load(output)
+    assert paths == [os.path.join(str(root), rel) for rel in good]  # sorted, in order
+    model = tf.saved_model.load(tiny_model)
+    expected = model(tf.constant(np.stack([pillow_input(path, SIZE) for path in paths]))).numpy()
+    np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)
+    with h5py.File(output) as file:
+        failures = dict(
+            zip(
+                file["failures/paths"].asstr()[:],
+                file["failures/errors"].asstr()[:],
+                strict=True,
+            )
+        )
+        assert file.attrs["complete"]
+    assert failures == {os.path.join(str(root), rel): reason for rel, reason in bad.items()}
+
+
+def test_npy_shards_refuse_a_line_break_in_a_path_clearly_and_keep_the_rest(
+    messy_dir, tiny_model, tmp_path
+):
+    root, good, bad = messy_dir
+    output = tmp_path / "shards"
+    summary = efx.extract(str(root), str(output), model=tiny_model, image_size=SIZE)
+    assert summary.embedded == len(good) - 1
+    paths, _ = efx.load(str(output))
+    assert os.path.join(str(root), "names/line\nbreak.jpg") not in paths
+    lines = (output / "paths-00000.txt").read_bytes().splitlines()
+    assert len(lines) == len(paths)  # the text file is not corrupted by the name
+    failures = [json.loads(line) for line in (output / "failures.jsonl").read_text().splitlines()]
+    assert any("line break" in f["error"] and "line\nbreak" in f["path"] for f in failures)
+
+
+PEAK_RSS = """
+import resource, sys
+import efx
+efx.extract(sys.argv[1], sys.argv[2], model=sys.argv[3], image_size=48)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_decompression_bomb_neither_allocates_nor_stops_the_run(tmp_path, tiny_model):
+    def peak_mib(folder: Path) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(folder), str(folder) + ".h5", tiny_model],
+            capture_output=True,
+            check=True,
+            cwd=REPO,
+        )
+        return int(out.stdout.split()[-1])
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for index in range(4):
+        (plain / f"{index}.jpg").write_bytes(saved(cat(), "JPEG"))
+    bombed = tmp_path / "bombed"
+    bombed.mkdir()
+    for index in range(4):
+        (bombed / f"{index}.jpg").write_bytes(saved(cat(), "JPEG"))
+    (bombed / "2b.png").write_bytes(png_bomb(20000))  # 0.4 GB as 8-bit, 1.6 GB as floats
+    baseline, with_bomb = peak_mib(plain), peak_mib(bombed)
+    assert efx.load(str(bombed) + ".h5")[1].shape[0] == 4
+    assert with_bomb < baseline + 150, (baseline, with_bomb)
+
+
+def test_cli_resize_and_exif_flags_are_applied_and_stored(tmp_path, tiny_model):
+    from click.testing import CliRunner
+
+    from efx.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "turned.jpg").write_bytes(exif_jpeg(6))
+    output = str(tmp_path / "out.h5")
+    args = ["extract", str(tmp_path / "in"), output, "-m", tiny_model, "--image-size", str(SIZE)]
+    result = CliRunner().invoke(main, [*args, "--resize", "crop", "--no-exif", "-q"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(output) as file:
+        assert file.attrs["resize"] == "crop" and not file.attrs["exif_orientation"]
+    info = CliRunner().invoke(main, ["info", output])
+    assert "resize crop, EXIF orientation ignored" in info.output
+    # Cropping the unturned (portrait-stored) picture: what efx embedded is that, not upright.
+    stored = Image.open(tmp_path / "in" / "turned.jpg")
+    side = min(stored.size)
+    left, top = (stored.width - side) // 2, (stored.height - side) // 2
+    stored.crop((left, top, left + side, top + side)).save(tmp_path / "centre.png")
+    model = tf.saved_model.load(tiny_model)
+    expected = model(tf.constant(pillow_input(str(tmp_path / "centre.png"), SIZE)[None]))
+    np.testing.assert_allclose(efx.load(output)[1][0], expected.numpy()[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, code, message",
+    [
+        (["--resize", "stretch"], 2, "'stretch' is not one of 'squash', 'crop', 'pad'"),
+        (["--max-pixels", "0"], 1, "--max-pixels must be a positive integer. Received: 0"),
+    ],
+)
+def test_cli_rejects_bad_decode_settings(tmp_path, tiny_model, flags, code, message):
+    from click.testing import CliRunner
+
+    from efx.cli import main
+
+    (tmp_path / "a.png").write_bytes(saved(cat(), "PNG"))
+    args = ["extract", str(tmp_path / "a.png"), str(tmp_path / "o.h5"), "-m", tiny_model, *flags]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code and message in result.output
+    assert "Traceback" not in result.output
