@@ -71,6 +71,23 @@ def bitfields_bmp(image: Image.Image, bpp: int, masks: tuple[int, int, int]) -> 
     return b"BM" + struct.pack("<IHHI", offset + len(raw), 0, 0, offset) + header + raw
 
 
+def four_bit_bmp(image: Image.Image) -> bytes:
+    """A 16-colour BMP, two pixels per byte (Pillow writes none; TensorFlow refuses them)."""
+    quantized = image.convert("RGB").quantize(16)
+    indices = np.asarray(quantized, np.uint8)
+    height, width = indices.shape
+    stride = (4 * width + 31) // 32 * 4
+    padded = np.zeros((height, stride * 2), np.uint8)
+    padded[:, :width] = indices
+    packed = (padded[:, 0::2] << 4) | padded[:, 1::2]
+    raw = packed[::-1].tobytes()  # bottom-up
+    colors = np.asarray(quantized.getpalette()[:48], np.uint8).reshape(16, 3)
+    table = np.concatenate([colors[:, ::-1], np.zeros((16, 1), np.uint8)], axis=1).tobytes()
+    header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 4, 0, len(raw), 2835, 2835, 16, 0)
+    offset = 14 + len(header) + len(table)
+    return b"BM" + struct.pack("<IHHI", offset + len(raw), 0, 0, offset) + header + table + raw
+
+
 def saved(image: Image.Image, fmt: str, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **params)
@@ -115,6 +132,7 @@ ODD_BUT_VALID: dict[str, Callable[[], bytes]] = {
     "rgba.webp": lambda: saved(rgba(cat()), "WEBP", quality=90),
     "lossless.webp": lambda: saved(cat(), "WEBP", lossless=True),
     "palette.bmp": lambda: saved(coffee().convert("P", palette=Image.Palette.ADAPTIVE), "BMP"),
+    "four-bit.bmp": lambda: four_bit_bmp(coffee()),
     "one-bit.bmp": lambda: saved(cat().convert("1"), "BMP"),
     "gray.bmp": lambda: saved(cat().convert("L"), "BMP"),
     "rgb.bmp": lambda: saved(cat(), "BMP"),
