@@ -402,3 +402,15 @@ def test_cli_rejects_bad_decode_settings(tmp_path, tiny_model, flags, code, mess
     result = CliRunner().invoke(main, args)
     assert result.exit_code == code and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_listed_file_that_is_gone_by_reading_time_is_reported(tmp_path, tiny_model):
+    (tmp_path / "here.jpg").write_bytes(saved(cat(), "JPEG"))
+    listing = f"{tmp_path / 'here.jpg'}\n{tmp_path / 'gone.jpg'}\n".encode()
+    output = str(tmp_path / "out.h5")
+    summary = efx.extract("-", output, model=tiny_model, image_size=SIZE, stdin=io.BytesIO(listing))
+    assert (summary.embedded, summary.failed) == (1, 1)
+    with h5py.File(output) as file:
+        assert list(file["failures/errors"].asstr()[:]) == [
+            "file not found (removed, or a broken symlink)"
+        ]
