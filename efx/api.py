@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import resume as resume_
 from . import writers
 from .config import DEFAULT_MAX_PIXELS, DecodeOptions
 from .discover import check_sources, find_images
@@ -25,6 +26,12 @@ from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
 
 DEFAULT_SHARD_SIZE = 10_000
 MAX_IMAGE_SIZE = 2048
+
+
+# Rows reach the OS (and survive kill -9) after every batch; they are synced to the disk (and
+# survive power loss) at least every SYNC_ROWS images or SYNC_SECONDS seconds.
+SYNC_ROWS = 1000
+SYNC_SECONDS = 30.0
 
 
 @dataclass
@@ -39,12 +46,14 @@ class Summary:
     image_size: int
     feature_dim: int
     batch_size: int
-    images: int
-    embedded: int
-    failed: int
+    part: str  # "I/N": this run's part of the inputs ("0/1": all of them)
+    images: int  # inputs of this run (its part)
+    embedded: int  # rows in the output
+    failed: int  # failures in the output
+    resumed: int  # inputs already done by an earlier run (--resume)
     seconds: float  # the whole run
     load_seconds: float  # of which loading the model (download, restore, first call)
-    images_per_second: float  # embedded images per second of streaming, after the model load
+    images_per_second: float  # images embedded by this run per second of streaming
     complete: bool
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +73,8 @@ def extract(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
+    resume: bool = False,
+    part: str | None = None,
     null: bool = False,
     stdin: BinaryIO | None = None,
     progress: bool = False,
@@ -72,6 +83,7 @@ def extract(
 
     `sources` are folders (walked recursively), image files, or "-" for paths read from `stdin`.
     Images that cannot be read or decoded are recorded as failures; the run goes on.
+    `resume` continues an interrupted output; `part="I/N"` embeds only the I-th of N parts.
     """
     sources = [sources] if isinstance(sources, str) else list(sources)
     check_sources(sources)
@@ -80,14 +92,37 @@ def extract(
     _check_positive("--image-size", image_size, MAX_IMAGE_SIZE)
     _check_positive("--shard-size", shard_size)
     options = DecodeOptions(image_size or 1, resize=resize, exif=exif, max_pixels=max_pixels)
-    writers.check_output(output, fmt, overwrite)
+    index, count = resume_.parse_part(part) if part else (0, 1)
+    if resume and overwrite:
+        raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
+    state = _resumable_state(output, fmt) if resume else None
+    if state is None:
+        writers.check_output(output, fmt, overwrite)
     spec = resolve_model(model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
-    paths = find_images(sources, stdin=stdin, null=null)
-    if not paths:
+    everything = find_images(sources, stdin=stdin, null=null)
+    if not everything:
         raise EfxError(
             f"no images found in {', '.join(sources)} "
             "(folders are searched for .jpg .jpeg .png .gif .bmp .webp files)"
         )
+    paths = resume_.select_part(everything, index, count)
+    run = {
+        "model_handle": spec.handle,
+        "resize": options.resize,
+        "exif_orientation": options.exif,
+        "part": f"{index}/{count}",
+        "inputs_total": len(everything),
+        "part_inputs": len(paths),
+    }
+    done = kept_rows = kept_failures = 0
+    if state is not None:
+        keys = ["model_handle", "resize", "exif_orientation", "part"]
+        keys += ["inputs_total"] if count > 1 else []  # the parts' boundaries depend on it
+        keys += ["image_size"] if image_size else []
+        _check_resumable(output, state["attrs"], {**run, "image_size": image_size}, keys)
+        if state["complete"]:
+            return _already_complete(output, fmt, state)
+        done, kept_rows, kept_failures = resume_.done_prefix(paths, state["paths"], state["failed"])
 
     started = time.monotonic()
     if progress:  # the load takes seconds to minutes (a first run downloads): say what is going on
@@ -97,29 +132,33 @@ def extract(
     options = replace(options, image_size=loaded.image_size)
     attrs = {
         "model": loaded.name,
+        **run,
         "standin": loaded.standin,
         "image_size": loaded.image_size,
         "feature_dim": loaded.feature_dim,
-        "resize": options.resize,
-        "exif_orientation": options.exif,
         "efx_version": _version(),
         "tensorflow_version": _tf_version(),
         "device": loaded.device,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    writer_options = {"shard_size": shard_size} if fmt == "npy" else {}
+    writer_options: dict[str, Any] = {"shard_size": shard_size} if fmt == "npy" else {}
+    if state is not None:
+        _check_resumable(output, state["attrs"], attrs, resume_.SETTINGS)
+        writer_options["keep"] = (kept_rows, kept_failures)
     try:
         writer = writers.open_writer(fmt, output, attrs, **writer_options)
     except OSError as error:
         raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
     try:
-        embedded, failed = _stream(paths, fmt, options, loaded, writer, progress)
+        with _progress_bar(len(paths), done, progress) as bar:
+            embedded, failed = _stream(paths[done:], fmt, options, loaded, writer, bar)
         writer.close()
     except OSError as error:
         _abort(writer)
         raise EfxError(
             f"writing {output} failed: {error.strerror or error} (disk full?). The rows written "
-            "so far are kept and the output is marked incomplete."
+            "so far are kept and the output is marked incomplete: free some space, then run "
+            "the same command with --resume."
         ) from error
     except BaseException:
         _abort(writer)
@@ -136,12 +175,61 @@ def extract(
         image_size=loaded.image_size,
         feature_dim=loaded.feature_dim,
         batch_size=loaded.batch_size,
+        part=f"{index}/{count}",
         images=len(paths),
-        embedded=embedded,
-        failed=failed,
+        embedded=kept_rows + embedded,
+        failed=kept_failures + failed,
+        resumed=done,
         seconds=round(finished - started, 3),
         load_seconds=round(loaded_at - started, 3),
         images_per_second=round(embedded / streaming, 3) if streaming > 0 else 0.0,
+        complete=True,
+    )
+
+
+def _resumable_state(output: str, fmt: str) -> dict[str, Any] | None:
+    """The state of the output to continue, or None when there is none yet (start afresh)."""
+    if not os.path.lexists(output):
+        return None
+    if os.path.isdir(output) and not os.listdir(output):
+        return None
+    found = writers.detect_format(output)
+    if found != fmt:
+        raise EfxError(f"cannot resume {output}: it is {found} output, not {fmt}")
+    return writers.read_state(output)
+
+
+def _check_resumable(
+    output: str, stored: dict[str, Any], wanted: dict[str, Any], keys: Iterable[str]
+) -> None:
+    differences = resume_.mismatches(stored, wanted, list(keys))
+    if differences:
+        raise EfxError(
+            f"cannot resume {output}: it was made with other settings ("
+            + "; ".join(differences)
+            + "). Resume with the same settings, or start over with --overwrite."
+        )
+
+
+def _already_complete(output: str, fmt: str, state: dict[str, Any]) -> Summary:
+    attrs = state["attrs"]
+    return Summary(
+        output=output,
+        format=fmt,
+        model=str(attrs.get("model")),
+        standin=bool(attrs.get("standin")),
+        device=str(attrs.get("device")),
+        image_size=int(attrs.get("image_size", 0)),
+        feature_dim=int(attrs.get("feature_dim", 0)),
+        batch_size=0,
+        part=str(attrs.get("part", "0/1")),
+        images=len(state["paths"]) + len(state["failed"]),
+        embedded=len(state["paths"]),
+        failed=len(state["failed"]),
+        resumed=len(state["paths"]) + len(state["failed"]),
+        seconds=0.0,
+        load_seconds=0.0,
+        images_per_second=0.0,
         complete=True,
     )
 
@@ -152,35 +240,59 @@ def _stream(
     options: DecodeOptions,
     loaded: LoadedModel,
     writer: writers.Writer,
-    progress: bool,
+    bar: Any,
 ) -> tuple[int, int]:
-    """The loop: decoded batches -> model -> writer, failures recorded as they come."""
+    """The loop: decoded batches -> model -> writer. Rows and failures are each written in
+    input order (what --resume relies on), and committed after every batch."""
     from . import decode  # imports TensorFlow; deferred so that the checks stay instant
 
     embedded = failed = 0
-    storable = []
-    for path in paths:
-        problem = writers.unstorable(fmt, path)
-        if problem:
-            writer.fail(path, problem)
-            failed += 1
-        else:
-            storable.append(path)
+    unstorable = {i: why for i, p in enumerate(paths) if (why := writers.unstorable(fmt, p))}
+    storable = [i for i in range(len(paths)) if i not in unstorable]
+    waiting = sorted(unstorable, reverse=True)  # failures known upfront, recorded in turn
 
-    batches = decode.image_batches(storable, options, loaded.batch_size)
-    with _progress_bar(len(paths), progress) as bar:
-        bar.update(failed)
-        for index, images, ok in batches:
-            index, ok = index.numpy(), ok.numpy()
-            if ok.any():
-                good = images if ok.all() else _select(images, ok)
-                writer.write([storable[i] for i in index[ok]], loaded.embed(good))
-                embedded += int(ok.sum())
-            for i in index[~ok]:
-                writer.fail(storable[i], decode.failure_reason(storable[i], options))
-                failed += 1
-            bar.update(len(index))
+    def fail(position: int, reason: str) -> None:
+        nonlocal failed
+        while waiting and waiting[-1] < position:
+            earlier = waiting.pop()
+            writer.fail(paths[earlier], unstorable[earlier])
+            failed += 1
+            bar.update(1)
+        if position < len(paths):
+            writer.fail(paths[position], reason)
+            failed += 1
+
+    sync = _SyncClock()
+    batches = decode.image_batches([paths[i] for i in storable], options, loaded.batch_size)
+    for index, images, ok in batches:
+        index, ok = index.numpy(), ok.numpy()
+        positions = [storable[i] for i in index]
+        if ok.any():
+            good = images if ok.all() else _select(images, ok)
+            writer.write([paths[storable[i]] for i in index[ok]], loaded.embed(good))
+            embedded += int(ok.sum())
+        for position, fine in zip(positions, ok, strict=True):
+            if not fine:
+                fail(position, decode.failure_reason(paths[position], options))
+        writer.flush(sync=sync.due(len(index)))
+        bar.update(len(index))
+    fail(len(paths), "")  # the failures known upfront that come after the last batch
     return embedded, failed
+
+
+class _SyncClock:
+    """Says when the rows written since the last sync are worth an fsync."""
+
+    def __init__(self) -> None:
+        self._rows = 0
+        self._last = time.monotonic()
+
+    def due(self, rows: int) -> bool:
+        self._rows += rows
+        if self._rows >= SYNC_ROWS or time.monotonic() - self._last >= SYNC_SECONDS:
+            self._rows, self._last = 0, time.monotonic()
+            return True
+        return False
 
 
 def _abort(writer: writers.Writer) -> None:
@@ -209,11 +321,12 @@ def _select(images: Any, ok: np.ndarray) -> Any:
     return tf.boolean_mask(images, ok)
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, done: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
         total=total,
+        initial=done,
         unit="img",
         disable=not enabled,
         file=sys.stderr,

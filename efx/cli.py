@@ -243,16 +243,21 @@ def info(output: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(details, ensure_ascii=False))
         return
+    get = details.get
     rows = [
         ("output", f"{details['output']} ({details['format']})"),
-        ("complete", "yes" if details["complete"] else "NO (interrupted or still running)"),
-        ("embeddings", f"{details['count']} x {details['feature_dim']} {details['dtype']}"),
-        ("model", details["model"]),
+        ("complete", "yes" if get("complete") else "NO (interrupted, or still being written)"),
+        ("embeddings", f"{get('count', 0)} x {get('feature_dim')} {get('dtype')}"),
+        ("model", get("model")),
         ("input", _input_settings(details)),
-        ("failed", details["failed"]),
-        ("created", details["created"]),
-        ("versions", f"efx {details['efx_version']}, tensorflow {details['tensorflow_version']}"),
+        ("failed", get("failed", 0)),
+        ("created", get("created")),
+        ("versions", f"efx {get('efx_version')}, tensorflow {get('tensorflow_version')}"),
     ]
+    if get("part") and get("part") != "0/1":
+        rows.insert(
+            3, ("part", f"{get('part')} ({get('part_inputs')} of {get('inputs_total')} inputs)")
+        )
     for key, value in rows:
         click.echo(f"{key + ':':<12}{value}")
     for failure in details["failures"]:
@@ -262,7 +267,7 @@ def info(output: str, as_json: bool) -> None:
 
 
 def _input_settings(details: dict[str, Any]) -> str:
-    size = details["image_size"]
+    size = details.get("image_size")
     settings = [f"{size}x{size}"]
     if details.get("resize"):
         settings.append(f"resize {details['resize']}")

@@ -4,15 +4,20 @@ Every writer takes `(path, attrs)`, where `attrs` holds the run's metadata (mode
 feature_dim, versions, created), and offers:
 - `write(paths, embeddings)`: append rows, in order;
 - `fail(path, reason)`: record an input that could not be embedded;
+- `flush(sync)`: commit what was written (it then survives kill -9; with sync, power loss);
 - `close()`: finish, marking the output complete; `abort()`: flush, leaving it marked incomplete.
 
-Each format module also has `read(path)` -> (paths, embeddings) and `describe(path)` -> dict,
-which import neither TensorFlow nor anything slow.
+Constructed with `keep=(rows, failures)`, a writer reopens an interrupted output and continues
+after that many rows and failures (`--resume`).
+
+Each format module also has `read`, `iter_rows`, `read_failures`, `read_state` (what --resume
+needs) and `describe`, which import neither TensorFlow nor anything slow.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +33,7 @@ _MODULES = {"hdf5": hdf5, "npy": npy}
 class Writer(Protocol):
     def write(self, paths: list[str], embeddings: np.ndarray) -> None: ...
     def fail(self, path: str, reason: str) -> None: ...
+    def flush(self, sync: bool = False) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -54,6 +60,25 @@ def check_output(output: str, fmt: str, overwrite: bool) -> None:
 def open_writer(fmt: str, output: str, attrs: dict[str, Any], **options: Any) -> Writer:
     writer: Writer = WRITERS[fmt](output, attrs, **options)
     return writer
+
+
+def read_state(output: str) -> dict[str, Any]:
+    """{"attrs", "paths" (embedded), "failed" (paths), "complete"} of an existing output."""
+    state: dict[str, Any] = _MODULES[detect_format(output)].read_state(output)
+    return state
+
+
+def iter_rows(output: str, block: int = 10_000) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(paths, embeddings) blocks of an output of either format, in row order."""
+    rows: Iterator[tuple[list[str], np.ndarray]] = _MODULES[detect_format(output)].iter_rows(
+        output, block
+    )
+    return rows
+
+
+def read_failures(output: str) -> list[dict[str, str]]:
+    failures: list[dict[str, str]] = _MODULES[detect_format(output)].read_failures(output)
+    return failures
 
 
 def unstorable(fmt: str, path: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import re
 import sys
@@ -79,86 +80,257 @@ _shutdown_skipped = False
 
 
 class Hdf5Writer:
-    def __init__(self, output: str, attrs: dict[str, Any]) -> None:
-        dim = int(attrs["feature_dim"])
-        self._file = h5py.File(output, "w")
-        rows = max(1, _CHUNK_BYTES // (4 * dim))
-        self._embeddings = self._file.create_dataset(
-            "embeddings", shape=(0, dim), maxshape=(None, dim), dtype="float32", chunks=(rows, dim)
-        )
-        self._paths = self._file.create_dataset(
-            "paths", shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(1024,)
-        )
-        failures = self._file.create_group("failures")
-        self._failed_paths = failures.create_dataset(
-            "paths", shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(256,)
-        )
-        self._failed_errors = failures.create_dataset(
-            "errors", shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(256,)
-        )
-        for key, value in attrs.items():
-            self._file.attrs[key] = value
-        self._file.attrs["complete"] = False
-        self._file.flush()
+    """Appends rows to an HDF5 file in SWMR mode, so that the file on disk is valid at every
+    instant (kill -9 and power loss included): HDF5 then orders its metadata writes so that
+    no pointer on disk ever leads to unwritten data. Rows reach the file at each `flush`.
+
+    With `keep=(rows, failures)` it reopens an interrupted output and continues after that
+    many rows and failures (`--resume`), dropping anything past them.
+    """
+
+    def __init__(
+        self, output: str, attrs: dict[str, Any], keep: tuple[int, int] | None = None
+    ) -> None:
+        self._output = output
+        with _as_os_error():
+            if keep is None:
+                self._file = _create(output, attrs)
+            else:
+                self._file = _reopen(output)
+                for key, value in attrs.items():
+                    if key != "created":  # the output keeps the date it was started
+                        self._file.attrs[key] = value
+                self._file.attrs["complete"] = False
+                _truncate(self._file["embeddings"], self._file["paths"], keep[0])
+                failures = self._file["failures"]
+                _truncate(failures["paths"], failures["errors"], keep[1])
+            self._file.flush()
+            self._file.swmr_mode = True  # from here on, no new objects; appends only
+        self._embeddings = self._file["embeddings"]
+        self._paths = self._file["paths"]
+        self._failed_paths = self._file["failures/paths"]
+        self._failed_errors = self._file["failures/errors"]
 
     def write(self, paths: list[str], embeddings: np.ndarray) -> None:
         with _as_os_error():
             _append(self._embeddings, embeddings)
             _append(self._paths, _encode(paths))
-            self._file.flush()
 
     def fail(self, path: str, reason: str) -> None:
         with _as_os_error():
             _append(self._failed_paths, _encode([path]))
             _append(self._failed_errors, _encode([reason]))
 
+    def flush(self, sync: bool = False) -> None:
+        """Hand everything written so far to the OS (survives kill -9); `sync`: to the disk."""
+        with _as_os_error():
+            self._file.flush()
+            if sync:
+                _fsync(self._output)
+
     def close(self) -> None:
         with _as_os_error():
+            self._file.flush()
+            _fsync(self._output)  # every row on the disk before the file says complete
             self._file.attrs["complete"] = True
             self._file.close()
+            _fsync(self._output)
 
     def abort(self) -> None:
         if self._file.id.valid:
             with _as_os_error():
+                self._file.flush()
                 self._file.close()
 
 
+def _create(output: str, attrs: dict[str, Any]) -> h5py.File:
+    dim = int(attrs["feature_dim"])
+    file = h5py.File(output, "w", libver="latest")  # the SWMR file format (HDF5 >= 1.10)
+    rows = max(1, _CHUNK_BYTES // (4 * dim))
+    file.create_dataset(
+        "embeddings", shape=(0, dim), maxshape=(None, dim), dtype="float32", chunks=(rows, dim)
+    )
+    file.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(1024,))
+    failures = file.create_group("failures")
+    for name in ("paths", "errors"):
+        failures.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(256,))
+    for key, value in attrs.items():
+        file.attrs[key] = value
+    file.attrs["complete"] = False
+    return file
+
+
+def _reopen(output: str) -> h5py.File:
+    """Open an interrupted output for appending. A writer killed in SWMR mode leaves a flag in
+    the superblock that makes HDF5 refuse to open the file for writing; clear it first, as
+    HDF5's own `h5clear -s` does, unless another process still holds the file."""
+    try:
+        return h5py.File(output, "r+")
+    except OSError as error:
+        if "consistency flags" not in str(error):
+            raise
+    with open(output, "rb") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # HDF5 locks files with flock
+        except OSError:
+            raise EfxError(f"OUTPUT {output} is being written by another process") from None
+        fcntl.flock(file, fcntl.LOCK_UN)
+    clear_crash_flags(output)
+    return h5py.File(output, "r+")
+
+
+def clear_crash_flags(output: str) -> None:
+    """Mark an HDF5 file (superblock version 2 or 3) as closed, and make its end-of-allocation
+    cover all its bytes, exactly as `h5clear -s --increment=0` does."""
+    with open(output, "r+b") as file:
+        block = bytearray(file.read(48))
+        version, offset_size = block[8], block[9]
+        if block[:8] != b"\x89HDF\r\n\x1a\n" or version not in (2, 3) or offset_size != 8:
+            raise EfxError(f"cannot reopen {output}: not an HDF5 file written by efx")
+        if _lookup3(bytes(block[:44])) != int.from_bytes(block[44:48], "little"):
+            raise EfxError(f"cannot reopen {output}: its HDF5 superblock is damaged")
+        block[11] = 0  # the file consistency flags
+        end = int.from_bytes(block[28:36], "little")
+        size = os.fstat(file.fileno()).st_size
+        block[28:36] = max(end, size).to_bytes(8, "little")
+        block[44:48] = _lookup3(bytes(block[:44])).to_bytes(4, "little")
+        file.seek(0)
+        file.write(block)
+
+
+_MASK = 0xFFFFFFFF
+
+
+def _rotate(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (32 - bits))) & _MASK
+
+
+def _lookup3(data: bytes) -> int:
+    """Bob Jenkins' lookup3 hash (hashlittle, seed 0): the checksum of HDF5's metadata."""
+    a = b = c = (0xDEADBEEF + len(data)) & _MASK
+    words = [
+        int.from_bytes(data[i : i + 4].ljust(4, b"\0"), "little") for i in range(0, len(data), 4)
+    ]
+    words += [0] * (-len(words) % 3)
+    if not data:
+        return c
+    last = (len(data) - 1) // 12 * 3
+    for i in range(0, last, 3):
+        a, b, c = (a + words[i]) & _MASK, (b + words[i + 1]) & _MASK, (c + words[i + 2]) & _MASK
+        a = (a - c) & _MASK ^ _rotate(c, 4)
+        c = (c + b) & _MASK
+        b = (b - a) & _MASK ^ _rotate(a, 6)
+        a = (a + c) & _MASK
+        c = (c - b) & _MASK ^ _rotate(b, 8)
+        b = (b + a) & _MASK
+        a = (a - c) & _MASK ^ _rotate(c, 16)
+        c = (c + b) & _MASK
+        b = (b - a) & _MASK ^ _rotate(a, 19)
+        a = (a + c) & _MASK
+        c = (c - b) & _MASK ^ _rotate(b, 4)
+        b = (b + a) & _MASK
+    a, b, c = (
+        (a + words[last]) & _MASK,
+        (b + words[last + 1]) & _MASK,
+        (c + words[last + 2]) & _MASK,
+    )
+    c = (c ^ b) - _rotate(b, 14) & _MASK
+    a = (a ^ c) - _rotate(c, 11) & _MASK
+    b = (b ^ a) - _rotate(a, 25) & _MASK
+    c = (c ^ b) - _rotate(b, 16) & _MASK
+    a = (a ^ c) - _rotate(c, 4) & _MASK
+    b = (b ^ a) - _rotate(a, 14) & _MASK
+    c = (c ^ b) - _rotate(b, 24) & _MASK
+    return c
+
+
+def _truncate(first: h5py.Dataset, second: h5py.Dataset, rows: int) -> None:
+    first.resize(rows, axis=0)
+    second.resize(rows, axis=0)
+
+
+def _fsync(output: str) -> None:
+    with open(output, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def _open_for_reading(output: str) -> h5py.File:
+    # swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear).
+    return h5py.File(output, "r", swmr=True)
+
+
+def _rows(file: h5py.File) -> tuple[int, int]:
+    """Rows and failures held whole: after a kill, one of a pair of datasets may be longer."""
+    failures = file["failures"]
+    return (
+        min(file["embeddings"].shape[0], file["paths"].shape[0]),
+        min(failures["paths"].shape[0], failures["errors"].shape[0]),
+    )
+
+
+def _texts(dataset: h5py.Dataset, stop: int, start: int = 0) -> list[str]:
+    return list(dataset.asstr(errors="surrogateescape")[start:stop])
+
+
 def read(output: str) -> tuple[list[str], np.ndarray]:
-    with h5py.File(output, "r") as file:
+    with _open_for_reading(output) as file:
         _require(file, output)
-        paths = list(file["paths"].asstr(errors="surrogateescape")[:])
-        return paths, np.asarray(file["embeddings"][:], dtype=np.float32)
+        rows, _ = _rows(file)
+        embeddings = np.asarray(file["embeddings"][:rows], dtype=np.float32)
+        return _texts(file["paths"], rows), embeddings
+
+
+def iter_rows(output: str, block: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The rows in blocks of at most `block`, so that big outputs stream through memory."""
+    with _open_for_reading(output) as file:
+        rows, _ = _rows(file)
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            embeddings = np.asarray(file["embeddings"][start:stop], dtype=np.float32)
+            yield _texts(file["paths"], stop, start), embeddings
+
+
+def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]:
+    with _open_for_reading(output) as file:
+        _, failed = _rows(file)
+        stop = failed if limit is None else min(failed, limit)
+        failures = file["failures"]
+        return [
+            {"path": path, "error": error}
+            for path, error in zip(
+                _texts(failures["paths"], stop), _texts(failures["errors"], stop), strict=True
+            )
+        ]
+
+
+def read_state(output: str) -> dict[str, Any]:
+    """Everything --resume needs: the settings, the paths done and failed, completeness."""
+    with _open_for_reading(output) as file:
+        _require(file, output)
+        rows, failed = _rows(file)
+        attrs = {key: _plain(value) for key, value in file.attrs.items()}
+        return {
+            "attrs": attrs,
+            "paths": _texts(file["paths"], rows),
+            "failed": _texts(file["failures/paths"], failed),
+            "complete": bool(attrs.get("complete", False)),
+        }
 
 
 def describe(output: str) -> dict[str, Any]:
-    with h5py.File(output, "r") as file:
+    with _open_for_reading(output) as file:
         _require(file, output)
+        rows, failed = _rows(file)
         attrs = {key: _plain(value) for key, value in file.attrs.items()}
         embeddings = file["embeddings"]
-        failures = file["failures"]
-        return {
-            "count": int(embeddings.shape[0]),
+        info = {
+            "count": rows,
             "feature_dim": int(embeddings.shape[1]),
             "dtype": str(embeddings.dtype),
-            "model": attrs.get("model"),
-            "image_size": attrs.get("image_size"),
-            "resize": attrs.get("resize"),
-            "exif_orientation": attrs.get("exif_orientation"),
-            "failed": int(failures["paths"].shape[0]),
-            "failures": [
-                {"path": path, "error": error}
-                for path, error in zip(
-                    failures["paths"].asstr(errors="surrogateescape")[:20],
-                    failures["errors"].asstr(errors="surrogateescape")[:20],
-                    strict=True,
-                )
-            ],
-            "complete": bool(attrs.get("complete", False)),
-            "created": attrs.get("created"),
-            "efx_version": attrs.get("efx_version"),
-            "tensorflow_version": attrs.get("tensorflow_version"),
-            "device": attrs.get("device"),
+            "failed": failed,
         }
+    info["failures"] = read_failures(output, limit=20)
+    return {**attrs, **info, "complete": bool(attrs.get("complete", False))}
 
 
 def _require(file: h5py.File, output: str) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any
+import struct
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -16,6 +18,11 @@ from ..errors import EfxError
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
 _SHARD_PATTERNS = ("embeddings-*.npy", "paths-*.txt")
+_HEADER_BYTES = 128
+# Manifest fields that describe the folder's layout rather than the run's settings.
+_LAYOUT_KEYS = frozenset(
+    {"format", "complete", "count", "failed", "shard_size", "shards", "failures"}
+)
 
 
 def check_target(output: str, overwrite: bool) -> None:
@@ -44,7 +51,7 @@ def unstorable(path: str) -> str | None:
 def _remove_previous(output: str) -> None:
     """Delete an earlier efx output's own files (and nothing else) from `output`."""
     names = [MANIFEST, FAILURES]
-    for pattern in _SHARD_PATTERNS:
+    for pattern in (*_SHARD_PATTERNS, "*.partial"):
         names += [os.path.basename(p) for p in glob.glob(os.path.join(output, pattern))]
     for name in names:
         path = os.path.join(output, name)
@@ -52,98 +59,207 @@ def _remove_previous(output: str) -> None:
             os.remove(path)
 
 
-def _write_atomically(path: str, write: Any) -> None:
+def _write_atomically(path: str, data: bytes, sync: bool = True) -> None:
     scratch = path + ".partial"
     with open(scratch, "wb") as file:
-        write(file)
+        file.write(data)
         file.flush()
-        os.fsync(file.fileno())
+        if sync:
+            os.fsync(file.fileno())
     os.replace(scratch, path)
 
 
+def _npy_header(rows: int, dim: int) -> bytes:
+    """A .npy (version 1.0) header of fixed length, so that it can be rewritten in place as
+    rows are appended to the shard behind it."""
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    text = text.ljust(_HEADER_BYTES - 10 - 1) + "\n"
+    header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+    assert len(header) == _HEADER_BYTES, header
+    return header
+
+
 class NpyWriter:
-    def __init__(self, output: str, attrs: dict[str, Any], shard_size: int = 10_000) -> None:
+    """Appends rows to the current shard's files and commits them at each `flush`: the shard's
+    .npy header is rewritten in place with the new row count, then `manifest.json` (replaced
+    atomically) records the rows committed. At any instant the manifest describes rows that
+    are all on disk; a reader takes exactly the rows it lists.
+
+    With `keep=(rows, failures)` it reopens an interrupted output and continues after that
+    many rows and failures (`--resume`), dropping anything past them.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        attrs: dict[str, Any],
+        shard_size: int = 10_000,
+        keep: tuple[int, int] | None = None,
+    ) -> None:
         if shard_size < 1:
             raise EfxError(f"--shard-size must be at least 1. Received: {shard_size}")
-        os.makedirs(output, exist_ok=True)
-        _remove_previous(output)
         self._output = output
-        self._attrs = dict(attrs)
-        self._shard_size = shard_size
         self._dim = int(attrs["feature_dim"])
-        self._shards: list[dict[str, Any]] = []
-        self._count = 0
+        self._shards: list[dict[str, Any]] = []  # finished shards
+        self._open: dict[str, Any] | None = None  # the shard being appended to
+        self._embeddings_file: BinaryIO | None = None
+        self._paths_file: BinaryIO | None = None
         self._failed = 0
-        self._pending_paths: list[str] = []
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-        self._failures = open(os.path.join(output, FAILURES), "w", encoding="utf-8")  # noqa: SIM115
+        if keep is None:
+            os.makedirs(output, exist_ok=True)
+            _remove_previous(output)
+            self._attrs = dict(attrs)
+            self._shard_size = shard_size
+            self._failures = open(os.path.join(output, FAILURES), "wb")  # noqa: SIM115
+        else:
+            manifest = _manifest(output)
+            self._attrs = {k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS}
+            self._attrs.update({k: v for k, v in attrs.items() if k != "created"})
+            self._shard_size = int(manifest["shard_size"])  # the same layout as before
+            self._keep(manifest, *keep)
         self._write_manifest(complete=False)
 
     def write(self, paths: list[str], embeddings: np.ndarray) -> None:
+        embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
         start = 0
         while start < len(paths):
-            take = min(len(paths) - start, self._shard_size - self._pending_rows)
-            self._pending_paths += paths[start : start + take]
-            self._pending.append(np.asarray(embeddings[start : start + take], dtype=np.float32))
-            self._pending_rows += take
+            if self._open is None:
+                self._start_shard(len(self._shards))
+            assert self._open is not None and self._embeddings_file and self._paths_file
+            take = min(len(paths) - start, self._shard_size - self._open["written"])
+            self._embeddings_file.write(embeddings[start : start + take].tobytes())
+            self._paths_file.write(_lines(paths[start : start + take]))
+            self._open["written"] += take
             start += take
-            if self._pending_rows == self._shard_size:
-                self._flush_shard()
+            if self._open["written"] == self._shard_size:
+                self._finish_shard()
 
     def fail(self, path: str, reason: str) -> None:
         record = {
             "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
             "error": reason,
         }
-        self._failures.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._failures.flush()
+        self._failures.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self._failed += 1
 
+    def flush(self, sync: bool = False) -> None:
+        """Commit every row written so far: survives kill -9; with `sync`, power loss too."""
+        self._commit(sync)
+        self._write_manifest(complete=False, sync=sync)
+
     def close(self) -> None:
-        self._flush_shard()
-        self._failures.close()
+        self._commit(sync=True)
+        self._close_files()
         self._write_manifest(complete=True)
 
     def abort(self) -> None:
         if not self._failures.closed:
-            self._flush_shard()
-            self._failures.close()
+            self._commit(sync=True)
+            self._close_files()
             self._write_manifest(complete=False)
 
-    def _flush_shard(self) -> None:
-        if not self._pending_rows:
-            return
-        number = len(self._shards)
-        embeddings_name = f"embeddings-{number:05d}.npy"
-        paths_name = f"paths-{number:05d}.txt"
-        block = np.concatenate(self._pending).reshape(-1, self._dim)
-        text = "".join(path + "\n" for path in self._pending_paths)
-        _write_atomically(os.path.join(self._output, embeddings_name), lambda f: np.save(f, block))
-        _write_atomically(
-            os.path.join(self._output, paths_name),
-            lambda f: f.write(text.encode("utf-8", "surrogateescape")),
-        )
-        self._shards.append(
-            {"embeddings": embeddings_name, "paths": paths_name, "rows": len(block)}
-        )
-        self._count += len(block)
-        self._pending, self._pending_paths, self._pending_rows = [], [], 0
+    def _start_shard(self, number: int) -> None:
+        self._open = {
+            "embeddings": f"embeddings-{number:05d}.npy",
+            "paths": f"paths-{number:05d}.txt",
+            "rows": 0,  # committed: in the header and the manifest
+            "written": 0,  # handed to the files
+        }
+        self._embeddings_file = open(self._path(self._open["embeddings"]), "wb")  # noqa: SIM115
+        self._embeddings_file.write(_npy_header(0, self._dim))
+        self._paths_file = open(self._path(self._open["paths"]), "wb")  # noqa: SIM115
+
+    def _finish_shard(self) -> None:
+        self._commit(sync=True)
+        assert self._open is not None
+        self._shards.append({k: self._open[k] for k in ("embeddings", "paths", "rows")})
+        self._close_files(failures=False)
+        self._open = None
         self._write_manifest(complete=False)
 
-    def _write_manifest(self, complete: bool) -> None:
+    def _commit(self, sync: bool) -> None:
+        self._failures.flush()
+        if sync:
+            os.fsync(self._failures.fileno())
+        if self._open is None or not self._embeddings_file or not self._paths_file:
+            return
+        for file in (self._embeddings_file, self._paths_file):
+            file.flush()
+            if sync:
+                os.fsync(file.fileno())
+        # The header only ever counts rows already in the file, so np.load never runs short.
+        os.pwrite(self._embeddings_file.fileno(), _npy_header(self._open["written"], self._dim), 0)
+        if sync:
+            os.fsync(self._embeddings_file.fileno())
+        self._open["rows"] = self._open["written"]
+
+    def _close_files(self, failures: bool = True) -> None:
+        for file in (self._embeddings_file, self._paths_file):
+            if file is not None:
+                file.close()
+        self._embeddings_file = self._paths_file = None
+        if failures:
+            self._failures.close()
+
+    def _keep(self, manifest: dict[str, Any], rows: int, failures: int) -> None:
+        """Reopen for --resume: keep the first `rows` rows and `failures` failures."""
+        left = rows
+        for shard in manifest["shards"]:
+            take = min(left, int(shard["rows"]))
+            left -= take
+            if take == int(shard["rows"]) and take == self._shard_size:
+                self._shards.append(shard)
+            elif take > 0:  # the shard to continue: cut it to `take` rows and append after
+                self._reopen_shard(len(self._shards), take)
+            else:
+                for key in ("embeddings", "paths"):
+                    if os.path.exists(self._path(shard[key])):
+                        os.remove(self._path(shard[key]))
+        kept = read_failures(self._output)[:failures]
+        self._failures = open(self._path(FAILURES), "wb")  # noqa: SIM115
+        for failure in kept:
+            self._failures.write((json.dumps(failure, ensure_ascii=False) + "\n").encode())
+        self._failed = len(kept)
+        self._commit(sync=True)
+
+    def _reopen_shard(self, number: int, rows: int) -> None:
+        self._open = {
+            "embeddings": f"embeddings-{number:05d}.npy",
+            "paths": f"paths-{number:05d}.txt",
+            "rows": rows,
+            "written": rows,
+        }
+        with open(self._path(self._open["paths"]), "rb") as file:
+            kept = file.read().split(b"\n")[:rows]
+        self._paths_file = open(self._path(self._open["paths"]), "wb")  # noqa: SIM115
+        self._paths_file.write(b"".join(line + b"\n" for line in kept))
+        self._embeddings_file = open(self._path(self._open["embeddings"]), "r+b")  # noqa: SIM115
+        self._embeddings_file.truncate(_HEADER_BYTES + rows * self._dim * 4)
+        self._embeddings_file.seek(0, os.SEEK_END)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._output, name)
+
+    def _write_manifest(self, complete: bool, sync: bool = True) -> None:
+        shards = list(self._shards)
+        if self._open is not None and self._open["rows"]:
+            shards.append({k: self._open[k] for k in ("embeddings", "paths", "rows")})
         manifest = {
             **self._attrs,
             "format": "efx-npy-shards/1",
             "complete": complete,
-            "count": self._count,
+            "count": sum(int(shard["rows"]) for shard in shards),
             "failed": self._failed,
             "shard_size": self._shard_size,
-            "shards": self._shards,
+            "shards": shards,
             "failures": FAILURES,
         }
         data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        _write_atomically(os.path.join(self._output, MANIFEST), lambda f: f.write(data))
+        _write_atomically(self._path(MANIFEST), data, sync)
+
+
+def _lines(paths: list[str]) -> bytes:
+    return "".join(path + "\n" for path in paths).encode("utf-8", "surrogateescape")
 
 
 def _manifest(output: str) -> dict[str, Any]:
@@ -155,49 +271,70 @@ def _manifest(output: str) -> dict[str, Any]:
     return manifest
 
 
+def _shard_rows(output: str, shard: dict[str, Any]) -> tuple[list[str], np.ndarray]:
+    rows = int(shard["rows"])
+    # The file may hold rows past those the manifest lists (written, not yet committed).
+    embeddings = np.load(os.path.join(output, shard["embeddings"]), mmap_mode="r")[:rows]
+    with open(os.path.join(output, shard["paths"]), "rb") as file:
+        lines = file.read().split(b"\n")[:rows]
+    return [line.decode("utf-8", "surrogateescape") for line in lines], np.array(embeddings)
+
+
+def iter_rows(output: str, block: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The rows, shard by shard (at most --shard-size rows in memory at a time)."""
+    for shard in _manifest(output)["shards"]:
+        yield _shard_rows(output, shard)
+
+
 def read(output: str) -> tuple[list[str], np.ndarray]:
     manifest = _manifest(output)
     paths: list[str] = []
     blocks = []
-    for shard in manifest["shards"]:
-        blocks.append(np.load(os.path.join(output, shard["embeddings"]), allow_pickle=False))
-        with open(
-            os.path.join(output, shard["paths"]),
-            encoding="utf-8",
-            errors="surrogateescape",
-            newline="\n",
-        ) as file:
-            paths += file.read().split("\n")[:-1]
+    for shard_paths, embeddings in iter_rows(output):
+        paths += shard_paths
+        blocks.append(embeddings)
     dim = int(manifest.get("feature_dim", 0))
     embeddings = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
     return paths, embeddings
 
 
-def read_failures(output: str) -> list[dict[str, str]]:
+def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]:
+    """The committed failures (a line being written when a run was killed is not one)."""
+    committed = int(_manifest(output).get("failed", 0))
     path = os.path.join(output, FAILURES)
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file if line.strip()]
+    with open(path, "rb") as file:
+        lines = file.read().split(b"\n")[:committed]
+    failures = [json.loads(line) for line in lines]
+    return failures if limit is None else failures[:limit]
+
+
+def read_state(output: str) -> dict[str, Any]:
+    """Everything --resume needs: the settings, the paths done and failed, completeness."""
+    manifest = _manifest(output)
+    paths: list[str] = []
+    for shard in manifest["shards"]:
+        with open(os.path.join(output, shard["paths"]), "rb") as file:
+            lines = file.read().split(b"\n")[: int(shard["rows"])]
+        paths += [line.decode("utf-8", "surrogateescape") for line in lines]
+    return {
+        "attrs": {k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS},
+        "paths": paths,
+        "failed": [failure["path"] for failure in read_failures(output)],
+        "complete": bool(manifest.get("complete", False)),
+    }
 
 
 def describe(output: str) -> dict[str, Any]:
     manifest = _manifest(output)
-    failures = read_failures(output)
+    attrs = {k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS}
     return {
+        **attrs,
         "count": int(manifest.get("count", 0)),
-        "feature_dim": manifest.get("feature_dim"),
         "dtype": "float32",
-        "model": manifest.get("model"),
-        "image_size": manifest.get("image_size"),
-        "resize": manifest.get("resize"),
-        "exif_orientation": manifest.get("exif_orientation"),
-        "failed": len(failures),
-        "failures": failures[:20],
+        "failed": int(manifest.get("failed", 0)),
+        "failures": read_failures(output, limit=20),
         "complete": bool(manifest.get("complete", False)),
-        "created": manifest.get("created"),
-        "efx_version": manifest.get("efx_version"),
-        "tensorflow_version": manifest.get("tensorflow_version"),
-        "device": manifest.get("device"),
         "shards": len(manifest.get("shards", [])),
     }
