@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Summary, extract, load
+from .api import MergeSummary, Summary, extract, load, merge
 from .errors import EfxError
 
-__all__ = ["EfxError", "Summary", "__version__", "extract", "load"]
+__all__ = ["EfxError", "MergeSummary", "Summary", "__version__", "extract", "load", "merge"]

@@ -1,4 +1,5 @@
-"""The library entry points: `extract` (the loop joining the stages) and `load` (the reader).
+"""The library entry points: `extract` (the loop joining the stages), `merge` (parts of a run
+into one output) and `load` (the reader).
 
 Data flows one way: discover (paths) -> decode (tf.data) -> model (embeddings) -> writers.
 Everything before the model load is checked without importing TensorFlow.
@@ -55,6 +56,7 @@ class Summary:
     load_seconds: float  # of which loading the model (download, restore, first call)
     images_per_second: float  # images embedded by this run per second of streaming
     complete: bool
+    already_complete: bool = False  # --resume found nothing left to do
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,6 +233,7 @@ def _already_complete(output: str, fmt: str, state: dict[str, Any]) -> Summary:
         load_seconds=0.0,
         images_per_second=0.0,
         complete=True,
+        already_complete=True,
     )
 
 
@@ -293,6 +296,130 @@ class _SyncClock:
             self._rows, self._last = 0, time.monotonic()
             return True
         return False
+
+
+@dataclass
+class MergeSummary:
+    output: str
+    format: str
+    parts: int
+    embedded: int
+    failed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def merge(
+    parts: Iterable[str],
+    output: str,
+    *,
+    format: str | None = None,  # noqa: A002 - mirrors --format
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = False,
+) -> MergeSummary:
+    """Combine the outputs of `--shard I/N` runs (either format) into `output` (either format):
+    exactly the rows, failures and order of one run over all the inputs."""
+    parts = list(parts)
+    fmt = writers.format_for(output, format)
+    _check_positive("--shard-size", shard_size)
+    if not parts:
+        raise EfxError("name the PART outputs to merge")
+    for part in parts:
+        if os.path.abspath(part) == os.path.abspath(output):
+            raise EfxError(f"OUTPUT {output} is also one of the parts")
+    writers.check_output(output, fmt, overwrite)
+    ordered = _check_parts(parts)
+
+    first = writers.describe(ordered[0])
+    attrs = {k: v for k, v in first.items() if k in _MERGED_ATTRS}
+    attrs.update(
+        part="0/1",
+        part_inputs=first.get("inputs_total"),
+        merged_from=len(ordered),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    options = {"shard_size": shard_size} if fmt == "npy" else {}
+    try:
+        writer = writers.open_writer(fmt, output, attrs, **options)
+    except OSError as error:
+        raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
+    embedded = failed = 0
+    try:
+        for part in ordered:
+            for paths, embeddings in writers.iter_rows(part):
+                writer.write(paths, embeddings)
+                embedded += len(paths)
+                writer.flush()
+            for failure in writers.read_failures(part):
+                writer.fail(failure["path"], failure["error"])
+                failed += 1
+        writer.close()
+    except OSError as error:
+        _abort(writer)
+        raise EfxError(
+            f"writing {output} failed: {error.strerror or error} (disk full?)"
+        ) from error
+    except BaseException:
+        _abort(writer)
+        raise
+    return MergeSummary(output, fmt, len(ordered), embedded, failed)
+
+
+# What a merged output keeps of its parts' metadata (the rest is per part).
+_MERGED_ATTRS = (
+    "model",
+    "model_handle",
+    "standin",
+    "image_size",
+    "feature_dim",
+    "resize",
+    "exif_orientation",
+    "precision",
+    "efx_version",
+    "tensorflow_version",
+    "device",
+    "inputs_total",
+)
+
+
+def _check_parts(parts: list[str]) -> list[str]:
+    """The parts in order, after making sure they add up to exactly one whole run."""
+    described = {part: writers.describe(part) for part in parts}
+    by_index: dict[int, str] = {}
+    counts = set()
+    for part in parts:
+        info = described[part]
+        if not info.get("complete"):
+            raise EfxError(f"part {part} is unfinished: finish it with --resume first")
+        index, count = resume_.parse_part(str(info.get("part", "0/1")))
+        counts.add(count)
+        if index in by_index:
+            raise EfxError(f"{by_index[index]} and {part} are both part {index}/{count}")
+        by_index[index] = part
+        differences = resume_.mismatches(
+            described[parts[0]], info, [*resume_.SETTINGS, "inputs_total"]
+        )
+        if differences:
+            raise EfxError(
+                f"{part} was made with other settings or inputs than {parts[0]}: "
+                + "; ".join(differences)
+            )
+    if len(counts) > 1:
+        raise EfxError(f"the parts split the inputs differently: into {sorted(counts)} parts")
+    count = counts.pop()
+    missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
+    if missing:
+        raise EfxError(f"part(s) {', '.join(missing)} missing: all {count} parts are needed")
+    ordered = [by_index[i] for i in range(count)]
+    seen: dict[str, str] = {}
+    for part in ordered:
+        state = writers.read_state(part)
+        for path in state["paths"] + state["failed"]:
+            if path in seen and seen[path] != part:
+                raise EfxError(f"{seen[path]} and {part} overlap: both hold {path}")
+            seen[path] = part
+    return ordered
 
 
 def _abort(writer: writers.Writer) -> None:

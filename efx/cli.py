@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -34,7 +35,7 @@ class _Group(click.Group):
         except EfxError as error:
             raise _UserError(str(error)) from None
         except KeyboardInterrupt:
-            click.echo("efx: interrupted; the output is left marked incomplete", err=True)
+            click.echo("efx: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
 
@@ -120,6 +121,20 @@ def main() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted OUTPUT: keep its rows, embed only what is missing. Starts "
+    "afresh if OUTPUT does not exist yet; does nothing if it is complete.",
+)
+@click.option(
+    "--shard",
+    "part",
+    default=None,
+    metavar="I/N",
+    help="Embed only part I of N (0 <= I < N), a contiguous block of the sorted inputs, for "
+    "N machines running the same command; combine the parts with efx merge.",
+)
+@click.option(
     "-0",
     "--null",
     is_flag=True,
@@ -150,6 +165,8 @@ def extract(
     fmt: str | None,
     shard_size: int,
     overwrite: bool,
+    resume: bool,
+    part: str | None,
     null: bool,
     strict: bool,
     as_json: bool,
@@ -179,22 +196,28 @@ def extract(
     stdin = sys.stdin.buffer if "-" in sources else None
     if stdin is not None and stdin.isatty() and not quiet:
         click.echo("efx: reading image paths from stdin, one per line (end with Ctrl-D)", err=True)
-    summary = run_extract(
-        sources,
-        output,
-        model=model,
-        image_size=image_size,
-        batch_size=batch_size,
-        resize=resize,
-        exif=not no_exif,
-        max_pixels=max_pixels,
-        format=fmt,
-        shard_size=shard_size,
-        overwrite=overwrite,
-        null=null,
-        stdin=stdin,
-        progress=not quiet and sys.stderr.isatty(),
-    )
+    try:
+        summary = run_extract(
+            sources,
+            output,
+            model=model,
+            image_size=image_size,
+            batch_size=batch_size,
+            resize=resize,
+            exif=not no_exif,
+            max_pixels=max_pixels,
+            format=fmt,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            resume=resume,
+            part=part,
+            null=null,
+            stdin=stdin,
+            progress=not quiet and sys.stderr.isatty(),
+        )
+    except KeyboardInterrupt:
+        _echo_resume_hint(output, "-" in sources)
+        sys.exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     if not quiet:
@@ -207,12 +230,32 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _echo_resume_hint(output: str, from_stdin: bool) -> None:
+    """After Ctrl-C or SIGTERM: what was kept, and the command that finishes the job."""
+    args = [arg for arg in sys.argv[1:] if arg != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    command = "efx " + " ".join(shlex.quote(arg) for arg in args)
+    stdin_note = " (with the same paths on stdin)" if from_stdin else ""
+    click.echo(
+        f"efx: interrupted. What was computed is kept in {output}, marked incomplete. "
+        f"To finish it{stdin_note}:\n  {command}",
+        err=True,
+    )
+
+
 def _report(summary: Any) -> None:
     from . import writers
 
     def echo(text: str) -> None:
         click.echo(text, err=True)
 
+    if summary.already_complete:
+        echo(
+            f"efx: {summary.output} is already complete ({summary.embedded} embedded, "
+            f"{summary.failed} failed): nothing to do"
+        )
+        return
     if summary.standin:
         echo(
             "efx: WARNING: the model is the offline STAND-IN (random weights); "
@@ -225,8 +268,12 @@ def _report(summary: Any) -> None:
             echo(f"  {failure['path']}: {failure['error']}")
         if summary.failed > 10:
             echo(f"  ... (all of them: efx info {summary.output})")
+    if summary.resumed:
+        echo(f"efx: resumed: {summary.resumed} images were already done")
+    part = f" (part {summary.part})" if summary.part != "0/1" else ""
     echo(
-        f"efx: embedded {summary.embedded} of {summary.images} images, {summary.failed} failed, "
+        f"efx: embedded {summary.embedded} of {summary.images} images{part}, "
+        f"{summary.failed} failed, "
         f"in {summary.seconds:.1f} s (model load {summary.load_seconds:.1f} s, then "
         f"{summary.images_per_second:.2f} images/s on {summary.device}) -> {summary.output}"
     )
@@ -276,6 +323,54 @@ def _input_settings(details: dict[str, Any]) -> str:
             "EXIF orientation " + ("applied" if details["exif_orientation"] else "ignored")
         )
     return ", ".join(settings)
+
+
+@main.command()
+@click.argument("parts", nargs=-1, required=True, metavar="PART...")
+@click.argument("output")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hdf5", "npy"]),
+    default=None,
+    help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
+)
+@click.option(
+    "--shard-size", type=int, default=10_000, show_default=True, metavar="N",
+    help="Rows per .npy shard.",
+)  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+def merge(
+    parts: tuple[str, ...],
+    output: str,
+    fmt: str | None,
+    shard_size: int,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Combine the outputs of `efx extract --shard I/N` runs into OUTPUT: the same rows in the
+    same order as one run over all the inputs. Parts may be HDF5 or .npy shards, in any order;
+    all N parts are needed, each finished, made with the same model and settings.
+
+    \b
+    Example (4 machines, then one merge):
+      efx extract --shard 0/4 photos/ part0.h5    # ... up to --shard 3/4 part3.h5
+      efx merge part0.h5 part1.h5 part2.h5 part3.h5 all.h5
+    """
+    from .api import merge as run_merge
+
+    summary = run_merge(parts, output, format=fmt, shard_size=shard_size, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    if not quiet:
+        click.echo(
+            f"efx: merged {summary.parts} parts: {summary.embedded} embedded, "
+            f"{summary.failed} failed -> {summary.output}",
+            err=True,
+        )
 
 
 @main.command("make-standin")

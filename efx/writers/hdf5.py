@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import os
 import re
+import resource
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,9 +115,11 @@ class Hdf5Writer:
         self._failed_errors = self._file["failures/errors"]
 
     def write(self, paths: list[str], embeddings: np.ndarray) -> None:
+        encoded = _encode(paths)
+        _ensure_room(self._output, embeddings.nbytes + 2 * sum(map(len, encoded)))
         with _as_os_error():
             _append(self._embeddings, embeddings)
-            _append(self._paths, _encode(paths))
+            _append(self._paths, encoded)
 
     def fail(self, path: str, reason: str) -> None:
         with _as_os_error():
@@ -137,10 +142,31 @@ class Hdf5Writer:
             _fsync(self._output)
 
     def abort(self) -> None:
+        if _shutdown_skipped:
+            # A write failed (disk full): flushing now would write metadata that points at
+            # data that never reached the disk. Leave the file as the last successful flush
+            # left it, exactly as a kill would; --resume reopens it from there.
+            return
         if self._file.id.valid:
             with _as_os_error():
                 self._file.flush()
                 self._file.close()
+
+
+def _ensure_room(output: str, size: int) -> None:
+    """Stop before a write that the disk (or the file-size limit) cannot take.
+
+    SWMR keeps the file valid through a kill, not through a failed write: HDF5 may already have
+    written metadata that points at the data it could not write. So efx checks for room first
+    (the rows, a new 1 MiB chunk, metadata) and stops while the file is still whole.
+    """
+    needed = size + 2 * _CHUNK_BYTES + (1 << 20)
+    disk = os.statvfs(os.path.dirname(os.path.abspath(output)))
+    if disk.f_bavail * disk.f_frsize < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and os.path.getsize(output) + needed > limit:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
 
 
 def _create(output: str, attrs: dict[str, Any]) -> h5py.File:
@@ -255,8 +281,20 @@ def _fsync(output: str) -> None:
 
 
 def _open_for_reading(output: str) -> h5py.File:
-    # swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear).
-    return h5py.File(output, "r", swmr=True)
+    """Open for reading, also while efx writes the file or after its writer was killed.
+
+    swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear). A
+    writer holds an exclusive lock only for the moment it creates or reopens the file; wait
+    that out.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return h5py.File(output, "r", swmr=True)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise EfxError(f"{output} is locked by another process; try again") from None
+            time.sleep(0.05)
 
 
 def _rows(file: h5py.File) -> tuple[int, int]:
