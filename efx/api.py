@@ -386,17 +386,11 @@ _MERGED_ATTRS = (
 def _check_parts(parts: list[str]) -> list[str]:
     """The parts in order, after making sure they add up to exactly one whole run."""
     described = {part: writers.describe(part) for part in parts}
-    by_index: dict[int, str] = {}
-    counts = set()
+    numbered = []
     for part in parts:
         info = described[part]
         if not info.get("complete"):
             raise EfxError(f"part {part} is unfinished: finish it with --resume first")
-        index, count = resume_.parse_part(str(info.get("part", "0/1")))
-        counts.add(count)
-        if index in by_index:
-            raise EfxError(f"{by_index[index]} and {part} are both part {index}/{count}")
-        by_index[index] = part
         differences = resume_.mismatches(
             described[parts[0]], info, [*resume_.SETTINGS, "inputs_total"]
         )
@@ -405,9 +399,16 @@ def _check_parts(parts: list[str]) -> list[str]:
                 f"{part} was made with other settings or inputs than {parts[0]}: "
                 + "; ".join(differences)
             )
+        numbered.append((resume_.parse_part(str(info.get("part", "0/1"))), part))
+    counts = sorted({count for (_, count), _ in numbered})
     if len(counts) > 1:
-        raise EfxError(f"the parts split the inputs differently: into {sorted(counts)} parts")
-    count = counts.pop()
+        raise EfxError(f"the parts split the inputs differently: into {counts} parts")
+    count = counts[0]
+    by_index: dict[int, str] = {}
+    for (index, _), part in numbered:
+        if index in by_index:
+            raise EfxError(f"{by_index[index]} and {part} are both part {index}/{count}")
+        by_index[index] = part
     missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
     if missing:
         raise EfxError(f"part(s) {', '.join(missing)} missing: all {count} parts are needed")
