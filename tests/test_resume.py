@@ -352,3 +352,40 @@ def test_outputs_flush_every_batch_so_a_reader_sees_rows_while_the_run_goes_on(
     assert process.returncode == 0
     assert len({n for n in seen if 0 < n < 240}) >= 2, seen  # rows appeared batch by batch
     assert Path(output).exists()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 8 MiB filesystem (tmpfs) that fills up, where this machine lets us mount one."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); RLIMIT_FSIZE covers the logic")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+def test_a_filesystem_that_fills_up_stops_cleanly_and_resume_finishes(
+    fmt, small_filesystem, photos, tiny_model, clean
+):
+    output = str(small_filesystem / OUTPUTS[fmt])
+    # Fill the disk to leave room for the start of the run only. HDF5: efx wants 3 MiB spare
+    # before each write, so leave 3 MiB plus the whole output less the last ~12 KiB of paths;
+    # .npy: each 40-row shard takes ~5 KiB.
+    room = (3 << 20) + os.path.getsize(clean[fmt]) - 12 * 1024 if fmt == "hdf5" else 20 * 1024
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_filesystem).free - room))
+    args = extract_args(photos, output, tiny_model, "--shard-size", "40")
+    full = run(*args)
+    assert full.returncode == 1, full.stderr
+    assert "No space left on device (disk full?)" in full.stderr, full.stderr
+    info = writers.describe(output)
+    assert info["complete"] is False and info["count"] < len(efx.load(clean[fmt])[0])
+    filler.unlink()
+    assert run(*args, "--resume").returncode == 0
+    assert_same_output(output, clean[fmt])
