@@ -11,8 +11,8 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -97,9 +97,9 @@ class Hdf5Writer:
         self._output = output
         with _as_os_error():
             if keep is None:
-                self._file = _create(output, attrs)
+                self._file = _when_unlocked(output, lambda: _create(output, attrs))
             else:
-                self._file = _reopen(output)
+                self._file = _when_unlocked(output, lambda: _reopen(output))
                 for key, value in attrs.items():
                     if key != "created":  # the output keeps the date it was started
                         self._file.attrs[key] = value
@@ -196,10 +196,7 @@ def _reopen(output: str) -> h5py.File:
         if "consistency flags" not in str(error):
             raise
     with open(output, "rb") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # HDF5 locks files with flock
-        except OSError:
-            raise EfxError(f"OUTPUT {output} is being written by another process") from None
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as HDF5 does: held, if in use
         fcntl.flock(file, fcntl.LOCK_UN)
     clear_crash_flags(output)
     return h5py.File(output, "r+")
@@ -281,19 +278,26 @@ def _fsync(output: str) -> None:
 
 
 def _open_for_reading(output: str) -> h5py.File:
-    """Open for reading, also while efx writes the file or after its writer was killed.
+    # swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear).
+    return _when_unlocked(output, lambda: h5py.File(output, "r", swmr=True))
 
-    swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear). A
-    writer holds an exclusive lock only for the moment it creates or reopens the file; wait
-    that out.
+
+_T = TypeVar("_T")
+
+
+def _when_unlocked(output: str, action: Callable[[], _T]) -> _T:
+    """Run `action`, waiting out another process's brief hold on the file's lock.
+
+    HDF5 locks files while opening them (a reader's `efx info`, a writer creating or reopening
+    the file); the holds last milliseconds, so wait a few seconds before giving up.
     """
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while True:
         try:
-            return h5py.File(output, "r", swmr=True)
+            return action()
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise EfxError(f"{output} is locked by another process; try again") from None
+                raise EfxError(f"{output} is in use by another process; try again") from None
             time.sleep(0.05)
 
 
