@@ -20,7 +20,7 @@ import numpy as np
 
 from . import resume as resume_
 from . import writers
-from .config import DEFAULT_MAX_PIXELS, DecodeOptions
+from .config import DEFAULT_MAX_PIXELS, PRECISIONS, DecodeOptions
 from .discover import check_sources, find_images
 from .errors import EfxError
 from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
@@ -47,6 +47,7 @@ class Summary:
     image_size: int
     feature_dim: int
     batch_size: int
+    precision: str
     part: str  # "I/N": this run's part of the inputs ("0/1": all of them)
     images: int  # inputs of this run (its part)
     embedded: int  # rows in the output
@@ -73,6 +74,7 @@ def extract(
     resize: str = "squash",
     exif: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = "float32",
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     resume: bool = False,
@@ -95,6 +97,10 @@ def extract(
     _check_positive("--shard-size", shard_size)
     options = DecodeOptions(image_size or 1, resize=resize, exif=exif, max_pixels=max_pixels)
     index, count = resume_.parse_part(part) if part else (0, 1)
+    if precision not in PRECISIONS:
+        raise EfxError(
+            f"--precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}"
+        )
     if resume and overwrite:
         raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
     state = _resumable_state(output, fmt) if resume else None
@@ -112,13 +118,14 @@ def extract(
         "model_handle": spec.handle,
         "resize": options.resize,
         "exif_orientation": options.exif,
+        "precision": precision,
         "part": f"{index}/{count}",
         "inputs_total": len(everything),
         "part_inputs": len(paths),
     }
     done = kept_rows = kept_failures = 0
     if state is not None:
-        keys = ["model_handle", "resize", "exif_orientation", "part"]
+        keys = ["model_handle", "resize", "exif_orientation", "precision", "part"]
         keys += ["inputs_total"] if count > 1 else []  # the parts' boundaries depend on it
         keys += ["image_size"] if image_size else []
         _check_resumable(output, state["attrs"], {**run, "image_size": image_size}, keys)
@@ -129,7 +136,7 @@ def extract(
     started = time.monotonic()
     if progress:  # the load takes seconds to minutes (a first run downloads): say what is going on
         print(f"efx: loading {spec.handle} ...", file=sys.stderr, flush=True)
-    loaded = load_model(spec, image_size, batch_size)
+    loaded = load_model(spec, image_size, batch_size, precision)
     loaded_at = time.monotonic()
     options = replace(options, image_size=loaded.image_size)
     attrs = {
@@ -153,7 +160,7 @@ def extract(
         raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
     try:
         with _progress_bar(len(paths), done, progress) as bar:
-            embedded, failed = _stream(paths[done:], fmt, options, loaded, writer, bar)
+            embedded, failed = stream(paths[done:], fmt, options, loaded, writer, bar)
         writer.close()
     except OSError as error:
         _abort(writer)
@@ -177,6 +184,7 @@ def extract(
         image_size=loaded.image_size,
         feature_dim=loaded.feature_dim,
         batch_size=loaded.batch_size,
+        precision=loaded.precision,
         part=f"{index}/{count}",
         images=len(paths),
         embedded=kept_rows + embedded,
@@ -224,6 +232,7 @@ def _already_complete(output: str, fmt: str, state: dict[str, Any]) -> Summary:
         image_size=int(attrs.get("image_size", 0)),
         feature_dim=int(attrs.get("feature_dim", 0)),
         batch_size=0,
+        precision=str(attrs.get("precision", "float32")),
         part=str(attrs.get("part", "0/1")),
         images=len(state["paths"]) + len(state["failed"]),
         embedded=len(state["paths"]),
@@ -237,7 +246,7 @@ def _already_complete(output: str, fmt: str, state: dict[str, Any]) -> Summary:
     )
 
 
-def _stream(
+def stream(
     paths: list[str],
     fmt: str,
     options: DecodeOptions,

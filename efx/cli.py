@@ -105,6 +105,14 @@ def main() -> None:
     "decompression bombs.",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Compute precision: bfloat16 on CPUs that have it, float16 on GPUs (TensorFlow's "
+    "mixed-precision graph rewrite; embeddings within cosine 0.999 of float32).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["hdf5", "npy"]),
@@ -162,6 +170,7 @@ def extract(
     resize: str,
     no_exif: bool,
     max_pixels: int,
+    precision: str,
     fmt: str | None,
     shard_size: int,
     overwrite: bool,
@@ -206,6 +215,7 @@ def extract(
             resize=resize,
             exif=not no_exif,
             max_pixels=max_pixels,
+            precision=precision,
             format=fmt,
             shard_size=shard_size,
             overwrite=overwrite,
@@ -371,6 +381,98 @@ def merge(
             f"{summary.failed} failed -> {summary.output}",
             err=True,
         )
+
+
+@main.command()
+@click.argument("sources", nargs=-1, metavar="[SOURCE]...")
+@click.option(
+    "--model", "-m", envvar="EFX_MODEL", default=None, metavar="MODEL",
+    help="As for extract; the B6 stand-in (efx make-standin) measures real speed offline.",
+)  # fmt: skip
+@click.option(
+    "--image-size", type=int, default=None, metavar="PX",
+    help="Square input size. Default: the model's own (528 for B6).",
+)  # fmt: skip
+@click.option(
+    "--batch-size", "-b", type=int, default=None, metavar="N",
+    help="Images per model call. Default: 8 on CPU, 32 on GPU.",
+)  # fmt: skip
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+)
+@click.option(
+    "--count", type=int, default=48, show_default=True,
+    help="Photos to generate when no SOURCE is given.",
+)  # fmt: skip
+@click.option(
+    "--size", default="1024x768", show_default=True, metavar="WxH",
+    help="Size of the generated photos (try 4000x3000 for 12-megapixel phone photos).",
+)  # fmt: skip
+@click.option("--rounds", type=int, default=2, show_default=True, help="Alternating rounds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages.")
+def bench(
+    sources: tuple[str, ...],
+    model: str | None,
+    image_size: int | None,
+    batch_size: int | None,
+    precision: str,
+    count: int,
+    size: str,
+    rounds: int,
+    as_json: bool,
+    verbose: bool,
+) -> None:
+    """Measure images/s of the model alone and of the whole extract pipeline, side by side.
+
+    The model alone runs on ready tensors; the pipeline reads, decodes, resizes, embeds and
+    writes real files (SOURCE folders or files, else generated photos). Their ratio is how much
+    of the model's speed extraction keeps; use it to tune --batch-size and --precision.
+
+    \b
+    Examples:
+      efx make-standin .cache/standin-b6 && efx bench -m .cache/standin-b6
+      efx bench -m .cache/standin-b6 --size 4000x3000 --count 24
+      efx bench -m b6 --precision bfloat16 my-photos/
+    """
+    from .bench import bench as run_bench
+
+    _hide_native_logs(verbose)
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise EfxError(f"--size must be WIDTHxHEIGHT, e.g. 1024x768. Received: {size!r}") from None
+
+    def progress(round_: int, figures: dict[str, float]) -> None:
+        if not as_json:
+            click.echo(
+                f"efx: round {round_}: model alone {figures['model_alone']:.2f} images/s, "
+                f"pipeline {figures['pipeline']:.2f} images/s, "
+                f"ratio {figures['ratio']:.3f}",
+                err=True,
+            )
+
+    report = run_bench(
+        sources, model=model, image_size=image_size, batch_size=batch_size,
+        precision=precision, count=count,
+        size=(width, height), rounds=rounds, progress=progress,
+    )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(f"model:        {report.model}")
+    click.echo(
+        f"device:       {report.device}, {report.precision}, batch {report.batch_size}, "
+        f"{report.image_size}x{report.image_size}"
+    )
+    click.echo(f"images:       {report.images} ({report.source})")
+    click.echo(f"model alone:  {report.model_alone:.2f} images/s (ready tensors)")
+    click.echo(f"pipeline:     {report.pipeline:.2f} images/s (read, decode, resize, model, write)")
+    click.echo(f"ratio:        {report.ratio:.3f}")
+    click.echo(f"peak memory:  {report.peak_rss_mib:.0f} MiB (RSS)")
 
 
 @main.command("make-standin")

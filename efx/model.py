@@ -93,11 +93,15 @@ class LoadedModel:
     batch_size: int
     standin: bool
     device: str
+    precision: str
     embed: Callable[[Any], np.ndarray]
 
 
 def load_model(
-    spec: ModelSpec, image_size: int | None = None, batch_size: int | None = None
+    spec: ModelSpec,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    precision: str = "float32",
 ) -> LoadedModel:
     """Fetch (cached by tensorflow-hub), load and probe a model, or raise EfxError saying why.
 
@@ -113,6 +117,8 @@ def load_model(
         # initialised in this process (library use) keeps its setting.
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    _set_precision(tf, precision, device)
     folder = _local_folder(spec, hub)
     marker = _standin_marker(folder)
     try:
@@ -131,7 +137,6 @@ def load_model(
             "(the size the model was trained at)."
         )
 
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     batch = batch_size or DEFAULT_BATCH_SIZE[device]
     probe = call(tf.zeros([batch, size, size, 3], tf.float32))
     if probe.shape.rank != 2 or probe.shape[0] != batch:
@@ -149,7 +154,45 @@ def load_model(
     name = spec.handle
     if marker:
         name = f"STAND-IN {marker['architecture']}, random weights, not real embeddings ({name})"
-    return LoadedModel(name, int(size), int(probe.shape[1]), batch, bool(marker), device, embed)
+    return LoadedModel(
+        name, int(size), int(probe.shape[1]), batch, bool(marker), device, precision, embed
+    )
+
+
+def _set_precision(tf: Any, precision: str, device: str) -> None:
+    """Mixed precision by graph rewrite: TensorFlow's grappler rewrites every function it runs,
+    the loaded SavedModel's included, computing in 16 bits where that is safe."""
+    if precision == "float32":
+        return
+    if precision == "float16" and device == "CPU":
+        raise EfxError(
+            "--precision float16 needs a GPU (TensorFlow's float16 rewrite targets CUDA); "
+            "on a CPU use --precision bfloat16"
+        )
+    if precision == "bfloat16" and device == "GPU":
+        raise EfxError(
+            "--precision bfloat16 is TensorFlow's CPU (oneDNN) rewrite; on a GPU use "
+            "--precision float16"
+        )
+    if precision == "bfloat16" and not _cpu_has_bfloat16():
+        raise EfxError(
+            "--precision bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); "
+            "this one would only emulate them, slower than float32"
+        )
+    rewrite = {
+        "bfloat16": "auto_mixed_precision_onednn_bfloat16",
+        "float16": "auto_mixed_precision",
+    }
+    tf.config.optimizer.set_experimental_options({rewrite[precision]: True})
+
+
+def _cpu_has_bfloat16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            flags = file.read()
+    except OSError:
+        return True  # not Linux: let TensorFlow decide
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _local_folder(spec: ModelSpec, hub: Any) -> str:

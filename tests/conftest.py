@@ -24,8 +24,14 @@ def sample(name: str) -> Image.Image:
 
 def pillow_input(path: str, size: int) -> np.ndarray:
     """An independently prepared model input: Pillow decodes (turning by EXIF orientation, as
-    viewers do) and resizes; float32 RGB [size, size, 3] in [0, 1]."""
-    image = ImageOps.exif_transpose(Image.open(path))
+    viewers do, and scaling large JPEGs in the decoder) and resizes; float32 RGB
+    [size, size, 3] in [0, 1]."""
+    image = Image.open(path)
+    if image.format == "JPEG":
+        # Large JPEGs: libjpeg's reduced-scale decode (Pillow's draft) to the smallest scale
+        # that keeps both sides >= size, as efx does; the same library and DCT, so same pixels.
+        image.draft(image.mode, (size, size))
+    image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I"):  # 16-bit grayscale: keep the precision
         gray = np.asarray(image, dtype=np.float32) / 65535.0
         rgb = np.stack([gray] * 3, axis=-1)

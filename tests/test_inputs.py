@@ -377,6 +377,7 @@ def test_cli_resize_and_exif_flags_are_applied_and_stored(tmp_path, tiny_model):
     assert "resize crop, EXIF orientation ignored" in info.output
     # Cropping the unturned (portrait-stored) picture: what efx embedded is that, not upright.
     stored = Image.open(tmp_path / "in" / "turned.jpg")
+    stored.draft(stored.mode, (SIZE, SIZE))  # the reduced-scale decode efx also does
     side = min(stored.size)
     left, top = (stored.width - side) // 2, (stored.height - side) // 2
     stored.crop((left, top, left + side, top + side)).save(tmp_path / "centre.png")
@@ -414,3 +415,12 @@ def test_a_listed_file_that_is_gone_by_reading_time_is_reported(tmp_path, tiny_m
         assert list(file["failures/errors"].asstr()[:]) == [
             "file not found (removed, or a broken symlink)"
         ]
+
+
+def test_large_jpeg_decoded_at_reduced_scale_gives_nearly_the_full_size_input(tmp_path):
+    big = sample("space/astronaut.jpg").resize((4000, 3000), Image.LANCZOS)
+    big.save(tmp_path / "big.jpg", quality=92)
+    scaled = decode_file(str(tmp_path / "big.jpg"))  # libjpeg at 1/8: 500x375, then resized
+    full = decode_file(str(tmp_path / "big.jpg"), jpeg_scaling=False)
+    assert np.abs(scaled - full).mean() < 0.005
+    np.testing.assert_allclose(scaled, pillow_input(str(tmp_path / "big.jpg"), SIZE), atol=2e-5)

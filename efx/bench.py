@@ -1,0 +1,148 @@
+"""`efx bench`: the model alone next to the whole extract pipeline, measured in one run.
+
+The model alone runs on ready tensors (no reading, decoding or writing): the ceiling. The
+pipeline is exactly `efx extract`'s loop (read, decode, resize, model, HDF5 writer) on real
+files. Rounds alternate the two so that a noisy machine slows both alike; the ratio of their
+medians says how much of the model's speed the pipeline keeps.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, BinaryIO
+
+from . import writers
+from .config import DecodeOptions
+from .discover import check_sources, find_images
+from .errors import EfxError
+from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
+
+
+@dataclass
+class BenchReport:
+    model: str
+    device: str
+    precision: str
+    batch_size: int
+    image_size: int
+    images: int
+    source: str  # the folders measured, or what was generated
+    model_alone: float  # images/s, median over rounds
+    pipeline: float  # images/s, median over rounds
+    ratio: float  # pipeline / model alone, median of the per-round ratios
+    rounds: list[dict[str, float]]
+    peak_rss_mib: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bench(
+    sources: Iterable[str] = (),
+    *,
+    model: str | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    precision: str = "float32",
+    count: int = 48,
+    size: tuple[int, int] = (1024, 768),
+    rounds: int = 2,
+    stdin: BinaryIO | None = None,
+    progress: Any = None,
+) -> BenchReport:
+    """Measure images/s of the model alone and of the extract pipeline, side by side."""
+    from .api import stream
+
+    sources = list(sources)
+    if rounds < 1 or count < 1:
+        raise EfxError(f"--rounds and --count must be positive. Received: {rounds}, {count}")
+    if sources:
+        check_sources(sources)
+    spec = resolve_model(model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    loaded = load_model(spec, image_size, batch_size, precision)
+    work = tempfile.mkdtemp(prefix="efx-bench-")
+    if sources:
+        paths = find_images(sources, stdin=stdin)
+        if not paths:
+            raise EfxError(f"no images found in {', '.join(sources)}")
+        source = ", ".join(sources)
+    else:
+        paths = generate_photos(os.path.join(work, "photos"), count, size)
+        source = f"{count} generated JPEGs of {size[0]}x{size[1]}"
+    options = DecodeOptions(loaded.image_size)
+
+    measured = []
+    for round_ in range(rounds):
+        alone = _model_alone(loaded, len(paths))
+        output = os.path.join(work, f"round{round_}.h5")
+        attrs = {"model": loaded.name, "feature_dim": loaded.feature_dim}
+        writer = writers.open_writer("hdf5", output, attrs)
+        start = time.perf_counter()
+        embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar())
+        writer.close()
+        pipeline = embedded / (time.perf_counter() - start)
+        os.remove(output)
+        measured.append({"model_alone": alone, "pipeline": pipeline, "ratio": pipeline / alone})
+        if progress:
+            progress(round_ + 1, measured[-1])
+    return BenchReport(
+        model=loaded.name,
+        device=loaded.device,
+        precision=loaded.precision,
+        batch_size=loaded.batch_size,
+        image_size=loaded.image_size,
+        images=len(paths),
+        source=source,
+        model_alone=statistics.median(r["model_alone"] for r in measured),
+        pipeline=statistics.median(r["pipeline"] for r in measured),
+        ratio=statistics.median(r["ratio"] for r in measured),
+        rounds=measured,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+def _model_alone(loaded: LoadedModel, count: int) -> float:
+    """Images/s of the model on ready tensors, as many batches as the pipeline will run."""
+    import tensorflow as tf
+
+    size = loaded.image_size
+    images = tf.random.stateless_uniform([loaded.batch_size, size, size, 3], seed=[0, 0])
+    loaded.embed(images)  # warm: the first call after a pause pays for caches
+    batches = max(1, -(-count // loaded.batch_size))
+    start = time.perf_counter()
+    for _ in range(batches):
+        loaded.embed(images)
+    return batches * loaded.batch_size / (time.perf_counter() - start)
+
+
+def generate_photos(folder: str, count: int, size: tuple[int, int]) -> list[str]:
+    """JPEGs with photo-like content (smooth shapes plus grain), so that decoding costs what
+    real photos of that size cost. Pass real photos to `efx bench` for real figures."""
+    import tensorflow as tf
+
+    os.makedirs(folder, exist_ok=True)
+    width, height = size
+    paths = []
+    for index in range(count):
+        seed = [index, 1]
+        coarse = tf.random.stateless_uniform(
+            [1, max(2, height // 64), max(2, width // 64), 3], seed
+        )
+        smooth = tf.image.resize(coarse, [height, width], method="bicubic")[0]
+        grain = tf.random.stateless_normal([height, width, 3], seed, stddev=0.03)
+        pixels = tf.image.convert_image_dtype(tf.clip_by_value(smooth + grain, 0, 1), tf.uint8)
+        path = os.path.join(folder, f"photo-{index:05d}.jpg")
+        tf.io.write_file(path, tf.io.encode_jpeg(pixels, quality=90))
+        paths.append(path)
+    return paths
+
+
+class _NoBar:
+    def update(self, count: int) -> None:
+        pass

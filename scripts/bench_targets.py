@@ -1,0 +1,132 @@
+"""The performance targets, measured side by side in one process: model alone, `efx extract`'s
+pipeline, and the Keras recipe a TensorFlow user would write instead, on typical and on large
+photos; plus how close reduced-scale JPEG decoding stays to full-size decoding.
+
+    python scripts/bench_targets.py [--model DIR] [--typical 96] [--large 24] [--rounds 2]
+
+The Keras recipe: `tf_keras.utils.image_dataset_from_directory` (its own decode and bilinear
+resize to 528x528) scaled to [0, 1], feeding `hub.KerasLayer(model)` through `model.predict`,
+same model and batch size. Rounds alternate the three so that machine noise hits all alike.
+Without --model it uses the EfficientNet-B6 stand-in in .cache/standin-b6 (real compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from make_photos import make_photos  # noqa: E402
+
+from efx import writers  # noqa: E402
+from efx.api import stream  # noqa: E402
+from efx.bench import _model_alone  # noqa: E402
+from efx.config import DecodeOptions  # noqa: E402
+from efx.discover import find_images  # noqa: E402
+from efx.model import load_model, resolve_model  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _NoBar:
+    def update(self, count: int) -> None:
+        pass
+
+
+def efx_pipeline(loaded, paths: list[str], output: str, scaling: bool = True) -> float:
+    options = DecodeOptions(loaded.image_size, jpeg_scaling=scaling)
+    writer = writers.open_writer("hdf5", output, {"feature_dim": loaded.feature_dim})
+    start = time.perf_counter()
+    embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar())
+    writer.close()
+    return embedded / (time.perf_counter() - start)
+
+
+def keras_recipe(model_dir: str, folder: str, size: int, batch: int) -> tuple[float, np.ndarray]:
+    import tensorflow_hub as hub
+    import tf_keras
+
+    start = time.perf_counter()
+    dataset = tf_keras.utils.image_dataset_from_directory(
+        folder, labels=None, image_size=(size, size), batch_size=batch, shuffle=False
+    ).map(lambda x: x / 255.0)
+    model = tf_keras.Sequential([hub.KerasLayer(model_dir)])
+    embeddings = model.predict(dataset, verbose=0)
+    return len(embeddings) / (time.perf_counter() - start), embeddings
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.join(REPO, ".cache", "standin-b6"))
+    parser.add_argument("--typical", type=int, default=96, help="1024x768 JPEGs")
+    parser.add_argument("--large", type=int, default=24, help="4000x3000 JPEGs")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if not os.path.isdir(args.model):
+        from efx.standin import build_standin
+
+        build_standin(args.model, "b6")
+    work = tempfile.mkdtemp(prefix="efx-targets-")
+    sets = {
+        "typical 1024x768": (os.path.join(work, "typical"), args.typical, 1024, 768),
+        "large 4000x3000": (os.path.join(work, "large"), args.large, 4000, 3000),
+    }
+    for folder, count, width, height in sets.values():
+        make_photos(folder, count, width, height)
+    loaded = load_model(resolve_model(args.model), None, args.batch_size)
+    print(f"model {loaded.name}, {loaded.device}, batch {loaded.batch_size}", flush=True)
+    report = {}
+    for name, (folder, _, _, _) in sets.items():
+        paths = find_images([folder])
+        figures: dict[str, list[float]] = {"model_alone": [], "efx": [], "keras": []}
+        for round_ in range(args.rounds):
+            figures["model_alone"].append(_model_alone(loaded, len(paths)))
+            figures["efx"].append(efx_pipeline(loaded, paths, os.path.join(work, "o.h5")))
+            os.remove(os.path.join(work, "o.h5"))
+            speed, _ = keras_recipe(args.model, folder, loaded.image_size, loaded.batch_size)
+            figures["keras"].append(speed)
+            print(name, "round", round_ + 1, {k: round(v[-1], 3) for k, v in figures.items()})
+        alone = figures["model_alone"]
+        report[name] = {
+            "images/s": {k: round(statistics.median(v), 3) for k, v in figures.items()},
+            "efx / model alone": round(
+                statistics.median(e / a for e, a in zip(figures["efx"], alone, strict=True)), 3
+            ),
+            "efx / keras recipe": round(
+                statistics.median(
+                    e / k for e, k in zip(figures["efx"], figures["keras"], strict=True)
+                ),
+                3,
+            ),
+        }
+    # Reduced-scale JPEG decoding on the large photos: embeddings next to full-size decoding.
+    folder = sets["large 4000x3000"][0]
+    paths = find_images([folder])
+    efx_pipeline(loaded, paths, os.path.join(work, "scaled.h5"), scaling=True)
+    efx_pipeline(loaded, paths, os.path.join(work, "full.h5"), scaling=False)
+    similarity = cosines(
+        writers.read(os.path.join(work, "scaled.h5"))[1],
+        writers.read(os.path.join(work, "full.h5"))[1],
+    )
+    report["large: cosine, reduced-scale vs full-size decode"] = {
+        "min": round(float(similarity.min()), 6),
+        "mean": round(float(similarity.mean()), 6),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
