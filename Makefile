@@ -28,8 +28,8 @@ lint: install  ## Ruff (lint + format check) and mypy
 demo: install  ## Embed the sample photos (offline: on the clearly labelled stand-in model)
 	bash scripts/demo.sh
 
-bench: install  ## Time efx extract against the model alone (B6 stand-in, side by side)
-	$(PY) scripts/bench_extract.py
+bench: install  ## The performance targets, side by side: model alone, efx, the Keras recipe (B6 stand-in)
+	$(PY) scripts/bench_targets.py
 
 clean:  ## Remove the venv, caches and demo output
 	rm -rf $(VENV) .cache demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -386,16 +386,23 @@ def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int)
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, dtype=tf.string))
     )
+    workers = max(2, os.cpu_count() or 2)
+    # Fixed parallelism instead of AUTOTUNE: the model is the bottleneck, so one decoder per
+    # core and two batches in hand keep it fed; and tf.data's autotuning thread makes every
+    # iterator take ~4 s to shut down (measured: 3.9-4.1 s per run, 0.01 s without it).
+    tuning = tf.data.Options()
+    tuning.autotune.enabled = False
     return (
         dataset.interleave(
             one,
-            cycle_length=max(2, os.cpu_count() or 2),
+            cycle_length=workers,
             block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=workers,
             deterministic=True,
         )
         .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(2)
+        .with_options(tuning)
     )
 
 

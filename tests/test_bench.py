@@ -1,0 +1,86 @@
+"""efx bench and --precision: real models, real files; no timing asserted (figures vary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SAMPLES
+
+import efx
+from efx.model import _cpu_has_bfloat16
+
+EFX = os.path.join(os.path.dirname(sys.executable), "efx")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EFX, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bench_reports_both_speeds_their_ratio_memory_and_device(tiny_model):
+    result = run(
+        "bench", "-m", tiny_model, "--image-size", "48", "--count", "6", "--size", "320x240",
+        "--rounds", "2", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 6 and report["device"] == "CPU"
+    assert report["model_alone"] > 0 and report["pipeline"] > 0
+    assert len(report["rounds"]) == 2
+    ratios = [r["pipeline"] / r["model_alone"] for r in report["rounds"]]
+    assert report["ratio"] == pytest.approx(statistics.median(ratios))
+    assert 100 < report["peak_rss_mib"] < 8000
+    assert result.stderr == ""  # TensorFlow's chatter hidden
+
+
+def test_bench_on_given_photos_and_in_words(tiny_model):
+    result = run("bench", SAMPLES, "-m", tiny_model, "--image-size", "48", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    for line in ("model alone:", "pipeline:", "ratio:", "peak memory:", "images:       6 ("):
+        assert line in result.stdout, result.stdout
+    assert "round 1:" in result.stderr
+
+
+def test_bench_rejects_a_bad_size():
+    result = run("bench", "--size", "big")
+    assert result.returncode == 1 and "--size must be WIDTHxHEIGHT" in result.stderr
+
+
+def test_float16_is_refused_on_cpu_with_the_alternative(tiny_model, tmp_path):
+    result = run(
+        "extract", SAMPLES, str(tmp_path / "o.h5"), "-m", tiny_model, "--image-size", "48",
+        "--precision", "float16",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--precision float16 needs a GPU" in result.stderr and "bfloat16" in result.stderr
+
+
+@pytest.mark.skipif(not _cpu_has_bfloat16(), reason="this CPU has no bfloat16 instructions")
+def test_bfloat16_embeddings_stay_close_to_float32_and_are_labelled(keras_model, tmp_path):
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        outputs[precision] = str(tmp_path / f"{precision}.h5")
+        result = run(
+            "extract", SAMPLES, outputs[precision], "-m", keras_model, "--image-size", "96",
+            "--precision", precision,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    assert efx.writers.describe(outputs["bfloat16"])["precision"] == "bfloat16"
+    full, half = efx.load(outputs["float32"])[1], efx.load(outputs["bfloat16"])[1]
+    cosine = (full * half).sum(1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(half, axis=1))
+    assert cosine.min() >= 0.999, cosine
+    assert not np.array_equal(full, half)  # the rewrite really ran in 16 bits
+
+
+def test_resume_refuses_another_precision(tiny_model, tmp_path):
+    output = str(tmp_path / "o.h5")
+    efx.extract(SAMPLES, output, model=tiny_model, image_size=48)
+    with pytest.raises(efx.EfxError, match="precision: 'float32' there, 'bfloat16' here"):
+        efx.extract(
+            SAMPLES, output, model=tiny_model, image_size=48, precision="bfloat16", resume=True
+        )
