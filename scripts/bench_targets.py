@@ -28,17 +28,12 @@ from make_photos import make_photos  # noqa: E402
 
 from efx import writers  # noqa: E402
 from efx.api import stream  # noqa: E402
-from efx.bench import _model_alone  # noqa: E402
+from efx.bench import _model_alone, _NoBar  # noqa: E402
 from efx.config import DecodeOptions  # noqa: E402
 from efx.discover import find_images  # noqa: E402
 from efx.model import load_model, resolve_model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class _NoBar:
-    def update(self, count: int) -> None:
-        pass
 
 
 def efx_pipeline(loaded, paths: list[str], output: str, scaling: bool = True) -> float:
