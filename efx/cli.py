@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .config import DEFAULT_MAX_PIXELS
+from .config import DEFAULT_MAX_PIXELS, PRECISIONS, RESIZE_MODES
 from .errors import EfxError
 
 EXIT_INTERRUPTED = 130
@@ -83,7 +83,7 @@ def main() -> None:
 )
 @click.option(
     "--resize",
-    type=click.Choice(["squash", "crop", "pad"]),
+    type=click.Choice(RESIZE_MODES),
     default="squash",
     show_default=True,
     help="squash: stretch to the square (the TF-Hub convention); crop: centre square of the "
@@ -106,7 +106,7 @@ def main() -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(PRECISIONS),
     default="float32",
     show_default=True,
     help="Compute precision: bfloat16 on CPUs that have it, float16 on GPUs (TensorFlow's "
@@ -399,7 +399,7 @@ def merge(
 )  # fmt: skip
 @click.option(
     "--precision",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(PRECISIONS),
     default="float32",
     show_default=True,
 )
