@@ -237,31 +237,16 @@ def test_model_served_over_http_is_downloaded_once_and_cached(tmp_path, tiny_tar
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{os.path.basename(tiny_tarball)}"
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["extract", "--model", url, "--image-size", "32", os.path.join(SAMPLES, "space")]
     try:
-        first = run_cli(
-            "extract",
-            "--model",
-            url,
-            "--image-size",
-            "32",
-            os.path.join(SAMPLES, "space"),
-            str(tmp_path / "a.h5"),
-        )
+        first = run_cli(*args, str(tmp_path / "a.h5"))
         assert first.exit_code == 0, first.output
     finally:
         server.shutdown()
         server.server_close()
     assert any((tmp_path / "cache").iterdir())
     # The server is gone: the cached copy is used.
-    second = run_cli(
-        "extract",
-        "--model",
-        url,
-        "--image-size",
-        "32",
-        os.path.join(SAMPLES, "space"),
-        str(tmp_path / "b.h5"),
-    )
+    second = run_cli(*args, str(tmp_path / "b.h5"))
     assert second.exit_code == 0, second.output
 
 
