@@ -11,8 +11,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from . import resume as resume_
 from . import writers
-from .config import DEFAULT_MAX_PIXELS, PRECISIONS, DecodeOptions
+from .config import BACKENDS, DEFAULT_MAX_PIXELS, PRECISIONS, DecodeOptions
 from .discover import check_sources, find_images
 from .errors import EfxError
 from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
@@ -48,6 +48,7 @@ class Summary:
     feature_dim: int
     batch_size: int
     precision: str
+    backend: str  # what ran the model: "tensorflow" or "openvino"
     part: str  # "I/N": this run's part of the inputs ("0/1": all of them)
     images: int  # inputs of this run (its part)
     embedded: int  # rows in the output
@@ -58,6 +59,7 @@ class Summary:
     images_per_second: float  # images embedded by this run per second of streaming
     complete: bool
     already_complete: bool = False  # --resume found nothing left to do
+    notes: list[str] = field(default_factory=list)  # what the user should know (a fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +77,7 @@ def extract(
     exif: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     precision: str = "float32",
+    backend: str = "auto",
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     resume: bool = False,
@@ -82,12 +85,15 @@ def extract(
     null: bool = False,
     stdin: BinaryIO | None = None,
     progress: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> Summary:
     """Embed every image of `sources` into `output` (HDF5 file or folder of .npy shards).
 
     `sources` are folders (walked recursively), image files, or "-" for paths read from `stdin`.
     Images that cannot be read or decoded are recorded as failures; the run goes on.
     `resume` continues an interrupted output; `part="I/N"` embeds only the I-th of N parts.
+    `backend` picks what runs the model (auto, tensorflow, openvino); `on_note` is called with
+    anything the user should know as soon as it is known (say, OpenVINO could not be used).
     """
     sources = [sources] if isinstance(sources, str) else list(sources)
     check_sources(sources)
@@ -101,6 +107,8 @@ def extract(
         raise EfxError(
             f"--precision must be one of {', '.join(PRECISIONS)}. Received: {precision!r}"
         )
+    if backend not in BACKENDS:
+        raise EfxError(f"--backend must be one of {', '.join(BACKENDS)}. Received: {backend!r}")
     if resume and overwrite:
         raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
     state = _resumable_state(output, fmt) if resume else None
@@ -136,7 +144,10 @@ def extract(
     started = time.monotonic()
     if progress:  # the load takes seconds to minutes (a first run downloads): say what is going on
         print(f"efx: loading {spec.handle} ...", file=sys.stderr, flush=True)
-    loaded = load_model(spec, image_size, batch_size, precision)
+    loaded = load_model(spec, image_size, batch_size, precision, backend)
+    if on_note is not None:
+        for note in loaded.notes:
+            on_note(note)
     loaded_at = time.monotonic()
     options = replace(options, image_size=loaded.image_size)
     attrs = {
@@ -148,6 +159,8 @@ def extract(
         "efx_version": _version(),
         "tensorflow_version": _tf_version(),
         "device": loaded.device,
+        "backend": loaded.backend,
+        "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     writer_options: dict[str, Any] = {"shard_size": shard_size} if fmt == "npy" else {}
@@ -185,6 +198,7 @@ def extract(
         feature_dim=loaded.feature_dim,
         batch_size=loaded.batch_size,
         precision=loaded.precision,
+        backend=loaded.backend,
         part=f"{index}/{count}",
         images=len(paths),
         embedded=kept_rows + embedded,
@@ -194,6 +208,7 @@ def extract(
         load_seconds=round(loaded_at - started, 3),
         images_per_second=round(embedded / streaming, 3) if streaming > 0 else 0.0,
         complete=True,
+        notes=loaded.notes,
     )
 
 
@@ -233,6 +248,7 @@ def _already_complete(output: str, fmt: str, state: dict[str, Any]) -> Summary:
         feature_dim=int(attrs.get("feature_dim", 0)),
         batch_size=0,
         precision=str(attrs.get("precision", "float32")),
+        backend=str(attrs.get("backend", "tensorflow")),
         part=str(attrs.get("part", "0/1")),
         images=len(state["paths"]) + len(state["failed"]),
         embedded=len(state["paths"]),
@@ -342,7 +358,9 @@ def merge(
 
     first = writers.describe(ordered[0])
     attrs = {k: v for k, v in first.items() if k in _MERGED_ATTRS}
+    backends = sorted({str(writers.describe(p).get("backend", "tensorflow")) for p in ordered})
     attrs.update(
+        backend=", ".join(backends),  # float32 parts of either backend merge
         part="0/1",
         part_inputs=first.get("inputs_total"),
         merged_from=len(ordered),
@@ -385,6 +403,7 @@ _MERGED_ATTRS = (
     "resize",
     "exif_orientation",
     "precision",
+    "backend",
     "efx_version",
     "tensorflow_version",
     "device",

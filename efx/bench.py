@@ -14,30 +14,39 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 from . import writers
-from .config import DecodeOptions
+from .config import BACKENDS, DecodeOptions
 from .discover import check_sources, find_images
 from .errors import EfxError
-from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
+from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model, resolve_model
+
+
+@dataclass
+class BackendFigures:
+    """One backend's figures: images/s of the model alone and of the pipeline, medians."""
+
+    backend: str
+    precision: str
+    model_alone: float
+    pipeline: float
+    ratio: float  # pipeline / model alone, median of the per-round ratios
+    rounds: list[dict[str, float]]
 
 
 @dataclass
 class BenchReport:
     model: str
     device: str
-    precision: str
     batch_size: int
     image_size: int
     images: int
     source: str  # the folders measured, or what was generated
-    model_alone: float  # images/s, median over rounds
-    pipeline: float  # images/s, median over rounds
-    ratio: float  # pipeline / model alone, median of the per-round ratios
-    rounds: list[dict[str, float]]
-    peak_rss_mib: float
+    results: list[BackendFigures]  # one per backend measured
+    peak_rss_mib: float  # of the whole process, every backend loaded
+    notes: list[str] = field(default_factory=list)  # a backend that could not be measured, why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,22 +59,29 @@ def bench(
     image_size: int | None = None,
     batch_size: int | None = None,
     precision: str = "float32",
+    backend: str = "all",
     count: int = 48,
     size: tuple[int, int] = (1024, 768),
     rounds: int = 2,
     stdin: BinaryIO | None = None,
     progress: Any = None,
 ) -> BenchReport:
-    """Measure images/s of the model alone and of the extract pipeline, side by side."""
+    """Measure images/s of the model alone and of the extract pipeline, side by side, for each
+    backend (`backend="all"`: TensorFlow and, on a CPU, OpenVINO when it can run the model)."""
     from .api import stream
 
     sources = list(sources)
     if rounds < 1 or count < 1:
         raise EfxError(f"--rounds and --count must be positive. Received: {rounds}, {count}")
+    if backend not in (*BACKENDS, "all"):
+        raise EfxError(
+            f"--backend must be one of {', '.join(BACKENDS)}, all. Received: {backend!r}"
+        )
     if sources:
         check_sources(sources)
     spec = resolve_model(model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
-    loaded = load_model(spec, image_size, batch_size, precision)
+    models, notes = _load_backends(spec, image_size, batch_size, precision, backend)
+    first = models[0]
     work = tempfile.mkdtemp(prefix="efx-bench-")
     if sources:
         paths = find_images(sources, stdin=stdin)
@@ -75,36 +91,66 @@ def bench(
     else:
         paths = generate_photos(os.path.join(work, "photos"), count, size)
         source = f"{count} generated JPEGs of {size[0]}x{size[1]}"
-    options = DecodeOptions(loaded.image_size)
+    options = DecodeOptions(first.image_size)
 
-    measured = []
+    measured: list[list[dict[str, float]]] = [[] for _ in models]
     for round_ in range(rounds):
-        alone = _model_alone(loaded, len(paths))
-        output = os.path.join(work, f"round{round_}.h5")
-        attrs = {"model": loaded.name, "feature_dim": loaded.feature_dim}
-        writer = writers.open_writer("hdf5", output, attrs)
-        start = time.perf_counter()
-        embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar())
-        writer.close()
-        pipeline = embedded / (time.perf_counter() - start)
-        os.remove(output)
-        measured.append({"model_alone": alone, "pipeline": pipeline, "ratio": pipeline / alone})
-        if progress:
-            progress(round_ + 1, measured[-1])
+        for loaded, figures in zip(models, measured, strict=True):
+            alone = _model_alone(loaded, len(paths))
+            output = os.path.join(work, f"round{round_}.h5")
+            attrs = {"model": loaded.name, "feature_dim": loaded.feature_dim}
+            writer = writers.open_writer("hdf5", output, attrs)
+            start = time.perf_counter()
+            embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar())
+            writer.close()
+            pipeline = embedded / (time.perf_counter() - start)
+            os.remove(output)
+            figures.append({"model_alone": alone, "pipeline": pipeline, "ratio": pipeline / alone})
+            if progress:
+                progress(round_ + 1, loaded.backend, figures[-1])
     return BenchReport(
-        model=loaded.name,
-        device=loaded.device,
-        precision=loaded.precision,
-        batch_size=loaded.batch_size,
-        image_size=loaded.image_size,
+        model=first.name,
+        device=first.device,
+        batch_size=first.batch_size,
+        image_size=first.image_size,
         images=len(paths),
         source=source,
-        model_alone=statistics.median(r["model_alone"] for r in measured),
-        pipeline=statistics.median(r["pipeline"] for r in measured),
-        ratio=statistics.median(r["ratio"] for r in measured),
-        rounds=measured,
+        results=[
+            BackendFigures(
+                backend=loaded.backend,
+                precision=loaded.precision,
+                model_alone=statistics.median(r["model_alone"] for r in figures),
+                pipeline=statistics.median(r["pipeline"] for r in figures),
+                ratio=statistics.median(r["ratio"] for r in figures),
+                rounds=figures,
+            )
+            for loaded, figures in zip(models, measured, strict=True)
+        ],
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        notes=notes,
     )
+
+
+def _load_backends(
+    spec: ModelSpec,
+    image_size: int | None,
+    batch_size: int | None,
+    precision: str,
+    backend: str,
+) -> tuple[list[LoadedModel], list[str]]:
+    """The model on each backend to measure; "all" skips OpenVINO (with a note) where it
+    cannot run, and does not load the same backend twice."""
+    if backend != "all":
+        loaded = load_model(spec, image_size, batch_size, precision, backend)
+        return [loaded], loaded.notes
+    tensorflow = load_model(spec, image_size, batch_size, precision, "tensorflow")
+    if tensorflow.device != "CPU":
+        return [tensorflow], ["OpenVINO not measured: efx runs it on CPUs only"]
+    try:
+        openvino = load_model(spec, image_size, batch_size, precision, "openvino")
+    except EfxError as error:
+        return [tensorflow], [f"OpenVINO not measured: {error}"]
+    return [tensorflow, openvino], openvino.notes
 
 
 def _model_alone(loaded: LoadedModel, count: int) -> float:

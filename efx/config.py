@@ -15,9 +15,14 @@ from .errors import EfxError
 # side; pad: fit inside the square and pad with black.
 RESIZE_MODES = ("squash", "crop", "pad")
 
-# float32: the module as published. bfloat16: TensorFlow's oneDNN graph rewrite, for CPUs with
-# bfloat16 instructions. float16: TensorFlow's CUDA graph rewrite, for GPUs.
+# float32: the module as published. bfloat16: for CPUs with bfloat16 instructions (OpenVINO's
+# inference hint, or TensorFlow's oneDNN graph rewrite). float16: TensorFlow's CUDA graph
+# rewrite, for GPUs.
 PRECISIONS = ("float32", "bfloat16", "float16")
+
+# What runs the model. auto: OpenVINO on a CPU when installed and able to convert the model
+# (faster there), TensorFlow otherwise and always on a GPU.
+BACKENDS = ("auto", "tensorflow", "openvino")
 
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.

@@ -13,11 +13,12 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .config import BACKENDS
 from .errors import EfxError
 
 STANDIN_MARKER = "efx_standin.json"
@@ -95,6 +96,8 @@ class LoadedModel:
     device: str
     precision: str
     embed: Callable[[Any], np.ndarray]
+    backend: str = "tensorflow"  # what runs the model: "tensorflow" or "openvino"
+    notes: list[str] = field(default_factory=list)  # said once to the user (a fallback, and why)
 
 
 def load_model(
@@ -102,8 +105,12 @@ def load_model(
     image_size: int | None = None,
     batch_size: int | None = None,
     precision: str = "float32",
+    backend: str = "auto",
 ) -> LoadedModel:
     """Fetch (cached by tensorflow-hub), load and probe a model, or raise EfxError saying why.
+
+    `backend`: "tensorflow", "openvino" (CPU), or "auto": OpenVINO on a CPU when it is
+    installed and converts the model, TensorFlow otherwise (and always on a GPU).
 
     The probe runs one full batch: the first call at a new input shape costs about a batch's
     compute again (kernel selection), so paying it here keeps it out of the streaming rate, and
@@ -112,15 +119,49 @@ def load_model(
     import tensorflow as tf
     import tensorflow_hub as hub
 
+    if backend not in BACKENDS:
+        raise EfxError(f"--backend must be one of {', '.join(BACKENDS)}. Received: {backend!r}")
     for gpu in tf.config.list_physical_devices("GPU"):
         # Take GPU memory as needed so that several runs can share a GPU; a GPU already
         # initialised in this process (library use) keeps its setting.
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    _set_precision(tf, precision, device)
     folder = _local_folder(spec, hub)
     marker = _standin_marker(folder)
+    known_size = image_size or spec.image_size or (marker or {}).get("image_size")
+    batch = batch_size or DEFAULT_BATCH_SIZE[device]
+    name = spec.handle
+    if marker:
+        name = f"STAND-IN {marker['architecture']}, random weights, not real embeddings ({name})"
+    notes = []
+    if backend == "openvino" or (backend == "auto" and device == "CPU"):
+        from . import openvino_model
+
+        try:
+            ov = openvino_model.load(
+                folder, known_size, batch, precision, os.path.join(_cache_dir(), "openvino")
+            )
+        except openvino_model.Unavailable as why:
+            if backend == "openvino":
+                raise EfxError(f"--backend openvino: {why}") from None
+            if not isinstance(why, openvino_model.NotInstalled):  # an optional extra: no news
+                notes.append(f"using TensorFlow for the model, not OpenVINO: {why}")
+        else:
+            size = known_size or ov.image_size
+            if not size:
+                raise EfxError(
+                    f"cannot tell which input size {spec.handle} expects: pass --image-size "
+                    "(the size the model was trained at)."
+                )
+            notes += [ov.note] if ov.note else []
+            ov.embed(np.zeros([batch, size, size, 3], np.float32))  # the first call's set-up
+            return LoadedModel(
+                name, int(size), ov.feature_dim, batch, bool(marker), "CPU", ov.precision,
+                ov.embed, "openvino", notes,
+            )  # fmt: skip
+
+    _set_precision(tf, precision, device)
     try:
         module = hub.load(folder)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
@@ -130,14 +171,13 @@ def load_model(
         ) from error
 
     call = _model_call(module)
-    size = image_size or spec.image_size or (marker or {}).get("image_size") or _fixed_size(module)
+    size = known_size or _fixed_size(module)
     if not size:
         raise EfxError(
             f"cannot tell which input size {spec.handle} expects: pass --image-size "
             "(the size the model was trained at)."
         )
 
-    batch = batch_size or DEFAULT_BATCH_SIZE[device]
     probe = call(tf.zeros([batch, size, size, 3], tf.float32))
     if probe.shape.rank != 2 or probe.shape[0] != batch:
         raise EfxError(
@@ -151,12 +191,10 @@ def load_model(
             images = tf.pad(images, [[0, batch - count], [0, 0], [0, 0], [0, 0]])
         return np.asarray(call(images), dtype=np.float32)[:count]
 
-    name = spec.handle
-    if marker:
-        name = f"STAND-IN {marker['architecture']}, random weights, not real embeddings ({name})"
     return LoadedModel(
-        name, int(size), int(probe.shape[1]), batch, bool(marker), device, precision, embed
-    )
+        name, int(size), int(probe.shape[1]), batch, bool(marker), device, precision, embed,
+        "tensorflow", notes,
+    )  # fmt: skip
 
 
 def _set_precision(tf: Any, precision: str, device: str) -> None:

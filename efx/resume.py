@@ -11,7 +11,16 @@ from .errors import EfxError
 
 # What makes rows comparable: outputs that differ in any of these cannot be continued or
 # merged into one another.
-SETTINGS = ("model", "image_size", "feature_dim", "resize", "exif_orientation", "precision")
+SETTINGS = ("model", "image_size", "feature_dim", "resize", "exif_orientation", "numerics")
+
+
+def numerics(attrs: dict[str, Any]) -> str:
+    """How rows were computed, as far as it changes them: float32 is float32 on either backend
+    (TensorFlow and OpenVINO agree to ~1e-7); reduced precision differs by backend."""
+    precision = str(attrs.get("precision", "float32"))
+    if precision == "float32":
+        return precision
+    return f"{precision} ({attrs.get('backend', 'tensorflow')})"
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -37,9 +46,15 @@ def mismatches(stored: dict[str, Any], wanted: dict[str, Any], keys: Sequence[st
     """The settings in `keys` on which two runs differ, described for a person."""
     found = []
     for key in keys:
-        if stored.get(key) != wanted.get(key):
-            found.append(f"{key}: {stored.get(key)!r} there, {wanted.get(key)!r} here")
+        there, here = _setting(stored, key), _setting(wanted, key)
+        if there != here:
+            label = "precision" if key == "numerics" else key
+            found.append(f"{label}: {there!r} there, {here!r} here")
     return found
+
+
+def _setting(attrs: dict[str, Any], key: str) -> Any:
+    return numerics(attrs) if key == "numerics" else attrs.get(key)
 
 
 def done_prefix(

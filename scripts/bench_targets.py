@@ -3,10 +3,12 @@ pipeline, and the Keras recipe a TensorFlow user would write instead, on typical
 photos; plus how close reduced-scale JPEG decoding stays to full-size decoding.
 
     python scripts/bench_targets.py [--model DIR] [--typical 96] [--large 24] [--rounds 2]
+                                    [--configs tensorflow,openvino,openvino:bfloat16]
 
 The Keras recipe: `tf_keras.utils.image_dataset_from_directory` (its own decode and bilinear
 resize to 528x528) scaled to [0, 1], feeding `hub.KerasLayer(model)` through `model.predict`,
-same model and batch size. Rounds alternate the three so that machine noise hits all alike.
+same model and batch size. Each backend/precision in --configs is measured model alone and
+through efx. Rounds alternate all of them so that machine noise hits all alike.
 Without --model it uses the EfficientNet-B6 stand-in in .cache/standin-b6 (real compute).
 """
 
@@ -58,6 +60,11 @@ def keras_recipe(model_dir: str, folder: str, size: int, batch: int) -> tuple[fl
     return len(embeddings) / (time.perf_counter() - start), embeddings
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the per-round ratios: each round's figures were measured side by side."""
+    return round(statistics.median(n / d for n, d in zip(numerators, denominators, strict=True)), 3)
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -69,6 +76,11 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=24, help="4000x3000 JPEGs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--configs",
+        default="tensorflow,openvino,openvino:bfloat16",
+        help="backend[:precision] list, each measured model alone and through efx",
+    )
     args = parser.parse_args()
     if not os.path.isdir(args.model):
         from efx.standin import build_standin
@@ -81,32 +93,37 @@ def main() -> None:
     }
     for folder, count, width, height in sets.values():
         make_photos(folder, count, width, height)
-    loaded = load_model(resolve_model(args.model), None, args.batch_size)
+    spec = resolve_model(args.model)
+    models = {}
+    for config in args.configs.split(","):
+        backend, _, precision = config.partition(":")
+        models[config] = load_model(spec, None, args.batch_size, precision or "float32", backend)
+        print(f"{config}: {models[config].backend} {models[config].precision}", flush=True)
+    loaded = next(iter(models.values()))
     print(f"model {loaded.name}, {loaded.device}, batch {loaded.batch_size}", flush=True)
     report = {}
     for name, (folder, _, _, _) in sets.items():
         paths = find_images([folder])
-        figures: dict[str, list[float]] = {"model_alone": [], "efx": [], "keras": []}
+        figures: dict[str, list[float]] = {"keras": []}
         for round_ in range(args.rounds):
-            figures["model_alone"].append(_model_alone(loaded, len(paths)))
-            figures["efx"].append(efx_pipeline(loaded, paths, os.path.join(work, "o.h5")))
-            os.remove(os.path.join(work, "o.h5"))
+            for config, model in models.items():
+                alone = _model_alone(model, len(paths))
+                figures.setdefault(f"{config} model alone", []).append(alone)
+                speed = efx_pipeline(model, paths, os.path.join(work, "o.h5"))
+                figures.setdefault(f"{config} efx", []).append(speed)
+                os.remove(os.path.join(work, "o.h5"))
             speed, _ = keras_recipe(args.model, folder, loaded.image_size, loaded.batch_size)
             figures["keras"].append(speed)
             print(name, "round", round_ + 1, {k: round(v[-1], 3) for k, v in figures.items()})
-        alone = figures["model_alone"]
-        report[name] = {
-            "images/s": {k: round(statistics.median(v), 3) for k, v in figures.items()},
-            "efx / model alone": round(
-                statistics.median(e / a for e, a in zip(figures["efx"], alone, strict=True)), 3
-            ),
-            "efx / keras recipe": round(
-                statistics.median(
-                    e / k for e, k in zip(figures["efx"], figures["keras"], strict=True)
-                ),
-                3,
-            ),
-        }
+        report[name] = {"images/s": {k: round(statistics.median(v), 3) for k, v in figures.items()}}
+        for config in models:
+            efx_speeds = figures[f"{config} efx"]
+            report[name][f"{config}: efx / model alone"] = median_ratio(
+                efx_speeds, figures[f"{config} model alone"]
+            )
+            report[name][f"{config}: efx / keras recipe"] = median_ratio(
+                efx_speeds, figures["keras"]
+            )
     # Reduced-scale JPEG decoding on the large photos: embeddings next to full-size decoding.
     folder = sets["large 4000x3000"][0]
     paths = find_images([folder])

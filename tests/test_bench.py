@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -16,34 +17,45 @@ import efx
 from efx.model import _cpu_has_bfloat16
 
 EFX = os.path.join(os.path.dirname(sys.executable), "efx")
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EFX, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_bench_reports_both_speeds_their_ratio_memory_and_device(tiny_model):
-    result = run(
-        "bench", "-m", tiny_model, "--image-size", "48", "--count", "6", "--size", "320x240",
-        "--rounds", "2", "--json",
+def test_bench_reports_both_backends_speeds_ratios_memory_and_device(tiny_model, tmp_path):
+    result = subprocess.run(
+        [EFX, "bench", "-m", tiny_model, "--image-size", "48", "--count", "6", "--size",
+         "320x240", "--rounds", "2", "--json"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "EFX_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["images"] == 6 and report["device"] == "CPU"
-    assert report["model_alone"] > 0 and report["pipeline"] > 0
-    assert len(report["rounds"]) == 2
-    ratios = [r["pipeline"] / r["model_alone"] for r in report["rounds"]]
-    assert report["ratio"] == pytest.approx(statistics.median(ratios))
+    backends = [figures["backend"] for figures in report["results"]]
+    assert backends == (["tensorflow", "openvino"] if HAVE_OPENVINO else ["tensorflow"])
+    for figures in report["results"]:
+        assert figures["model_alone"] > 0 and figures["pipeline"] > 0
+        assert len(figures["rounds"]) == 2
+        ratios = [r["pipeline"] / r["model_alone"] for r in figures["rounds"]]
+        assert figures["ratio"] == pytest.approx(statistics.median(ratios))
     assert 100 < report["peak_rss_mib"] < 8000
     assert result.stderr == ""  # TensorFlow's chatter hidden
 
 
 def test_bench_on_given_photos_and_in_words(tiny_model):
-    result = run("bench", SAMPLES, "-m", tiny_model, "--image-size", "48", "--rounds", "1")
+    result = run(
+        "bench", SAMPLES, "-m", tiny_model, "--image-size", "48", "--rounds", "1",
+        "--backend", "tensorflow",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for line in ("model alone:", "pipeline:", "ratio:", "peak memory:", "images:       6 ("):
+    for line in ("model alone", "pipeline", "ratio", "peak memory:", "images:       6 ("):
         assert line in result.stdout, result.stdout
-    assert "round 1:" in result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("tensorflow ")]
+    assert row.split()[1] == "float32" and len(row.split()) == 5
+    assert "round 1, tensorflow:" in result.stderr
 
 
 def test_bench_rejects_a_bad_size():
@@ -61,13 +73,15 @@ def test_float16_is_refused_on_cpu_with_the_alternative(tiny_model, tmp_path):
 
 
 @pytest.mark.skipif(not _cpu_has_bfloat16(), reason="this CPU has no bfloat16 instructions")
-def test_bfloat16_embeddings_stay_close_to_float32_and_are_labelled(keras_model, tmp_path):
+def test_tensorflow_bfloat16_embeddings_stay_close_to_float32_and_are_labelled(
+    keras_model, tmp_path
+):
     outputs = {}
     for precision in ("float32", "bfloat16"):
         outputs[precision] = str(tmp_path / f"{precision}.h5")
         result = run(
             "extract", SAMPLES, outputs[precision], "-m", keras_model, "--image-size", "96",
-            "--precision", precision,
+            "--precision", precision, "--backend", "tensorflow",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
     assert efx.writers.describe(outputs["bfloat16"])["precision"] == "bfloat16"

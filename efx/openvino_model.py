@@ -1,0 +1,194 @@
+"""The model on OpenVINO: the same SavedModel, converted once (and cached), run by OpenVINO's CPU
+runtime, which is faster than TensorFlow on CPUs (README: Performance).
+
+Part of the model stage: only `model.py` imports this module. It imports OpenVINO itself, and
+only when asked to, so efx works without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+INSTALL_HINT = "pip install 'efx[openvino]'"
+
+# efx's precision names -> OpenVINO's INFERENCE_PRECISION_HINT, and the CPU capability each needs.
+_HINTS = {"float32": ("f32", "FP32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "FP16")}
+
+
+class Unavailable(Exception):
+    """OpenVINO cannot run this model here; the message says why, for a person."""
+
+
+class NotInstalled(Unavailable):
+    """OpenVINO is not installed (an optional extra)."""
+
+
+@dataclass
+class OpenVINOModel:
+    embed: Callable[[Any], np.ndarray]
+    image_size: int | None  # the size the converted model fixes, if it fixes one
+    feature_dim: int
+    precision: str  # what runs: the requested precision, or float32 where the CPU lacks it
+    note: str | None  # said once to the user (a precision fallback)
+
+
+def import_openvino() -> Any:
+    """`import openvino`, with its telemetry switched off and a clear error when not installed.
+
+    OpenVINO's Python package sends usage events to Google Analytics on import and on every
+    conversion (openvino-telemetry, on unless the user opted out), and writes a client id under
+    ~/intel. efx runs offline and phones no one: hiding the telemetry package makes OpenVINO use
+    the no-op stub it ships for when that package is absent (openvino/tools/ovc/telemetry_stub.py).
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    try:
+        import openvino
+    except ImportError as error:
+        raise NotInstalled(f"OpenVINO is not installed; install it with {INSTALL_HINT}") from error
+    return openvino
+
+
+def load(
+    folder: str,
+    image_size: int | None,
+    batch_size: int,
+    precision: str,
+    cache_root: str,
+) -> OpenVINOModel:
+    """Convert (or fetch from the cache) and compile the SavedModel in `folder` for the CPU, at a
+    fixed [batch_size, size, size, 3] input: static shapes run about twice as fast as dynamic
+    ones on OpenVINO's CPU plugin. Raises Unavailable with the reason when it cannot."""
+    ov = import_openvino()
+    core = ov.Core()
+    model = _converted(ov, folder, cache_root)
+    if len(model.inputs) != 1 or len(model.outputs) < 1:
+        raise Unavailable(
+            f"the model has {len(model.inputs)} inputs; efx runs single-input image models"
+        )
+    fixed = _fixed_size(model)
+    size = image_size or fixed
+    if size:
+        try:
+            model.reshape([batch_size, size, size, 3])
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+            raise Unavailable(f"OpenVINO cannot reshape the model: {_first_line(error)}") from error
+
+    hint, capability = _HINTS[precision]
+    note = None
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if capability not in capabilities and precision == "float16":
+        raise Unavailable("this CPU has no float16 support in OpenVINO; use --precision bfloat16")
+    if capability not in capabilities:
+        note = (
+            f"this CPU has no {precision} support in OpenVINO (it offers "
+            f"{', '.join(capabilities)}): running in float32"
+        )
+        hint, precision = "f32", "float32"
+    try:
+        # An explicit hint: OpenVINO's default on some CPUs (with AMX) is bf16, not float32.
+        # LATENCY: every core on one request at a time, which is how efx calls it (one batch
+        # after another); measured as fast as two THROUGHPUT requests in flight, at half the memory.
+        compiled = core.compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        )
+    except Exception as error:  # noqa: BLE001
+        raise Unavailable(f"OpenVINO cannot compile the model: {_first_line(error)}") from error
+    request = compiled.create_infer_request()
+    output = compiled.outputs[0]
+    dim = output.get_partial_shape()[-1]
+    if output.get_partial_shape().rank.get_length() != 2 or dim.is_dynamic:
+        raise Unavailable(
+            f"the model's output {output.get_partial_shape()} is not [batch, features]"
+        )
+
+    def embed(images: Any) -> np.ndarray:
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        count = batch.shape[0]
+        if size and count < batch_size:  # the compiled shape is fixed: pad the last batch
+            pad = np.zeros((batch_size - count, *batch.shape[1:]), np.float32)
+            batch = np.concatenate([batch, pad])
+        result = request.infer({0: batch}, share_inputs=True)
+        return np.array(result[output][:count], dtype=np.float32)
+
+    return OpenVINOModel(embed, fixed, int(dim.get_length()), precision, note)
+
+
+def _converted(ov: Any, folder: str, cache_root: str) -> Any:
+    """The OpenVINO model of a SavedModel folder, converted once and kept in the cache.
+
+    Keyed by the folder's path, its files' sizes and modification times and the OpenVINO
+    version: a changed model or another OpenVINO converts afresh. Written to a scratch folder
+    and renamed into place, so a killed run never leaves half a model in the cache.
+    """
+    target = os.path.join(cache_root, _cache_key(folder, ov.get_version()))
+    xml = os.path.join(target, "model.xml")
+    core = ov.Core()
+    if os.path.isfile(xml):
+        try:
+            return core.read_model(xml)
+        except Exception:  # noqa: BLE001 - a damaged cache entry is converted again
+            shutil.rmtree(target, ignore_errors=True)
+    try:
+        model = ov.convert_model(folder)
+    except Exception as error:  # noqa: BLE001 - conversion errors come in many types
+        raise Unavailable(f"OpenVINO cannot convert the model: {_conversion_reason(error)}") from (
+            error
+        )
+    try:
+        os.makedirs(cache_root, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".convert-", dir=cache_root)
+        # compress_to_fp16=False: keep the weights as published (the default halves them).
+        ov.save_model(model, os.path.join(scratch, "model.xml"), compress_to_fp16=False)
+        os.replace(scratch, target)
+    except OSError:
+        pass  # an unwritable or raced cache costs a conversion next time, nothing else
+    return model
+
+
+def _cache_key(folder: str, version: str) -> str:
+    digest = hashlib.sha1(os.path.abspath(folder).encode())
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            digest.update(
+                f"{os.path.relpath(path, folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+            )
+    digest.update(version.encode())
+    name = os.path.basename(os.path.normpath(folder))[:40]
+    return f"{name}-{digest.hexdigest()[:16]}-ov{version.split('-')[0]}"
+
+
+def _fixed_size(model: Any) -> int | None:
+    shape = model.inputs[0].get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4:
+        return None
+    height, width = shape[1], shape[2]
+    if height.is_static and width.is_static and height.get_length() == width.get_length():
+        return int(height.get_length())
+    return None
+
+
+def _conversion_reason(error: BaseException) -> str:
+    """The useful line of OpenVINO's long conversion error: which operations have no rule."""
+    text = str(error)
+    for line in text.splitlines():
+        if "No conversion rule" in line or "not supported" in line.lower():
+            return line.strip().lstrip("- ").rstrip(".")
+    return _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
