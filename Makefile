@@ -9,12 +9,12 @@ STANDIN ?= .cache/standin-b6
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO and its test tools
+install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray and its test tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,openvino]"
+	$(PY) -m pip install --quiet -e ".[dev,openvino,ray]"
 	touch $(STAMP)
 
 test: install  ## Run the whole test suite

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -20,7 +20,7 @@ import numpy as np
 
 from . import resume as resume_
 from . import writers
-from .config import BACKENDS, DEFAULT_MAX_PIXELS, PRECISIONS, DecodeOptions
+from .config import BACKENDS, DEFAULT_MAX_PIXELS, ENGINES, PRECISIONS, DecodeOptions
 from .discover import check_sources, find_images
 from .errors import EfxError
 from .model import DEFAULT_MODEL, LoadedModel, load_model, resolve_model
@@ -49,6 +49,7 @@ class Summary:
     batch_size: int
     precision: str
     backend: str  # what ran the model: "tensorflow" or "openvino"
+    engine: str  # where: "local" (tf.data in this process) or "ray"
     part: str  # "I/N": this run's part of the inputs ("0/1": all of them)
     images: int  # inputs of this run (its part)
     embedded: int  # rows in the output
@@ -78,6 +79,8 @@ def extract(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     precision: str = "float32",
     backend: str = "auto",
+    engine: str = "local",
+    ray_address: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     overwrite: bool = False,
     resume: bool = False,
@@ -86,14 +89,17 @@ def extract(
     stdin: BinaryIO | None = None,
     progress: bool = False,
     on_note: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> Summary:
     """Embed every image of `sources` into `output` (HDF5 file or folder of .npy shards).
 
     `sources` are folders (walked recursively), image files, or "-" for paths read from `stdin`.
     Images that cannot be read or decoded are recorded as failures; the run goes on.
     `resume` continues an interrupted output; `part="I/N"` embeds only the I-th of N parts.
-    `backend` picks what runs the model (auto, tensorflow, openvino); `on_note` is called with
-    anything the user should know as soon as it is known (say, OpenVINO could not be used).
+    `backend` picks what runs the model (auto, tensorflow, openvino); `engine` where the work
+    runs: "local" (tf.data in this process) or "ray" (a Ray cluster at `ray_address`, or a local
+    Ray instance). `on_note` is called with anything the user should know as soon as it is
+    known (say, OpenVINO could not be used); `verbose` lets the engine's own logs through.
     """
     sources = [sources] if isinstance(sources, str) else list(sources)
     check_sources(sources)
@@ -109,6 +115,10 @@ def extract(
         )
     if backend not in BACKENDS:
         raise EfxError(f"--backend must be one of {', '.join(BACKENDS)}. Received: {backend!r}")
+    if engine not in ENGINES:
+        raise EfxError(f"--engine must be one of {', '.join(ENGINES)}. Received: {engine!r}")
+    if ray_address and engine != "ray":
+        raise EfxError("--ray-address is for --engine ray")
     if resume and overwrite:
         raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
     state = _resumable_state(output, fmt) if resume else None
@@ -144,47 +154,61 @@ def extract(
     started = time.monotonic()
     if progress:  # the load takes seconds to minutes (a first run downloads): say what is going on
         print(f"efx: loading {spec.handle} ...", file=sys.stderr, flush=True)
-    loaded = load_model(spec, image_size, batch_size, precision, backend)
-    if on_note is not None:
-        for note in loaded.notes:
-            on_note(note)
-    loaded_at = time.monotonic()
-    options = replace(options, image_size=loaded.image_size)
-    attrs = {
-        "model": loaded.name,
-        **run,
-        "standin": loaded.standin,
-        "image_size": loaded.image_size,
-        "feature_dim": loaded.feature_dim,
-        "efx_version": _version(),
-        "tensorflow_version": _tf_version(),
-        "device": loaded.device,
-        "backend": loaded.backend,
-        "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    writer_options: dict[str, Any] = {"shard_size": shard_size} if fmt == "npy" else {}
-    if state is not None:
-        _check_resumable(output, state["attrs"], attrs, resume_.SETTINGS)
-        writer_options["keep"] = (kept_rows, kept_failures)
+    runner = None
+    batches: Batches = local_batches
     try:
-        writer = writers.open_writer(fmt, output, attrs, **writer_options)
-    except OSError as error:
-        raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
-    try:
-        with _progress_bar(len(paths), done, progress) as bar:
-            embedded, failed = stream(paths[done:], fmt, options, loaded, writer, bar)
-        writer.close()
-    except OSError as error:
-        _abort(writer)
-        raise EfxError(
-            f"writing {output} failed: {error.strerror or error} (disk full?). The rows written "
-            "so far are kept and the output is marked incomplete: free some space, then run "
-            "the same command with --resume."
-        ) from error
-    except BaseException:
-        _abort(writer)
-        raise
+        if engine == "ray":
+            from .ray_engine import RayEngine
+
+            runner = RayEngine(ray_address, verbose)
+            loaded = runner.load_model(spec, image_size, batch_size, precision, backend)
+            batches = runner.batches
+        else:
+            loaded = load_model(spec, image_size, batch_size, precision, backend)
+        if on_note is not None:
+            for note in loaded.notes:
+                on_note(note)
+        loaded_at = time.monotonic()
+        options = replace(options, image_size=loaded.image_size)
+        attrs = {
+            "model": loaded.name,
+            **run,
+            "standin": loaded.standin,
+            "image_size": loaded.image_size,
+            "feature_dim": loaded.feature_dim,
+            "efx_version": _version(),
+            "tensorflow_version": _tf_version(),
+            "device": loaded.device,
+            "backend": loaded.backend,
+            "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
+            "engine": engine,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        writer_options: dict[str, Any] = {"shard_size": shard_size} if fmt == "npy" else {}
+        if state is not None:
+            _check_resumable(output, state["attrs"], attrs, resume_.SETTINGS)
+            writer_options["keep"] = (kept_rows, kept_failures)
+        try:
+            writer = writers.open_writer(fmt, output, attrs, **writer_options)
+        except OSError as error:
+            raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
+        try:
+            with _progress_bar(len(paths), done, progress) as bar:
+                embedded, failed = stream(paths[done:], fmt, options, loaded, writer, bar, batches)
+            writer.close()
+        except OSError as error:
+            _abort(writer)
+            raise EfxError(
+                f"writing {output} failed: {error.strerror or error} (disk full?). The rows "
+                "written so far are kept and the output is marked incomplete: free some space, "
+                "then run the same command with --resume."
+            ) from error
+        except BaseException:
+            _abort(writer)
+            raise
+    finally:
+        if runner is not None:
+            runner.close()
 
     finished = time.monotonic()
     streaming = finished - loaded_at
@@ -199,6 +223,7 @@ def extract(
         batch_size=loaded.batch_size,
         precision=loaded.precision,
         backend=loaded.backend,
+        engine=engine,
         part=f"{index}/{count}",
         images=len(paths),
         embedded=kept_rows + embedded,
@@ -249,6 +274,7 @@ def _already_complete(output: str, fmt: str, state: dict[str, Any]) -> Summary:
         batch_size=0,
         precision=str(attrs.get("precision", "float32")),
         backend=str(attrs.get("backend", "tensorflow")),
+        engine=str(attrs.get("engine", "local")),
         part=str(attrs.get("part", "0/1")),
         images=len(state["paths"]) + len(state["failed"]),
         embedded=len(state["paths"]),
@@ -269,9 +295,14 @@ def stream(
     loaded: LoadedModel,
     writer: writers.Writer,
     bar: Any,
+    batches: Batches | None = None,
 ) -> tuple[int, int]:
-    """The loop: decoded batches -> model -> writer. Rows and failures are each written in
-    input order (what --resume relies on), and committed after every batch."""
+    """The loop: embedded batches -> writer. Rows and failures are each written in input order
+    (what --resume relies on), and committed after every batch.
+
+    `batches(paths, options, loaded)` is the engine: it yields (positions in `paths`,
+    embeddings of the ok images, ok flags) in input order. Default: the local tf.data engine.
+    """
     from . import decode  # imports TensorFlow; deferred so that the checks stay instant
 
     embedded = failed = 0
@@ -291,13 +322,11 @@ def stream(
             failed += 1
 
     sync = _SyncClock()
-    batches = decode.image_batches([paths[i] for i in storable], options, loaded.batch_size)
-    for index, images, ok in batches:
-        index, ok = index.numpy(), ok.numpy()
+    engine = batches or local_batches
+    for index, embeddings, ok in engine([paths[i] for i in storable], options, loaded):
         positions = [storable[i] for i in index]
         if ok.any():
-            good = images if ok.all() else _select(images, ok)
-            writer.write([paths[storable[i]] for i in index[ok]], loaded.embed(good))
+            writer.write([paths[storable[i]] for i in index[ok]], embeddings)
             embedded += int(ok.sum())
         for position, fine in zip(positions, ok, strict=True):
             if not fine:
@@ -306,6 +335,34 @@ def stream(
         bar.update(len(index))
     fail(len(paths), "")  # the failures known upfront that come after the last batch
     return embedded, failed
+
+
+# An engine: (paths, options, model) -> batches of (positions, embeddings of the ok, ok).
+Batches = Callable[
+    [list[str], DecodeOptions, LoadedModel], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+]
+
+
+def local_batches(
+    paths: list[str], options: DecodeOptions, loaded: LoadedModel
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The local engine: the tf.data pipeline (parallel read + decode) into the model. The
+    pipeline drops files that fail to decode; the gaps in its indices are those files."""
+    from . import decode
+
+    expected = 0  # the next index not yet accounted for
+    for index, images in decode.image_batches(paths, options, loaded.batch_size):
+        index = index.numpy()
+        positions = np.arange(expected, index[-1] + 1)
+        expected = int(index[-1]) + 1
+        yield positions, loaded.embed(images), np.isin(positions, index)
+    if expected < len(paths):  # the last files all failed
+        positions = np.arange(expected, len(paths))
+        yield (
+            positions,
+            np.zeros([0, loaded.feature_dim], np.float32),
+            np.zeros(len(positions), bool),
+        )
 
 
 class _SyncClock:
@@ -469,12 +526,6 @@ def _check_positive(flag: str, value: int | None, limit: int | None = None) -> N
         raise EfxError(f"{flag} must be a positive integer. Received: {value!r}")
     if limit is not None and value > limit:
         raise EfxError(f"{flag} must be at most {limit}. Received: {value}")
-
-
-def _select(images: Any, ok: np.ndarray) -> Any:
-    import tensorflow as tf
-
-    return tf.boolean_mask(images, ok)
 
 
 def _progress_bar(total: int, done: int, enabled: bool) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .config import BACKENDS, DEFAULT_MAX_PIXELS, PRECISIONS, RESIZE_MODES
+from .config import BACKENDS, DEFAULT_MAX_PIXELS, ENGINES, PRECISIONS, RESIZE_MODES
 from .errors import EfxError
 
 EXIT_INTERRUPTED = 130
@@ -121,6 +121,21 @@ def main() -> None:
     "to convert the model, about 1.3x TensorFlow's speed; TensorFlow otherwise and on GPUs.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="Where the work runs. local: this machine (tf.data). ray: a Ray cluster through Ray "
+    "Data (efx[ray]); this process writes OUTPUT.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDRESS",
+    help="Ray cluster to join with --engine ray (e.g. ray://head:10001, or auto). Default: "
+    "RAY_ADDRESS, else a Ray instance on this machine for the run.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["hdf5", "npy"]),
@@ -180,6 +195,8 @@ def extract(
     max_pixels: int,
     precision: str,
     backend: str,
+    engine: str,
+    ray_address: str | None,
     fmt: str | None,
     shard_size: int,
     overwrite: bool,
@@ -206,6 +223,7 @@ def extract(
       efx extract --model b0 a.jpg b.png more/ out.h5
       find /data -name '*.jpg' -print0 | efx extract -0 - shards/
       efx extract --json --quiet photos/ out.h5 | jq .images_per_second
+      efx extract --engine ray --ray-address auto /shared/photos /shared/out.h5
     """
     from .api import extract as run_extract
 
@@ -226,6 +244,8 @@ def extract(
             max_pixels=max_pixels,
             precision=precision,
             backend=backend,
+            engine=engine,
+            ray_address=ray_address,
             format=fmt,
             shard_size=shard_size,
             overwrite=overwrite,
@@ -235,6 +255,7 @@ def extract(
             stdin=stdin,
             progress=not quiet and sys.stderr.isatty(),
             on_note=None if quiet else _note,
+            verbose=verbose,
         )
     except KeyboardInterrupt:
         _echo_resume_hint(output, "-" in sources)
@@ -301,7 +322,7 @@ def _report(summary: Any) -> None:
         f"{summary.failed} failed, "
         f"in {summary.seconds:.1f} s (model load {summary.load_seconds:.1f} s, then "
         f"{summary.images_per_second:.2f} images/s, {summary.backend} {summary.precision} on "
-        f"{summary.device}) -> {summary.output}"
+        f"{summary.device}{' via Ray' if summary.engine == 'ray' else ''}) -> {summary.output}"
     )
 
 

@@ -24,6 +24,10 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 # (faster there), TensorFlow otherwise and always on a GPU.
 BACKENDS = ("auto", "tensorflow", "openvino")
 
+# Where the work runs. local: tf.data and the model in this process. ray: a Ray cluster, through
+# Ray Data (the same decode function and model code, run by Ray workers).
+ENGINES = ("local", "ray")
+
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.
 DEFAULT_MAX_PIXELS = 89_478_485

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from .config import DecodeOptions
@@ -365,24 +366,14 @@ def _is_animated_webp(head: tf.Tensor) -> tf.Tensor:
 
 
 def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int) -> tf.data.Dataset:
-    """Batches of (index, image, ok) in input order, read and decoded in parallel.
+    """Batches of (index, image) of the files that decode, in input order, read and decoded in
+    parallel. A file that cannot be read or decoded is dropped: its index is missing.
 
-    Each file is decoded in a one-element dataset whose errors are dropped, followed by a
-    placeholder flagged ok=False; taking the first element gives the image, or the placeholder
-    when decoding failed. The parallel interleave keeps input order (deterministic=True).
+    One flat parallel map with `ignore_errors`, no per-file nested datasets: those cost ~0.4 s
+    of function instantiation before the first batch of every run (measured: first batch of
+    1024x768 JPEGs 0.42 s nested, 0.05 s flat), the same decoding afterwards.
     """
     encoded = [os.fsencode(path) for path in paths]
-    blank = tf.zeros([options.image_size, options.image_size, 3], tf.float32)
-
-    def one(index: tf.Tensor, path: tf.Tensor) -> tf.data.Dataset:
-        decoded = (
-            tf.data.Dataset.from_tensors(path)
-            .map(lambda p: (index, decode_image(tf.io.read_file(p), options), True))
-            .ignore_errors()
-        )
-        failed = tf.data.Dataset.from_tensors((index, blank, False))
-        return decoded.concatenate(failed).take(1)
-
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, dtype=tf.string))
     )
@@ -390,20 +381,39 @@ def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int)
     # Fixed parallelism instead of AUTOTUNE: the model is the bottleneck, so one decoder per
     # core and two batches in hand keep it fed; and tf.data's autotuning thread makes every
     # iterator take ~4 s to shut down (measured: 3.9-4.1 s per run, 0.01 s without it).
+    # No static graph optimisations either: they cost ~0.1 s per run and gain nothing here.
     tuning = tf.data.Options()
     tuning.autotune.enabled = False
+    tuning.experimental_optimization.apply_default_optimizations = False
     return (
-        dataset.interleave(
-            one,
-            cycle_length=workers,
-            block_length=1,
+        dataset.map(
+            lambda index, path: (index, decode_image(tf.io.read_file(path), options)),
             num_parallel_calls=workers,
             deterministic=True,
         )
+        .ignore_errors()
         .batch(batch_size)
         .prefetch(2)
         .with_options(tuning)
     )
+
+
+def file_decoder(options: DecodeOptions) -> Callable[[bytes], np.ndarray | None]:
+    """A path -> image function for engines that schedule files themselves (Ray): the same
+    read + `decode_image` as the tf.data pipeline, traced once; None when the file cannot be
+    read or decoded (as the pipeline flags it ok=False)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def decode(path: tf.Tensor) -> tf.Tensor:
+        return decode_image(tf.io.read_file(path), options)
+
+    def one(path: bytes) -> np.ndarray | None:
+        try:
+            return np.asarray(decode(tf.constant(path)))
+        except tf.errors.OpError:
+            return None
+
+    return one
 
 
 def failure_reason(path: str, options: DecodeOptions) -> str:

@@ -1,6 +1,7 @@
 """Peak memory (RSS) of `efx extract` against the number of images: it must stay flat.
 
     python scripts/peak_memory.py [--model DIR] [--counts 100 1000] [--size 1024x768]
+                                  [--backend auto|tensorflow|openvino]
 
 Each count runs `efx extract` (default batch size) in a fresh process on that many photos made
 from samples/, and reports the process's peak resident set size.
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--model", default=os.path.join(REPO, ".cache", "standin-b6"))
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--size", default="1024x768")
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = tempfile.mkdtemp(prefix="efx-memory-")
@@ -46,10 +48,11 @@ def main() -> None:
         listing = "".join(os.path.join(photos, name) + "\n" for name in names[:count])
         result = subprocess.run(
             [sys.executable, "-c", RUN, "extract", "-", os.path.join(work, f"{count}.h5"),
-             "-m", args.model, "-q"],
+             "-m", args.model, "--backend", args.backend, "-q"],
             input=listing, capture_output=True, text=True, check=True,
         )  # fmt: skip
-        print(f"{count} images: peak RSS {result.stdout.split()[-1]} MiB", flush=True)
+        peak = result.stdout.split()[-1]
+        print(f"{count} images, backend {args.backend}: peak RSS {peak} MiB", flush=True)
 
 
 if __name__ == "__main__":

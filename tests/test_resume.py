@@ -156,7 +156,8 @@ def test_sigterm_stops_like_ctrl_c(photos, tiny_model, tmp_path):
         [EFX, *extract_args(photos, output, tiny_model)], stderr=subprocess.PIPE, text=True
     )
     while rows_in(output) < 4:
-        assert process.poll() is None
+        if process.poll() is not None:
+            pytest.fail(f"efx ended ({process.returncode}) first: {process.communicate()[1]}")
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)

@@ -216,9 +216,11 @@ class NpyWriter:
                     if os.path.exists(self._path(shard[key])):
                         os.remove(self._path(shard[key]))
         kept = read_failures(self._output)[:failures]
-        self._failures = open(self._path(FAILURES), "wb")  # noqa: SIM115
-        for failure in kept:
-            self._failures.write((json.dumps(failure, ensure_ascii=False) + "\n").encode())
+        lines = b"".join((json.dumps(f, ensure_ascii=False) + "\n").encode() for f in kept)
+        # Replaced, not truncated and rewritten: a reader (or a kill) in between would find
+        # fewer failures than the manifest promises.
+        _write_atomically(self._path(FAILURES), lines)
+        self._failures = open(self._path(FAILURES), "ab")  # noqa: SIM115
         self._failed = len(kept)
         self._commit(sync=True)
 
@@ -231,8 +233,8 @@ class NpyWriter:
         }
         with open(self._path(self._open["paths"]), "rb") as file:
             kept = file.read().split(b"\n")[:rows]
-        self._paths_file = open(self._path(self._open["paths"]), "wb")  # noqa: SIM115
-        self._paths_file.write(b"".join(line + b"\n" for line in kept))
+        _write_atomically(self._path(self._open["paths"]), b"".join(line + b"\n" for line in kept))
+        self._paths_file = open(self._path(self._open["paths"]), "ab")  # noqa: SIM115
         self._embeddings_file = open(self._path(self._open["embeddings"]), "r+b")  # noqa: SIM115
         self._embeddings_file.truncate(_HEADER_BYTES + rows * self._dim * 4)
         self._embeddings_file.seek(0, os.SEEK_END)
@@ -305,7 +307,8 @@ def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]
     if not os.path.exists(path):
         return []
     with open(path, "rb") as file:
-        lines = file.read().split(b"\n")[:committed]
+        # Whole lines only: one being appended has no newline yet.
+        lines = file.read().split(b"\n")[:-1][:committed]
     failures = [json.loads(line) for line in lines]
     return failures if limit is None else failures[:limit]
 

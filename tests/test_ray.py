@@ -1,0 +1,119 @@
+"""--engine ray: a local Ray instance (2 CPUs) runs the same extraction as the local engine, on
+the same real images, broken ones included; outputs compared row by row."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import SAMPLES, write_broken_images
+
+import efx
+
+EFX = os.path.join(os.path.dirname(sys.executable), "efx")
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module: efx uses a Ray that is already initialised (and
+    leaves it running), as it would inside a Ray job."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'efx[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mixed_dir(good_dir):
+    root, _ = good_dir
+    broken = write_broken_images(root)
+    return root, broken
+
+
+def assert_same_output(local: str, remote: str, scale_tolerance: float = 1e-6) -> None:
+    (local_paths, local_rows), (ray_paths, ray_rows) = efx.load(local), efx.load(remote)
+    assert ray_paths == local_paths
+    assert efx.writers.read_failures(remote) == efx.writers.read_failures(local)
+    np.testing.assert_allclose(ray_rows, local_rows, rtol=0, atol=scale_tolerance)
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_ray_engine_writes_what_the_local_engine_writes(
+    ray_instance, tiny_model, mixed_dir, tmp_path, fmt
+):
+    root, broken = mixed_dir
+    outputs = {}
+    for engine in ("local", "ray"):
+        outputs[engine] = str(tmp_path / f"{engine}.{fmt}" if fmt == "h5" else tmp_path / engine)
+        summary = efx.extract(
+            root, outputs[engine], model=tiny_model, image_size=64, batch_size=4, engine=engine
+        )
+        assert summary.engine == engine and summary.complete
+        assert summary.failed == len(broken) and summary.embedded > 5
+    assert_same_output(outputs["local"], outputs["ray"])
+    reasons = {
+        os.path.basename(f["path"]): f["error"] for f in efx.writers.read_failures(outputs["ray"])
+    }
+    assert reasons == broken
+    assert efx.writers.describe(outputs["ray"])["engine"] == "ray"
+
+
+def test_ray_engine_resumes_what_another_run_started(ray_instance, tiny_model, mixed_dir, tmp_path):
+    root, _ = mixed_dir
+    whole = str(tmp_path / "whole.h5")
+    efx.extract(root, whole, model=tiny_model, image_size=64, batch_size=4)
+    paths = efx.load(whole)[0] + [f["path"] for f in efx.writers.read_failures(whole)]
+    ordered = sorted(paths, key=lambda p: os.path.relpath(p, root))
+    # An interrupted local run: the first five inputs done, the output not complete.
+    partial = str(tmp_path / "partial.h5")
+    efx.extract(ordered[:5], partial, model=tiny_model, image_size=64, batch_size=4)
+    with h5py.File(partial, "r+") as file:
+        file.attrs["complete"] = False
+    summary = efx.extract(
+        root, partial, model=tiny_model, image_size=64, batch_size=4, engine="ray", resume=True
+    )
+    assert summary.resumed == 5 and summary.complete
+    assert_same_output(whole, partial)
+
+
+def test_a_model_error_on_a_ray_worker_reads_as_locally(ray_instance, tmp_path):
+    import tensorflow as tf
+
+    class Maps(tf.Module):  # feature maps, not a feature vector
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, images):
+            return tf.nn.avg_pool2d(images, 4, 4, "VALID")
+
+    model = str(tmp_path / "maps")
+    tf.saved_model.save(Maps(), model)
+    messages = []
+    for engine in ("local", "ray"):
+        with pytest.raises(efx.EfxError, match="is not an image feature-vector model") as error:
+            efx.extract(SAMPLES, str(tmp_path / f"{engine}.h5"), model=model, image_size=32,
+                        engine=engine)  # fmt: skip
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
+def test_without_ray_the_engine_says_how_to_install_it(tiny_model, tmp_path):
+    hide = "import sys; sys.modules['ray'] = None; from efx.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", hide, "extract", SAMPLES, str(tmp_path / "o.h5"), "-m", tiny_model,
+         "--engine", "ray"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "pip install 'efx[ray]'" in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "o.h5")
+
+
+def test_ray_address_needs_the_ray_engine(tmp_path):
+    result = subprocess.run(
+        [EFX, "extract", SAMPLES, str(tmp_path / "o.h5"), "--ray-address", "auto"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "--ray-address is for --engine ray" in result.stderr
