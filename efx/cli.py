@@ -533,6 +533,7 @@ def bench(
     click.echo(
         "(images/s; model alone: ready tensors; pipeline: read, decode, resize, model, write)"
     )
+
     click.echo("")
     click.echo(f"peak memory:  {report.peak_rss_mib:.0f} MiB (RSS, all backends loaded)")
     for note in report.notes:

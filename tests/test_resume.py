@@ -85,7 +85,9 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
     fmt, photos, tiny_model, clean, tmp_path
 ):
     output = str(tmp_path / OUTPUTS[fmt])
-    args = extract_args(photos, output, tiny_model, "--shard-size", "40", "--resume")
+    # Batch 1: a commit per image, so that a run lasts long enough to be killed mid-way (and
+    # the result must still equal the batch-2 reference).
+    args = extract_args(photos, output, tiny_model, "--shard-size", "40", "--resume", "-b", "1")
     rng = random.Random(fmt)
     total = len(efx.load(clean[fmt])[0])
     kills = []
