@@ -4,6 +4,7 @@ photos; plus how close reduced-scale JPEG decoding stays to full-size decoding.
 
     python scripts/bench_targets.py [--model DIR] [--typical 96] [--large 24] [--rounds 2]
                                     [--configs tensorflow,openvino,openvino:bfloat16]
+                                    [--sets typical,large]
 
 The Keras recipe: `tf_keras.utils.image_dataset_from_directory` (its own decode and bilinear
 resize to 528x528) scaled to [0, 1], feeding `hub.KerasLayer(model)` through `model.predict`,
@@ -93,6 +94,7 @@ def main() -> None:
         default="tensorflow,openvino,openvino:bfloat16",
         help="backend[:precision] list, each measured model alone and through efx",
     )
+    parser.add_argument("--sets", default="typical,large", help="which photo sets to measure")
     args = parser.parse_args()
     if not os.path.isdir(args.model):
         from efx.standin import build_standin
@@ -103,6 +105,7 @@ def main() -> None:
         "typical 1024x768": (os.path.join(work, "typical"), args.typical, 1024, 768),
         "large 4000x3000": (os.path.join(work, "large"), args.large, 4000, 3000),
     }
+    sets = {name: s for name, s in sets.items() if name.split()[0] in args.sets.split(",")}
     for folder, count, width, height in sets.values():
         make_photos(folder, count, width, height)
     spec = resolve_model(args.model)
@@ -136,6 +139,9 @@ def main() -> None:
             report[name][f"{config}: efx / keras recipe"] = median_ratio(
                 efx_speeds, figures["keras"]
             )
+    if "large 4000x3000" not in sets:
+        print(json.dumps(report, indent=2))
+        return
     # Reduced-scale JPEG decoding on the large photos: embeddings next to full-size decoding.
     folder = sets["large 4000x3000"][0]
     paths = find_images([folder])

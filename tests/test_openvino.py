@@ -90,6 +90,22 @@ def test_openvino_bfloat16_stays_close_to_float32_and_is_labelled(keras_model, t
     assert not np.array_equal(full, half)  # the hint really made it compute in bfloat16
 
 
+@pytest.mark.skipif(_cpu_has_bfloat16(), reason="this CPU has bfloat16 instructions")
+def test_openvino_bfloat16_without_cpu_support_says_so_and_runs_float32(tiny_model, tmp_path):
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        outputs[precision] = str(tmp_path / f"{precision}.h5")
+        summary = efx.extract(
+            SAMPLES, outputs[precision], model=tiny_model, image_size=48,
+            backend="openvino", precision=precision,
+        )  # fmt: skip
+    # What ran is what is stored: float32, with the reason in the notes, not a bfloat16 label.
+    assert (summary.backend, summary.precision) == ("openvino", "float32")
+    assert len(summary.notes) == 1 and "no bfloat16 support in OpenVINO" in summary.notes[0]
+    assert efx.writers.describe(outputs["bfloat16"])["precision"] == "float32"
+    np.testing.assert_array_equal(efx.load(outputs["bfloat16"])[1], efx.load(outputs["float32"])[1])
+
+
 def test_auto_picks_openvino_on_a_cpu(tiny_model, tmp_path):
     summary = efx.extract(SAMPLES, str(tmp_path / "o.h5"), model=tiny_model, image_size=48)
     assert (summary.backend, summary.device, summary.notes) == ("openvino", "CPU", [])
