@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .api import MergeSummary, Summary, extract, load, merge
 from .errors import EfxError
 
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .api import MergeSummary, Summary, extract, load, merge
+
 __all__ = ["EfxError", "MergeSummary", "Summary", "__version__", "extract", "load", "merge"]
+
+_API = {"MergeSummary", "Summary", "extract", "load", "merge"}
+
+
+def __getattr__(name: str) -> Any:
+    """The API (and its numpy and h5py) is imported on first use, so that `efx --help` and
+    `efx extract --help`, which import this package, start in a tenth of a second."""
+    if name in _API:
+        return getattr(importlib.import_module(".api", __name__), name)
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)  # efx.writers, efx.model, …
+        except ModuleNotFoundError as missing:
+            if missing.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
