@@ -143,6 +143,24 @@ def test_help_and_info_do_not_import_tensorflow(tmp_path):
     assert result.stdout.strip().endswith("no TF"), result.stdout + result.stderr
 
 
+def test_help_imports_neither_numpy_nor_h5py():
+    """What keeps `efx --help` near Python's own start-up: the API loads on first use."""
+    code = (
+        "import sys\n"
+        "from efx.cli import main\n"
+        "for argv in (['--help'], ['extract', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted({'numpy', 'h5py', 'tensorflow'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip().endswith("[]"), result.stdout + result.stderr
+
+
 def test_real_process_keeps_stderr_clean_and_stdout_json_only(tmp_path, tiny_model):
     output = tmp_path / "o.h5"
     result = subprocess.run(
