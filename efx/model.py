@@ -205,7 +205,7 @@ def _set_precision(tf: Any, precision: str, device: str) -> None:
     if precision == "float16" and device == "CPU":
         raise EfxError(
             "--precision float16 needs a GPU (TensorFlow's float16 rewrite targets CUDA); "
-            "on a CPU use --precision bfloat16"
+            "on a CPU use float32, or --precision bfloat16 on CPUs with bfloat16 instructions"
         )
     if precision == "bfloat16" and device == "GPU":
         raise EfxError(
