@@ -17,10 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,openvino,ray]"
 	touch $(STAMP)
 
-# Two workers, one test file each at a time (module fixtures such as the Ray instance stay
-# single): 8.8 min instead of 12.6 on a 2-core machine, whose second core sat half idle.
 test: install  ## Run the whole test suite
-	$(VENV)/bin/pytest -n 2 --dist loadfile --durations=10
+	$(VENV)/bin/pytest --durations=10
 
 lint: install  ## Ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check efx tests
