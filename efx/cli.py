@@ -259,13 +259,7 @@ def extract(
         )
     except KeyboardInterrupt:
         _echo_resume_hint(output, "-" in sources)
-        # The output is closed and marked incomplete by now. Leave without interpreter
-        # teardown: the native runtimes stopped mid-work (tf.data's decoder threads, the model's
-        # thread pool) can crash in their destructors at exit (seen once, SIGSEGV after a
-        # SIGTERM on a loaded machine), which would turn exit status 130 into a crash.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     if not quiet:
