@@ -125,7 +125,9 @@ def test_ctrl_c_flushes_marks_incomplete_says_how_to_resume_and_exits_130(
     fmt, photos, tiny_model, clean, tmp_path
 ):
     output = str(tmp_path / OUTPUTS[fmt])
-    args = extract_args(photos, output, tiny_model, "--shard-size", "40")
+    # Batch 1: a commit per image keeps the run long enough for the signal to land mid-way (at
+    # batch 2 the tiny model's 244 images once finished, 93 images/s, before it arrived).
+    args = extract_args(photos, output, tiny_model, "--shard-size", "40", "-b", "1")
     process = subprocess.Popen([EFX, *args], stderr=subprocess.PIPE, text=True)
     while rows_in(output) < 10:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
@@ -155,7 +157,9 @@ def test_ctrl_c_flushes_marks_incomplete_says_how_to_resume_and_exits_130(
 def test_sigterm_stops_like_ctrl_c(photos, tiny_model, tmp_path):
     output = str(tmp_path / "out.h5")
     process = subprocess.Popen(
-        [EFX, *extract_args(photos, output, tiny_model)], stderr=subprocess.PIPE, text=True
+        [EFX, *extract_args(photos, output, tiny_model, "-b", "1")],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     while rows_in(output) < 4:
         if process.poll() is not None:
