@@ -128,7 +128,14 @@ def test_ctrl_c_flushes_marks_incomplete_says_how_to_resume_and_exits_130(
     # Batch 1: a commit per image keeps the run long enough for the signal to land mid-way (at
     # batch 2 the tiny model's 244 images once finished, 93 images/s, before it arrived).
     args = extract_args(photos, output, tiny_model, "--shard-size", "40", "-b", "1")
-    process = subprocess.Popen([EFX, *args], stderr=subprocess.PIPE, text=True)
+    # As in a terminal: a test run started in the background (`make test &`) ignores SIGINT, and
+    # a child inherits that, so Ctrl-C's signal would never reach efx.
+    process = subprocess.Popen(
+        [EFX, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     while rows_in(output) < 10:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         time.sleep(0.02)
