@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -323,18 +325,86 @@ def stream(
 
     sync = _SyncClock()
     engine = batches or local_batches
-    for index, embeddings, ok in engine([paths[i] for i in storable], options, loaded):
-        positions = [storable[i] for i in index]
-        if ok.any():
-            writer.write([paths[storable[i]] for i in index[ok]], embeddings)
-            embedded += int(ok.sum())
-        for position, fine in zip(positions, ok, strict=True):
-            if not fine:
-                fail(position, decode.failure_reason(paths[position], options))
-        writer.flush(sync=sync.due(len(index)))
-        bar.update(len(index))
-    fail(len(paths), "")  # the failures known upfront that come after the last batch
+    with _SignalsBetweenBatches(after_bar=not getattr(bar, "disable", True)) as signals:
+        for index, embeddings, ok in engine([paths[i] for i in storable], options, loaded):
+            positions = [storable[i] for i in index]
+            if ok.any():
+                writer.write([paths[storable[i]] for i in index[ok]], embeddings)
+                embedded += int(ok.sum())
+            for position, fine in zip(positions, ok, strict=True):
+                if not fine:
+                    fail(position, decode.failure_reason(paths[position], options))
+            writer.flush(sync=sync.due(len(index)))
+            bar.update(len(index))
+            signals.deliver()  # a Ctrl-C or SIGTERM that came during this batch acts now
+        fail(len(paths), "")  # the failures known upfront that come after the last batch
     return embedded, failed
+
+
+class _SignalsBetweenBatches:
+    """Ctrl-C and SIGTERM while streaming take effect once the batch in flight is written.
+
+    Python runs a signal's handler at whatever bytecode the main thread is on: the
+    KeyboardInterrupt it raises could land inside h5py's, tf.data's or OpenVINO's Python code
+    between two native calls, and the abort that follows then calls into a library left half-way
+    (a SIGTERM'd run under load died of SIGSEGV that way). Here a first signal is only recorded
+    and delivered to the handler that was there before (KeyboardInterrupt, or death by SIGTERM)
+    after the batch is committed -- which costs no time: the main thread spends a batch inside
+    the model's native call, where no handler runs anyway. A second signal is delivered at once.
+    Signals that are ignored (SIG_IGN: a background job) stay ignored; outside the main thread
+    (where handlers cannot be set) nothing changes.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, after_bar: bool = False) -> None:
+        self._after_bar = after_bar  # a progress bar holds the line: start the note on a new one
+        self._previous: dict[int, Any] = {}
+        self._pending: int | None = None
+        self._stderr_fd: int | None = None  # sys.stderr's, which the CLI moves off fd 2
+
+    def __enter__(self) -> _SignalsBetweenBatches:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()
+            self._stderr_fd = sys.stderr.fileno()
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                handler = signal.getsignal(signum)
+                if handler not in (signal.SIG_IGN, None):
+                    self._previous[signum] = handler
+                    signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self._pending is not None:
+            self._pending = signum
+            self.deliver()  # the second: stop now
+            return
+        self._pending = signum
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send another signal"
+        note = f"efx: stopping once the batch in flight is written ({again} to stop at once)\n"
+        note = ("\n" if self._after_bar else "") + note
+        with contextlib.suppress(Exception):
+            if self._stderr_fd is not None:  # os.write: a handler must not re-enter sys.stderr
+                os.write(self._stderr_fd, note.encode())
+            else:
+                sys.stderr.write(note)  # captured in memory (a test): nothing to re-enter
+
+    def deliver(self) -> None:
+        """Hand a recorded signal to the handler it was meant for (raises KeyboardInterrupt)."""
+        if self._pending is None:
+            return
+        signum, self._pending = self._pending, None
+        self._restore()
+        signal.raise_signal(signum)  # the restored Python handler runs before this returns
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
 
 # An engine: (paths, options, model) -> batches of (positions, embeddings of the ok, ok).

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sample, write_broken_images
+from conftest import SLOW_CALL_SECONDS, sample, write_broken_images
 
 import efx
 from efx import writers
@@ -176,6 +176,76 @@ def test_sigterm_stops_like_ctrl_c(photos, tiny_model, tmp_path):
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130 and "--resume" in stderr
     assert writers.describe(output)["complete"] is False
+
+
+def start_slow_run(photos: str, slow_model: str, output: str) -> subprocess.Popen:
+    """efx at batch 2 on the slow model, returned once the first batch is committed: from then
+    on, for SLOW_CALL_SECONDS, the second batch is inside the model."""
+    args = extract_args(photos, output, slow_model, "--backend", "tensorflow")
+    process = subprocess.Popen(
+        [EFX, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    while rows_in(output) < 2:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.01)
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_run_once_the_batch_in_flight_is_written(
+    signum, photos, slow_model, tmp_path
+):
+    output = str(tmp_path / "out.h5")
+    process = start_slow_run(photos, slow_model, output)
+    time.sleep(SLOW_CALL_SECONDS / 3)  # batch 2 is in the model's call
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "stopping once the batch in flight is written" in stderr
+    assert "Traceback" not in stderr
+    # Batch 2 was computed when the signal came: it is kept, and nothing after it was started.
+    info = writers.describe(output)
+    assert info["complete"] is False and info["count"] == 4, (info, stderr)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_between_batches_a_signal_waits_for_the_commit_and_a_second_one_acts_at_once(capfd):
+    from efx.api import _SignalsBetweenBatches
+
+    def stop(signum, frame):
+        raise Stop(signum)
+
+    # (A run's main thread sits in the model's native call, where Python runs no handler: two
+    # quick signals there arrive as one. This runs the handlers in Python, where they can differ.)
+    previous = signal.signal(signal.SIGTERM, stop)
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _SignalsBetweenBatches() as signals:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run: recorded, not raised
+            assert "stopping once the batch in flight is written" in capfd.readouterr().err
+            with pytest.raises(Stop):
+                signals.deliver()  # the loop's check after the commit
+        assert signal.getsignal(signal.SIGTERM) is stop
+        with _SignalsBetweenBatches():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            with pytest.raises(Stop):
+                os.kill(os.getpid(), signal.SIGTERM)  # the second
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)  # ignored before: stays ignored
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) is stop
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, ignored)
 
 
 @pytest.mark.parametrize("fmt", sorted(OUTPUTS))
