@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -78,3 +82,52 @@ def test_format_is_guessed_from_the_output_name():
     assert writers.format_for("x.HDF5") == "hdf5"
     assert writers.format_for("shards/") == "npy"
     assert writers.format_for("x.h5", "npy") == "npy"
+
+
+# A writer in its own process: appends one row (and every third time a failure) per flush,
+# as a run does at batch 1, until killed. argv: format, output, "rows,failures" to keep or "new".
+WRITER = """
+import sys, numpy as np
+from efx import writers
+fmt, output, keep = sys.argv[1:4]
+options = {"shard_size": 7} if fmt == "npy" else {}
+if keep != "new":
+    options["keep"] = tuple(map(int, keep.split(",")))
+writer = writers.open_writer(fmt, output, {"model": "m", "feature_dim": 5}, **options)
+print("open", flush=True)
+i = 0
+while True:
+    writer.write([f"dir/image-{i:06d}.jpg"], np.full((1, 5), i, np.float32))
+    if i % 3 == 0:
+        writer.fail(f"dir/broken-{i:06d}.jpg", "truncated or corrupt JPEG" + "!" * (i % 40))
+    writer.flush(sync=False)
+    i += 1
+"""
+
+
+def test_a_reader_sees_a_valid_output_while_runs_append_are_killed_and_resume(fmt, tmp_path):
+    """What `efx info` and `--resume` do during and between runs: every read succeeds and is a
+    consistent prefix. (HDF5 once failed here with "len not positive after adjustment for EOA"
+    when a resumed writer had placed data past the end the reader saw at open.)"""
+    output = str(tmp_path / OUTPUTS[fmt])
+    keep, reads, last = "new", 0, (0, 0)
+    for _round in range(4):
+        process = subprocess.Popen(
+            [sys.executable, "-c", WRITER, fmt, output, keep], stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None and process.stdout.readline() == "open\n"
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            info = writers.describe(output)
+            paths, embeddings = writers.read(output)
+            failures = writers.read_failures(output)
+            count, failed = info["count"], info["failed"]
+            assert len(paths) >= count and len(failures) >= failed  # read a moment later
+            assert count >= last[0] and failed >= last[1]
+            assert embeddings[:, 0].tolist() == [float(p[-10:-4]) for p in paths]
+            last, reads = (count, failed), reads + 1
+        process.kill()
+        process.wait()
+        info = writers.describe(output)
+        keep = f"{info['count']},{info['failed']}"
+    assert reads > 20 and last[0] > 20

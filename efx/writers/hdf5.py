@@ -314,16 +314,38 @@ def _texts(dataset: h5py.Dataset, stop: int, start: int = 0) -> list[str]:
     return list(dataset.asstr(errors="surrogateescape")[start:stop])
 
 
+def _read(output: str, read: Callable[[h5py.File], _T]) -> _T:
+    """Open `output` for reading and run `read` on it.
+
+    While a run appends, a reader can meet data that the writer placed after the end of the
+    file as this reader saw it when it opened the file (HDF5: "len not positive after adjustment
+    for EOA", seen reading failure texts during a run); a fresh open sees the file as it is now,
+    so such a read is tried again for a few seconds before it is reported.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        with _open_for_reading(output) as file:
+            try:
+                return read(file)
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise EfxError(f"cannot read {output}: {error}") from error
+        time.sleep(0.05)
+
+
 def read(output: str) -> tuple[list[str], np.ndarray]:
-    with _open_for_reading(output) as file:
+    def rows_of(file: h5py.File) -> tuple[list[str], np.ndarray]:
         _require(file, output)
         rows, _ = _rows(file)
         embeddings = np.asarray(file["embeddings"][:rows], dtype=np.float32)
         return _texts(file["paths"], rows), embeddings
 
+    return _read(output, rows_of)
+
 
 def iter_rows(output: str, block: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """The rows in blocks of at most `block`, so that big outputs stream through memory."""
+    """The rows in blocks of at most `block`, so that big outputs stream through memory (merge
+    reads finished parts: no writer appends to them)."""
     with _open_for_reading(output) as file:
         rows, _ = _rows(file)
         for start in range(0, rows, block):
@@ -332,22 +354,26 @@ def iter_rows(output: str, block: int) -> Iterator[tuple[list[str], np.ndarray]]
             yield _texts(file["paths"], stop, start), embeddings
 
 
+def _failures(file: h5py.File, limit: int | None = None) -> list[dict[str, str]]:
+    _, failed = _rows(file)
+    stop = failed if limit is None else min(failed, limit)
+    failures = file["failures"]
+    return [
+        {"path": path, "error": error}
+        for path, error in zip(
+            _texts(failures["paths"], stop), _texts(failures["errors"], stop), strict=True
+        )
+    ]
+
+
 def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]:
-    with _open_for_reading(output) as file:
-        _, failed = _rows(file)
-        stop = failed if limit is None else min(failed, limit)
-        failures = file["failures"]
-        return [
-            {"path": path, "error": error}
-            for path, error in zip(
-                _texts(failures["paths"], stop), _texts(failures["errors"], stop), strict=True
-            )
-        ]
+    return _read(output, lambda file: _failures(file, limit))
 
 
 def read_state(output: str) -> dict[str, Any]:
     """Everything --resume needs: the settings, the paths done and failed, completeness."""
-    with _open_for_reading(output) as file:
+
+    def state_of(file: h5py.File) -> dict[str, Any]:
         _require(file, output)
         rows, failed = _rows(file)
         attrs = {key: _plain(value) for key, value in file.attrs.items()}
@@ -358,9 +384,11 @@ def read_state(output: str) -> dict[str, Any]:
             "complete": bool(attrs.get("complete", False)),
         }
 
+    return _read(output, state_of)
+
 
 def describe(output: str) -> dict[str, Any]:
-    with _open_for_reading(output) as file:
+    def info_of(file: h5py.File) -> dict[str, Any]:
         _require(file, output)
         rows, failed = _rows(file)
         attrs = {key: _plain(value) for key, value in file.attrs.items()}
@@ -370,9 +398,11 @@ def describe(output: str) -> dict[str, Any]:
             "feature_dim": int(embeddings.shape[1]),
             "dtype": str(embeddings.dtype),
             "failed": failed,
+            "failures": _failures(file, limit=20),
         }
-    info["failures"] = read_failures(output, limit=20)
-    return {**attrs, **info, "complete": bool(attrs.get("complete", False))}
+        return {**attrs, **info, "complete": bool(attrs.get("complete", False))}
+
+    return _read(output, info_of)
 
 
 def _require(file: h5py.File, output: str) -> None:
