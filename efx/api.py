@@ -375,7 +375,9 @@ class _SignalsBetweenBatches:
                     signal.signal(signum, self._record)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.deliver()  # one that came after the last batch's check is not lost
         self._restore()
 
     def _record(self, signum: int, frame: Any) -> None:

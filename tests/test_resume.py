@@ -91,7 +91,7 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
     rng = random.Random(fmt)
     total = len(efx.load(clean[fmt])[0])
     kills = []
-    for _attempt in range(8):
+    for _attempt in range(5):
         before = rows_in(output)
         process = subprocess.Popen([EFX, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Wait for this run to add rows, then kill it a random moment later, mid-write.
@@ -100,8 +100,9 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(rng.uniform(0, 0.1))
-        if process.poll() is not None:
-            break  # finished before the kill
+        if process.poll() is not None:  # finished before the kill
+            assert process.returncode == 0, process.communicate()[1]
+            break
         process.send_signal(signal.SIGKILL)
         if process.wait() == 0:
             break  # it finished just before the signal
@@ -242,6 +243,9 @@ def test_between_batches_a_signal_waits_for_the_commit_and_a_second_one_acts_at_
             os.kill(os.getpid(), signal.SIGINT)  # ignored before: stays ignored
             time.sleep(0.05)
         assert signal.getsignal(signal.SIGTERM) is stop
+        with pytest.raises(Stop), _SignalsBetweenBatches():  # after the last batch's check
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
