@@ -186,7 +186,7 @@ def extract(
             "engine": engine,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        writer_options: dict[str, Any] = {"shard_size": shard_size} if fmt == "npy" else {}
+        writer_options = _writer_options(fmt, shard_size, paths)
         if state is not None:
             _check_resumable(output, state["attrs"], attrs, resume_.SETTINGS)
             writer_options["keep"] = (kept_rows, kept_failures)
@@ -495,7 +495,9 @@ def merge(
         merged_from=len(ordered),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    options = {"shard_size": shard_size} if fmt == "npy" else {}
+    states = [writers.read_state(part) for part in ordered]
+    everything = [path for state in states for path in state["paths"] + state["failed"]]
+    options = _writer_options(fmt, shard_size, everything)
     try:
         writer = writers.open_writer(fmt, output, attrs, **options)
     except OSError as error:
@@ -578,6 +580,13 @@ def _check_parts(parts: list[str]) -> list[str]:
                 raise EfxError(f"{seen[path]} and {part} overlap: both hold {path}")
             seen[path] = part
     return ordered
+
+
+def _writer_options(fmt: str, shard_size: int, paths: list[str]) -> dict[str, Any]:
+    """npy: rows per shard; HDF5: the width of its paths fields, enough for every input."""
+    if fmt == "npy":
+        return {"shard_size": shard_size}
+    return {"path_bytes": writers.hdf5.path_bytes(paths)}
 
 
 def _abort(writer: writers.Writer) -> None:

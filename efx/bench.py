@@ -130,7 +130,8 @@ def time_pipeline(
     from .api import stream
 
     output = os.path.join(work, "pipeline.h5")
-    writer = writers.open_writer("hdf5", output, {"feature_dim": loaded.feature_dim})
+    attrs = {"feature_dim": loaded.feature_dim}
+    writer = writers.open_writer("hdf5", output, attrs, path_bytes=writers.hdf5.path_bytes(paths))
     start = time.perf_counter()
     embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar())
     writer.close()

@@ -46,7 +46,8 @@ def efx_pipeline(loaded, paths: list[str], work: str) -> float:
 
 def embed_to(loaded, paths: list[str], output: str, scaling: bool) -> None:
     options = DecodeOptions(loaded.image_size, jpeg_scaling=scaling)
-    writer = writers.open_writer("hdf5", output, {"feature_dim": loaded.feature_dim})
+    attrs = {"feature_dim": loaded.feature_dim}
+    writer = writers.open_writer("hdf5", output, attrs, path_bytes=writers.hdf5.path_bytes(paths))
     stream(paths, "hdf5", options, loaded, writer, _NoBar())
     writer.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -131,3 +132,56 @@ def test_a_reader_sees_a_valid_output_while_runs_append_are_killed_and_resume(fm
         info = writers.describe(output)
         keep = f"{info['count']},{info['failed']}"
     assert reads > 20 and last[0] > 20
+
+
+def test_hdf5_texts_are_fixed_width_and_resume_widens_them_for_a_longer_path(tmp_path):
+    import h5py
+
+    output = str(tmp_path / "out.h5")
+    writer = writers.open_writer("hdf5", output, ATTRS)  # paths fields 256 bytes wide
+    writer.write(*rows(0, 3))
+    writer.fail("bad.jpg", "empty file")
+    writer.abort()
+    longer = "dir/" + "ü" * 300 + ".jpg"  # 608 bytes in UTF-8
+    writer = writers.open_writer("hdf5", output, ATTRS, keep=(3, 1), path_bytes=608)
+    writer.write([longer], rows(3, 1)[1])
+    writer.fail(longer, "x" * 2000)  # a reason longer than its field is cut, not refused
+    writer.close()
+
+    paths, embeddings = writers.read(output)
+    assert paths == rows(0, 3)[0] + [longer]
+    np.testing.assert_array_equal(embeddings, rows(0, 4)[1])
+    failures = writers.read_failures(output)
+    assert failures[0] == {"path": "bad.jpg", "error": "empty file"}
+    assert failures[1]["path"] == longer and failures[1]["error"].endswith("...")
+    with h5py.File(output) as file:  # plain h5py reads them as strings
+        assert [
+            h5py.check_string_dtype(file[n].dtype).length for n in ("paths", "failures/paths")
+        ] == [608, 608]
+        assert list(file["paths"].asstr()[:]) == paths
+        assert file.attrs["complete"]
+    assert not os.path.exists(output + ".widening")
+
+
+def test_hdf5_resume_of_an_output_with_variable_length_texts_rewrites_them_fixed(tmp_path):
+    """Outputs of efx before 0.2 stored variable-length strings, unsafe under SWMR."""
+    import h5py
+
+    output = str(tmp_path / "old.h5")
+    text = h5py.string_dtype("utf-8")
+    with h5py.File(output, "w", libver="latest") as file:
+        file.create_dataset("embeddings", data=rows(0, 2)[1], maxshape=(None, 5), chunks=(64, 5))
+        file.create_dataset("paths", data=rows(0, 2)[0], dtype=text, maxshape=(None,), chunks=(64,))
+        for name, value in (("paths", "bad.jpg"), ("errors", "empty file")):
+            file.create_dataset(
+                f"failures/{name}", data=[value], dtype=text, maxshape=(None,), chunks=(64,)
+            )
+        file.attrs.update({**ATTRS, "complete": False})
+    writer = writers.open_writer("hdf5", output, ATTRS, keep=(2, 1))
+    writer.write(*rows(2, 2))
+    writer.close()
+    assert writers.read(output)[0] == rows(0, 4)[0]
+    assert writers.read_failures(output) == [{"path": "bad.jpg", "error": "empty file"}]
+    with h5py.File(output) as file:
+        assert h5py.check_string_dtype(file["paths"].dtype).length == 256
+        assert file.attrs["created"] == "now"

@@ -19,8 +19,23 @@ import numpy as np
 
 from ..errors import EfxError
 
-_TEXT = h5py.string_dtype("utf-8")
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: cheap appends, and reading a few rows stays cheap
+
+# Texts are fixed-length UTF-8 fields, not variable-length strings: HDF5 keeps variable-length
+# data in a "global heap" that SWMR's write ordering does not cover, so a reader during a run, or
+# after a kill, could find a path that points at heap bytes never written (h5py issue #1273;
+# seen here as "len not positive after adjustment for EOA" and as a reader spinning forever).
+MIN_PATH_BYTES = 256  # paths fields are at least this wide: room for paths added before --resume
+REASON_BYTES = 512  # failure reasons are short sentences; a longer one is cut
+
+
+def path_bytes(paths: list[str]) -> int:
+    """The width of the paths fields that holds every one of `paths`."""
+    return max([MIN_PATH_BYTES, *(len(p.encode("utf-8", "surrogateescape")) for p in paths)])
+
+
+def _text(width: int) -> np.dtype:
+    return h5py.string_dtype("utf-8", width)
 
 
 def is_hdf5(path: str) -> bool:
@@ -39,12 +54,34 @@ def unstorable(path: str) -> str | None:
     return None
 
 
-def _encode(texts: list[str]) -> list[bytes]:
-    # surrogateescape round-trips paths that are not valid UTF-8 byte for byte.
-    return [text.encode("utf-8", "surrogateescape") for text in texts]
+def _encode(texts: list[str], dataset: h5py.Dataset) -> np.ndarray:
+    """`texts` as the dataset's fixed-length field (surrogateescape round-trips paths that are
+    not valid UTF-8 byte for byte); a field too narrow is a bug: widths are set from the inputs."""
+    encoded = [text.encode("utf-8", "surrogateescape") for text in texts]
+    width = _width(dataset)
+    if width is not None:
+        too_long = [text for text, data in zip(texts, encoded, strict=True) if len(data) > width]
+        if too_long:
+            raise ValueError(f"{too_long[0]!r} is wider than {dataset.name}'s {width} bytes")
+    return np.array(encoded, dtype=dataset.dtype)  # the dtype carries HDF5's UTF-8 marking
+
+
+def _width(dataset: h5py.Dataset) -> int | None:
+    """The byte width of a text dataset; None for a variable-length one (efx before 0.2)."""
+    info = h5py.check_string_dtype(dataset.dtype)
+    return None if info is None or info.length is None else int(info.length)
+
+
+def _reason(text: str) -> str:
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) <= REASON_BYTES:
+        return text
+    return data[: REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
 def _append(dataset: h5py.Dataset, rows: Any) -> None:
+    if len(rows) == 0:
+        return
     start = dataset.shape[0]
     dataset.resize(start + len(rows), axis=0)
     dataset[start:] = rows
@@ -92,13 +129,18 @@ class Hdf5Writer:
     """
 
     def __init__(
-        self, output: str, attrs: dict[str, Any], keep: tuple[int, int] | None = None
+        self,
+        output: str,
+        attrs: dict[str, Any],
+        keep: tuple[int, int] | None = None,
+        path_bytes: int = MIN_PATH_BYTES,
     ) -> None:
         self._output = output
         with _as_os_error():
             if keep is None:
-                self._file = _when_unlocked(output, lambda: _create(output, attrs))
+                self._file = _when_unlocked(output, lambda: _create(output, attrs, path_bytes))
             else:
+                _widen_if_needed(output, keep, path_bytes)
                 self._file = _when_unlocked(output, lambda: _reopen(output))
                 for key, value in attrs.items():
                     if key != "created":  # the output keeps the date it was started
@@ -115,16 +157,20 @@ class Hdf5Writer:
         self._failed_errors = self._file["failures/errors"]
 
     def write(self, paths: list[str], embeddings: np.ndarray) -> None:
-        encoded = _encode(paths)
-        _ensure_room(self._output, embeddings.nbytes + 2 * sum(map(len, encoded)))
+        encoded = _encode(paths, self._paths)
+        _ensure_room(self._output, embeddings.nbytes + encoded.nbytes)
         with _as_os_error():
             _append(self._embeddings, embeddings)
             _append(self._paths, encoded)
 
     def fail(self, path: str, reason: str) -> None:
+        paths, reasons = (
+            _encode([path], self._failed_paths),
+            _encode([_reason(reason)], self._failed_errors),
+        )
         with _as_os_error():
-            _append(self._failed_paths, _encode([path]))
-            _append(self._failed_errors, _encode([reason]))
+            _append(self._failed_paths, paths)
+            _append(self._failed_errors, reasons)
 
     def flush(self, sync: bool = False) -> None:
         """Hand everything written so far to the OS (survives kill -9); `sync`: to the disk."""
@@ -169,21 +215,52 @@ def _ensure_room(output: str, size: int) -> None:
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
 
 
-def _create(output: str, attrs: dict[str, Any]) -> h5py.File:
+def _create(output: str, attrs: dict[str, Any], path_bytes: int) -> h5py.File:
     dim = int(attrs["feature_dim"])
     file = h5py.File(output, "w", libver="latest")  # the SWMR file format (HDF5 >= 1.10)
     rows = max(1, _CHUNK_BYTES // (4 * dim))
     file.create_dataset(
         "embeddings", shape=(0, dim), maxshape=(None, dim), dtype="float32", chunks=(rows, dim)
     )
-    file.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(1024,))
-    failures = file.create_group("failures")
-    for name in ("paths", "errors"):
-        failures.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_TEXT, chunks=(256,))
+    texts = {"paths": path_bytes, "failures/paths": path_bytes, "failures/errors": REASON_BYTES}
+    for name, width in texts.items():
+        chunk = max(16, _CHUNK_BYTES // 4 // width)  # ~256 KiB
+        file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_text(width), chunks=(chunk,))
     for key, value in attrs.items():
         file.attrs[key] = value
     file.attrs["complete"] = False
     return file
+
+
+def _widen_if_needed(output: str, keep: tuple[int, int], path_bytes: int) -> None:
+    """Before --resume appends: rewrite the output with wider paths fields when an input to come
+    is longer than they are (a longer file name added since), or when its texts are
+    variable-length (outputs of efx before 0.2). The copy is written beside the output and
+    renamed over it, so a kill during it leaves the output as it was."""
+    with _open_for_reading(output) as file:
+        widths = [_width(file[name]) for name in ("paths", "failures/paths", "failures/errors")]
+        fixed = [width for width in widths if width is not None]
+        if len(fixed) == len(widths) and min(fixed[:2]) >= path_bytes:
+            return
+        temporary = output + ".widening"
+        attrs = {key: value for key, value in file.attrs.items()}
+        wider = max([path_bytes, *(w for w in widths[:2] if w is not None)])
+        with _create(temporary, attrs, wider) as copy:
+            rows, failed = keep
+            block = max(1, _CHUNK_BYTES // (4 * file["embeddings"].shape[1]))
+            for start in range(0, rows, block):
+                stop = min(start + block, rows)
+                _append(copy["embeddings"], file["embeddings"][start:stop])
+                _append(copy["paths"], _encode(_texts(file["paths"], stop, start), copy["paths"]))
+            failures = file["failures"]
+            _append(
+                copy["failures/paths"],
+                _encode(_texts(failures["paths"], failed), copy["failures/paths"]),
+            )
+            reasons = [_reason(text) for text in _texts(failures["errors"], failed)]
+            _append(copy["failures/errors"], _encode(reasons, copy["failures/errors"]))
+    _fsync(temporary)
+    os.replace(temporary, output)
 
 
 def _reopen(output: str) -> h5py.File:
