@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install  ## Run the whole test suite
-	$(VENV)/bin/pytest --durations=10
+	$(VENV)/bin/pytest -n 2 --dist loadgroup --durations=10
 
 lint: install  ## Ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check efx tests

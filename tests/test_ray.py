@@ -16,6 +16,10 @@ import efx
 
 EFX = os.path.join(os.path.dirname(sys.executable), "efx")
 
+# One test worker runs them all, so that they share the module's Ray instance (make test runs
+# pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture(scope="module")
 def ray_instance():
