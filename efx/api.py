@@ -483,7 +483,7 @@ def merge(
         if os.path.abspath(part) == os.path.abspath(output):
             raise EfxError(f"OUTPUT {output} is also one of the parts")
     writers.check_output(output, fmt, overwrite)
-    ordered = _check_parts(parts)
+    ordered, inputs = _check_parts(parts)
 
     first = writers.describe(ordered[0])
     attrs = {k: v for k, v in first.items() if k in _MERGED_ATTRS}
@@ -495,9 +495,7 @@ def merge(
         merged_from=len(ordered),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    states = [writers.read_state(part) for part in ordered]
-    everything = [path for state in states for path in state["paths"] + state["failed"]]
-    options = _writer_options(fmt, shard_size, everything)
+    options = _writer_options(fmt, shard_size, inputs)
     try:
         writer = writers.open_writer(fmt, output, attrs, **options)
     except OSError as error:
@@ -542,8 +540,9 @@ _MERGED_ATTRS = (
 )
 
 
-def _check_parts(parts: list[str]) -> list[str]:
-    """The parts in order, after making sure they add up to exactly one whole run."""
+def _check_parts(parts: list[str]) -> tuple[list[str], list[str]]:
+    """The parts in order, after making sure they add up to exactly one whole run, and every
+    input they hold (embedded or failed)."""
     described = {part: writers.describe(part) for part in parts}
     numbered = []
     for part in parts:
@@ -579,7 +578,7 @@ def _check_parts(parts: list[str]) -> list[str]:
             if path in seen and seen[path] != part:
                 raise EfxError(f"{seen[path]} and {part} overlap: both hold {path}")
             seen[path] = part
-    return ordered
+    return ordered, list(seen)
 
 
 def _writer_options(fmt: str, shard_size: int, paths: list[str]) -> dict[str, Any]:

@@ -114,10 +114,21 @@ def good_dir(tmp_path):
     return str(root), rels
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A tiny TF2 SavedModel with the module's interface: float32 [n, h, w, 3] -> [n, 16]."""
+def save_tiny_model(folder: str, sleep_seconds: float = 0.0) -> str:
+    """A tiny TF2 SavedModel with the module's interface: float32 [n, h, w, 3] -> [n, 16];
+    with `sleep_seconds`, each call first sleeps that long (a tf.data sleep: no CPU)."""
     import tensorflow as tf
+
+    def sleep() -> tf.Tensor:
+        one = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+        slept = tf.raw_ops.SleepDataset(
+            input_dataset=one._variant_tensor,
+            sleep_microseconds=tf.constant(int(sleep_seconds * 1e6), tf.int64),
+            output_types=[tf.int64],
+            output_shapes=[[]],
+        )
+        dataset = tf.data.experimental.from_variant(slept, one.element_spec)
+        return dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
 
     class Tiny(tf.Module):
         def __init__(self) -> None:
@@ -126,12 +137,19 @@ def tiny_model(tmp_path_factory) -> str:
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         def __call__(self, images):
+            if sleep_seconds:  # Python-level: the sleep is in the graph or not at all
+                with tf.control_dependencies([sleep()]):
+                    images = tf.identity(images)
             features = tf.nn.conv2d(images, self.kernel, strides=4, padding="SAME")
             return tf.reduce_mean(tf.nn.relu(features), axis=[1, 2])
 
-    folder = str(tmp_path_factory.mktemp("models") / "tiny")
     tf.saved_model.save(Tiny(), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return save_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny"))
 
 
 SLOW_CALL_SECONDS = 0.5
@@ -139,36 +157,11 @@ SLOW_CALL_SECONDS = 0.5
 
 @pytest.fixture(scope="session")
 def slow_model(tmp_path_factory) -> str:
-    """The tiny model, but each call first sleeps SLOW_CALL_SECONDS (a tf.data sleep: no CPU), so
-    that a signal can be sent while a batch is surely inside the model. TensorFlow only
-    (OpenVINO has no conversion rule for the sleep)."""
-    import tensorflow as tf
-
-    class Slow(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.kernel = tf.Variable(tf.random.stateless_normal([5, 5, 3, TINY_DIM], seed=[1, 2]))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-        def __call__(self, images):
-            one = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-            sleep = tf.raw_ops.SleepDataset(
-                input_dataset=one._variant_tensor,
-                sleep_microseconds=tf.constant(int(SLOW_CALL_SECONDS * 1e6), tf.int64),
-                output_types=[tf.int64],
-                output_shapes=[[]],
-            )
-            slept = tf.data.experimental.from_variant(sleep, one.element_spec)
-            with tf.control_dependencies(
-                [slept.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)]
-            ):
-                images = tf.identity(images)
-            features = tf.nn.conv2d(images, self.kernel, strides=4, padding="SAME")
-            return tf.reduce_mean(tf.nn.relu(features), axis=[1, 2])
-
+    """The tiny model, but each call first sleeps SLOW_CALL_SECONDS, so that a signal can be
+    sent while a batch is surely inside the model. TensorFlow only (OpenVINO has no conversion
+    rule for the sleep)."""
     folder = str(tmp_path_factory.mktemp("models") / "slow")
-    tf.saved_model.save(Slow(), folder)
-    return folder
+    return save_tiny_model(folder, sleep_seconds=SLOW_CALL_SECONDS)
 
 
 @pytest.fixture(scope="session")
