@@ -10,18 +10,42 @@ from .errors import EfxError
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from .api import MergeSummary, Summary, extract, load, merge
+    from .api import Summary, extract, info, load
+    from .config import Settings
+    from .parts import MergeSummary, merge
+    from .process import Interrupted
 
-__all__ = ["EfxError", "MergeSummary", "Summary", "__version__", "extract", "load", "merge"]
+__all__ = [
+    "EfxError",
+    "Interrupted",
+    "MergeSummary",
+    "Settings",
+    "Summary",
+    "__version__",
+    "extract",
+    "info",
+    "load",
+    "merge",
+]
 
-_API = {"MergeSummary", "Summary", "extract", "load", "merge"}
+# Where each public name lives; imported on first use.
+_API = {
+    "Summary": "api",
+    "extract": "api",
+    "info": "api",
+    "load": "api",
+    "Settings": "config",
+    "MergeSummary": "parts",
+    "merge": "parts",
+    "Interrupted": "process",
+}
 
 
 def __getattr__(name: str) -> Any:
     """The API (and its numpy and h5py) is imported on first use, so that `efx --help` and
     `efx extract --help`, which import this package, start in a tenth of a second."""
     if name in _API:
-        return getattr(importlib.import_module(".api", __name__), name)
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     if not name.startswith("_"):
         try:
             return importlib.import_module(f".{name}", __name__)  # efx.writers, efx.model, …

@@ -18,10 +18,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
 from . import writers
-from .config import BACKENDS, DecodeOptions
+from .config import BACKENDS, DecodeOptions, Settings, check_positive
 from .discover import check_sources, find_images
+from .engine import LocalEngine
 from .errors import EfxError
-from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model, resolve_model
+from .model import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    ModelSpec,
+    check_precision,
+    load_model,
+    resolve_model,
+)
 
 
 @dataclass
@@ -54,11 +62,8 @@ class BenchReport:
 
 def bench(
     sources: Iterable[str] = (),
+    settings: Settings | None = None,
     *,
-    model: str | None = None,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    precision: str = "float32",
     backend: str = "all",
     count: int = 48,
     size: tuple[int, int] = (1024, 768),
@@ -67,45 +72,36 @@ def bench(
     progress: Any = None,
 ) -> BenchReport:
     """Measure images/s of the model alone and of the extract pipeline, side by side, for each
-    backend (`backend="all"`: TensorFlow and, on a CPU, OpenVINO when it can run the model)."""
+    backend (`backend="all"`: TensorFlow and, on a CPU, OpenVINO when it can run the model).
+    `settings` gives the model, image size, batch size and precision (efx.config.Settings)."""
     sources = list(sources)
-    if rounds < 1 or count < 1:
-        raise EfxError(f"--rounds and --count must be positive. Received: {rounds}, {count}")
+    settings = settings or Settings()
+    check_positive("--rounds", rounds)
+    check_positive("--count", count)
     if backend not in (*BACKENDS, "all"):
         raise EfxError(
             f"--backend must be one of {', '.join(BACKENDS)}, all. Received: {backend!r}"
         )
     if sources:
         check_sources(sources)
-    spec = resolve_model(model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
-    models, notes = _load_backends(spec, image_size, batch_size, precision, backend)
+    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    check_precision(settings.precision, backend)
+    paths = find_images(sources, stdin=stdin) if sources else []
+    if sources and not paths:
+        raise EfxError(f"no images found in {', '.join(sources)}")
+    models, notes = _load_backends(spec, settings, backend)
+    with tempfile.TemporaryDirectory(prefix="efx-bench-") as work:
+        if not sources:
+            paths = generate_photos(os.path.join(work, "photos"), count, size)
+        measured = _rounds(models, paths, work, rounds, progress)
     first = models[0]
-    work = tempfile.mkdtemp(prefix="efx-bench-")
-    if sources:
-        paths = find_images(sources, stdin=stdin)
-        if not paths:
-            raise EfxError(f"no images found in {', '.join(sources)}")
-        source = ", ".join(sources)
-    else:
-        paths = generate_photos(os.path.join(work, "photos"), count, size)
-        source = f"{count} generated JPEGs of {size[0]}x{size[1]}"
-    options = DecodeOptions(first.image_size)
-
-    measured: list[list[dict[str, float]]] = [[] for _ in models]
-    for round_ in range(rounds):
-        for loaded, figures in zip(models, measured, strict=True):
-            alone = _model_alone(loaded, len(paths))
-            pipeline = time_pipeline(loaded, paths, options, work)
-            figures.append({"model_alone": alone, "pipeline": pipeline, "ratio": pipeline / alone})
-            if progress:
-                progress(round_ + 1, loaded.backend, figures[-1])
     return BenchReport(
         model=first.name,
         device=first.device,
         batch_size=first.batch_size,
         image_size=first.image_size,
         images=len(paths),
-        source=source,
+        source=", ".join(sources) or f"{count} generated JPEGs of {size[0]}x{size[1]}",
         results=[
             BackendFigures(
                 backend=loaded.backend,
@@ -122,6 +118,22 @@ def bench(
     )
 
 
+def _rounds(
+    models: list[LoadedModel], paths: list[str], work: str, rounds: int, progress: Any
+) -> list[list[dict[str, float]]]:
+    """Alternating rounds: each backend's model alone, then its pipeline, round after round."""
+    options = DecodeOptions(models[0].image_size)
+    measured: list[list[dict[str, float]]] = [[] for _ in models]
+    for round_ in range(rounds):
+        for loaded, figures in zip(models, measured, strict=True):
+            alone = _model_alone(loaded, len(paths))
+            pipeline = time_pipeline(loaded, paths, options, work)
+            figures.append({"model_alone": alone, "pipeline": pipeline, "ratio": pipeline / alone})
+            if progress:
+                progress(round_ + 1, loaded.backend, figures[-1])
+    return measured
+
+
 def time_pipeline(
     loaded: LoadedModel, paths: list[str], options: DecodeOptions, work: str
 ) -> float:
@@ -131,9 +143,9 @@ def time_pipeline(
 
     output = os.path.join(work, "pipeline.h5")
     attrs = {"feature_dim": loaded.feature_dim}
-    writer = writers.open_writer("hdf5", output, attrs, path_bytes=writers.hdf5.path_bytes(paths))
+    writer = writers.open_writer("hdf5", output, attrs, inputs=paths)
     start = time.perf_counter()
-    embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar())
+    embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar(), LocalEngine())
     writer.close()
     images_per_second = embedded / (time.perf_counter() - start)
     os.remove(output)
@@ -141,22 +153,19 @@ def time_pipeline(
 
 
 def _load_backends(
-    spec: ModelSpec,
-    image_size: int | None,
-    batch_size: int | None,
-    precision: str,
-    backend: str,
+    spec: ModelSpec, settings: Settings, backend: str
 ) -> tuple[list[LoadedModel], list[str]]:
     """The model on each backend to measure; "all" skips OpenVINO (with a note) where it
     cannot run, and does not load the same backend twice."""
+    asked = (settings.image_size, settings.batch_size, settings.precision)
     if backend != "all":
-        loaded = load_model(spec, image_size, batch_size, precision, backend)
+        loaded = load_model(spec, *asked, backend)
         return [loaded], loaded.notes
-    tensorflow = load_model(spec, image_size, batch_size, precision, "tensorflow")
+    tensorflow = load_model(spec, *asked, "tensorflow")
     if tensorflow.device != "CPU":
         return [tensorflow], ["OpenVINO not measured: efx runs it on CPUs only"]
     try:
-        openvino = load_model(spec, image_size, batch_size, precision, "openvino")
+        openvino = load_model(spec, *asked, "openvino")
     except EfxError as error:
         return [tensorflow], [f"OpenVINO not measured: {error}"]
     return [tensorflow, openvino], openvino.notes

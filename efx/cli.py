@@ -6,19 +6,27 @@ answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import os
 import shlex
-import signal
 import sys
-import warnings
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from .config import BACKENDS, DEFAULT_MAX_PIXELS, ENGINES, PRECISIONS, RESIZE_MODES
+from .config import (
+    BACKENDS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_SHARD_SIZE,
+    ENGINES,
+    FORMATS,
+    PRECISIONS,
+    RESIZE_MODES,
+)
 from .errors import EfxError
+from .process import native_logs_hidden
 
 EXIT_INTERRUPTED = 130
 
@@ -34,9 +42,27 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EfxError as error:
             raise _UserError(str(error)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # extract says more (_say_interrupted); the others, this
             click.echo("efx: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+
+
+def run() -> None:
+    """The `efx` command. After a failed HDF5 write (disk full), the HDF5 library retries the
+    flush at process exit and can crash (HDF5 1.14, h5py 3.14): the process then leaves without
+    native teardown, with the exit status it was going to have."""
+    code: Any = 0
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code
+    hdf5 = sys.modules.get("efx.writers.hdf5")
+    if hdf5 is not None and hdf5.write_failed():
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,33 +80,69 @@ def main() -> None:
     """
 
 
+# Options shared between commands, declared once. Their names are efx.config.Settings' fields.
+
+
+def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def apply(command: Any) -> Any:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+model_options = _options(
+    click.option(
+        "--model", "-m", envvar="EFX_MODEL", default=None, metavar="MODEL",
+        help="Short name (b0 ... b7), TF-Hub/Kaggle URL, SavedModel folder or .tar.gz of one. "
+        "Default: EfficientNet-B6 feature vectors from TF-Hub (env: EFX_MODEL). Offline, "
+        "`efx make-standin` builds a labelled random-weight stand-in.",
+    ),
+    click.option(
+        "--image-size", type=int, default=None, metavar="PX",
+        help="Square input size. Default: the model's own (528 for B6, and for models that "
+        "accept any size).",
+    ),
+    click.option(
+        "--batch-size", "-b", type=int, default=None, metavar="N",
+        help="Images per model call. Default: 8 on CPU, 32 on GPU.",
+    ),
+    click.option(
+        "--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+        help="Compute precision: bfloat16 on CPUs that have it (about 1.8x faster with "
+        "OpenVINO), float16 on GPUs; embeddings stay within cosine 0.999 of float32.",
+    ),
+)  # fmt: skip
+
+output_options = _options(
+    click.option(
+        "--format", type=click.Choice(FORMATS), default=None,
+        help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
+    ),
+    click.option(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, metavar="N",
+        help="Rows per .npy shard.",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT."),
+)  # fmt: skip
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print one JSON object on stdout (and nothing else there).",
+)  # fmt: skip
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr."
+)
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages (hidden by default)."
+)
+
+
 @main.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.argument("output")
-@click.option(
-    "--model",
-    "-m",
-    envvar="EFX_MODEL",
-    default=None,
-    metavar="MODEL",
-    help="Short name (b0 ... b7), TF-Hub/Kaggle URL, SavedModel folder or .tar.gz of one. "
-    "Default: EfficientNet-B6 feature vectors from TF-Hub (env: EFX_MODEL).",
-)
-@click.option(
-    "--image-size",
-    type=int,
-    default=None,
-    metavar="PX",
-    help="Square input size. Default: the model's own (528 for B6).",
-)
-@click.option(
-    "--batch-size",
-    "-b",
-    type=int,
-    default=None,
-    metavar="N",
-    help="Images per model call. Default: 8 on CPU, 32 on GPU.",
-)
+@model_options
 @click.option(
     "--resize",
     type=click.Choice(RESIZE_MODES),
@@ -91,7 +153,9 @@ def main() -> None:
 )
 @click.option(
     "--no-exif",
-    is_flag=True,
+    "exif",
+    flag_value=False,
+    default=True,
     help="Ignore the EXIF orientation tag of JPEGs (by default a photo stored sideways with a "
     "rotation tag is embedded upright, as viewers show it).",
 )
@@ -105,20 +169,13 @@ def main() -> None:
     "decompression bombs.",
 )
 @click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="float32",
-    show_default=True,
-    help="Compute precision: bfloat16 on CPUs that have it (about 1.8x faster with OpenVINO), "
-    "float16 on GPUs; embeddings stay within cosine 0.999 of float32.",
-)
-@click.option(
     "--backend",
     type=click.Choice(BACKENDS),
     default="auto",
     show_default=True,
     help="What runs the model. auto: OpenVINO on a CPU when installed (efx[openvino]) and able "
-    "to convert the model, about 1.3x TensorFlow's speed; TensorFlow otherwise and on GPUs.",
+    "to convert the model, 1.4x (AVX-512) to 2.3x (AVX2) TensorFlow's speed in float32; "
+    "TensorFlow otherwise and on GPUs.",
 )
 @click.option(
     "--engine",
@@ -135,22 +192,7 @@ def main() -> None:
     help="Ray cluster to join with --engine ray (e.g. ray://head:10001, or auto). Default: "
     "RAY_ADDRESS, else a Ray instance on this machine for the run.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["hdf5", "npy"]),
-    default=None,
-    help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
-)
-@click.option(
-    "--shard-size",
-    type=int,
-    default=10_000,
-    show_default=True,
-    metavar="N",
-    help="Rows per .npy shard.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@output_options
 @click.option(
     "--resume",
     is_flag=True,
@@ -174,39 +216,17 @@ def main() -> None:
 @click.option(
     "--strict", is_flag=True, help="Exit 1 if any image failed (after writing all the others)."
 )
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print one JSON summary object on stdout (and nothing else there).",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
-@click.option(
-    "--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages (hidden by default)."
-)
+@json_option
+@quiet_option
+@verbose_option
 def extract(
     sources: tuple[str, ...],
     output: str,
-    model: str | None,
-    image_size: int | None,
-    batch_size: int | None,
-    resize: str,
-    no_exif: bool,
-    max_pixels: int,
-    precision: str,
-    backend: str,
-    engine: str,
-    ray_address: str | None,
-    fmt: str | None,
-    shard_size: int,
-    overwrite: bool,
-    resume: bool,
-    part: str | None,
-    null: bool,
     strict: bool,
     as_json: bool,
     quiet: bool,
     verbose: bool,
+    **settings: Any,
 ) -> None:
     """Embed every image of SOURCE... into OUTPUT, one row per image.
 
@@ -226,39 +246,19 @@ def extract(
       efx extract --engine ray --ray-address auto /shared/photos /shared/out.h5
     """
     from .api import extract as run_extract
+    from .process import Interrupted
 
-    _hide_native_logs(verbose)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, Slurm and Kubernetes stop like Ctrl-C
     stdin = sys.stdin.buffer if "-" in sources else None
     if stdin is not None and stdin.isatty() and not quiet:
         click.echo("efx: reading image paths from stdin, one per line (end with Ctrl-D)", err=True)
     try:
-        summary = run_extract(
-            sources,
-            output,
-            model=model,
-            image_size=image_size,
-            batch_size=batch_size,
-            resize=resize,
-            exif=not no_exif,
-            max_pixels=max_pixels,
-            precision=precision,
-            backend=backend,
-            engine=engine,
-            ray_address=ray_address,
-            format=fmt,
-            shard_size=shard_size,
-            overwrite=overwrite,
-            resume=resume,
-            part=part,
-            null=null,
-            stdin=stdin,
-            progress=not quiet and sys.stderr.isatty(),
-            on_note=None if quiet else _note,
-            verbose=verbose,
-        )
-    except KeyboardInterrupt:
-        _echo_resume_hint(output, "-" in sources)
+        with native_logs_hidden(verbose):
+            summary = run_extract(
+                sources, output, stdin=stdin, progress=not quiet and sys.stderr.isatty(),
+                on_note=None if quiet else _note, verbose=verbose, **settings,
+            )  # fmt: skip
+    except Interrupted as stop:
+        _say_interrupted(stop, settings["resume"], "-" in sources)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
@@ -272,26 +272,27 @@ def _note(text: str) -> None:
     click.echo(f"efx: note: {text}", err=True)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _echo_resume_hint(output: str, from_stdin: bool) -> None:
-    """After Ctrl-C or SIGTERM: what was kept, and the command that finishes the job."""
+def _say_interrupted(stop: Any, resume: bool, from_stdin: bool) -> None:
+    """After Ctrl-C or SIGTERM: what is true of OUTPUT now, and the command that finishes it."""
+    output = stop.output
     args = [arg for arg in sys.argv[1:] if arg != "--overwrite"]
     if "--resume" not in args:
         args.append("--resume")
     command = "efx " + " ".join(shlex.quote(arg) for arg in args)
-    stdin_note = " (with the same paths on stdin)" if from_stdin else ""
-    click.echo(
-        f"efx: interrupted. What was computed is kept in {output}, marked incomplete. "
-        f"To finish it{stdin_note}:\n  {command}",
-        err=True,
-    )
+    finish = f"To finish it{' (with the same paths on stdin)' if from_stdin else ''}:\n  {command}"
+    if stop.wrote:
+        said = f"interrupted. What was computed is kept in {output}, marked incomplete. {finish}"
+    elif resume and os.path.lexists(output):
+        said = f"interrupted before anything was written: {output} is as it was. {finish}"
+    elif os.path.lexists(output):
+        said = f"interrupted before anything was written: {output} is as it was."
+    else:
+        said = "interrupted before anything was written: no OUTPUT was created."
+    click.echo(f"efx: {said}", err=True)
 
 
 def _report(summary: Any) -> None:
-    from . import writers
+    from .api import info
 
     def echo(text: str) -> None:
         click.echo(text, err=True)
@@ -308,7 +309,7 @@ def _report(summary: Any) -> None:
             "these embeddings are for testing and timing only, not real features"
         )
     if summary.failed:
-        failures = writers.describe(summary.output)["failures"]
+        failures = info(summary.output)["failures"]
         echo(f"efx: {summary.failed} image(s) could not be embedded:")
         for failure in failures[:10]:
             echo(f"  {failure['path']}: {failure['error']}")
@@ -328,12 +329,12 @@ def _report(summary: Any) -> None:
 
 @main.command()
 @click.argument("output")
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@json_option
 def info(output: str, as_json: bool) -> None:
     """Describe an efx OUTPUT (HDF5 file or .npy shard folder) without loading TensorFlow."""
-    from . import writers
+    from .api import info as describe
 
-    details = writers.describe(output)
+    details = describe(output)
     if as_json:
         click.echo(json.dumps(details, ensure_ascii=False))
         return
@@ -381,29 +382,10 @@ def _input_settings(details: dict[str, Any]) -> str:
 @main.command()
 @click.argument("parts", nargs=-1, required=True, metavar="PART...")
 @click.argument("output")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["hdf5", "npy"]),
-    default=None,
-    help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
-)
-@click.option(
-    "--shard-size", type=int, default=10_000, show_default=True, metavar="N",
-    help="Rows per .npy shard.",
-)  # fmt: skip
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
-def merge(
-    parts: tuple[str, ...],
-    output: str,
-    fmt: str | None,
-    shard_size: int,
-    overwrite: bool,
-    as_json: bool,
-    quiet: bool,
-) -> None:
+@output_options
+@json_option
+@quiet_option
+def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **options: Any) -> None:
     """Combine the outputs of `efx extract --shard I/N` runs into OUTPUT: the same rows in the
     same order as one run over all the inputs. Parts may be HDF5 or .npy shards, in any order;
     all N parts are needed, each finished, made with the same model and settings.
@@ -413,9 +395,9 @@ def merge(
       efx extract --shard 0/4 photos/ part0.h5    # ... up to --shard 3/4 part3.h5
       efx merge part0.h5 part1.h5 part2.h5 part3.h5 all.h5
     """
-    from .api import merge as run_merge
+    from .parts import merge as run_merge
 
-    summary = run_merge(parts, output, format=fmt, shard_size=shard_size, overwrite=overwrite)
+    summary = run_merge(parts, output, **options)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     if not quiet:
@@ -428,24 +410,7 @@ def merge(
 
 @main.command()
 @click.argument("sources", nargs=-1, metavar="[SOURCE]...")
-@click.option(
-    "--model", "-m", envvar="EFX_MODEL", default=None, metavar="MODEL",
-    help="As for extract; the B6 stand-in (efx make-standin) measures real speed offline.",
-)  # fmt: skip
-@click.option(
-    "--image-size", type=int, default=None, metavar="PX",
-    help="Square input size. Default: the model's own (528 for B6).",
-)  # fmt: skip
-@click.option(
-    "--batch-size", "-b", type=int, default=None, metavar="N",
-    help="Images per model call. Default: 8 on CPU, 32 on GPU.",
-)  # fmt: skip
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="float32",
-    show_default=True,
-)
+@model_options
 @click.option(
     "--backend",
     type=click.Choice([*BACKENDS, "all"]),
@@ -454,46 +419,50 @@ def merge(
     help="What runs the model; all: TensorFlow and, on a CPU, OpenVINO, side by side.",
 )
 @click.option(
-    "--count", type=int, default=48, show_default=True,
+    "--count",
+    type=int,
+    default=48,
+    show_default=True,
     help="Photos to generate when no SOURCE is given.",
-)  # fmt: skip
+)
 @click.option(
-    "--size", default="1024x768", show_default=True, metavar="WxH",
+    "--size",
+    default="1024x768",
+    show_default=True,
+    metavar="WxH",
     help="Size of the generated photos (try 4000x3000 for 12-megapixel phone photos).",
-)  # fmt: skip
+)
 @click.option("--rounds", type=int, default=2, show_default=True, help="Alternating rounds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages.")
+@json_option
+@verbose_option
 def bench(
     sources: tuple[str, ...],
-    model: str | None,
-    image_size: int | None,
-    batch_size: int | None,
-    precision: str,
     backend: str,
     count: int,
     size: str,
     rounds: int,
     as_json: bool,
     verbose: bool,
+    **settings: Any,
 ) -> None:
     """Measure images/s of the model alone and of the whole extract pipeline, side by side.
 
     The model alone runs on ready tensors; the pipeline reads, decodes, resizes, embeds and
-    writes real files (SOURCE folders or files, else generated photos). Their ratio is how much
-    of the model's speed extraction keeps; use it to tune --batch-size and --precision. By
-    default every backend that can run here is measured, alternating, so pick the fastest.
+    writes real files (SOURCE folders or files, - for paths on stdin, else generated photos).
+    Their ratio is how much of the model's speed extraction keeps; use it to tune --batch-size
+    and --precision. By default every backend that can run here is measured, alternating, so
+    pick the fastest.
 
     \b
     Examples:
       efx make-standin .cache/standin-b6 && efx bench -m .cache/standin-b6
       efx bench -m .cache/standin-b6 --size 4000x3000 --count 24
       efx bench -m b6 --precision bfloat16 my-photos/
-      efx bench -m b6 --backend openvino -b 4
+      find photos -name '*.jpg' | head -100 | efx bench -m b6 -
     """
     from .bench import bench as run_bench
+    from .config import Settings
 
-    _hide_native_logs(verbose)
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -509,14 +478,18 @@ def bench(
                 err=True,
             )
 
-    report = run_bench(
-        sources, model=model, image_size=image_size, batch_size=batch_size,
-        precision=precision, backend=backend, count=count,
-        size=(width, height), rounds=rounds, progress=progress,
-    )  # fmt: skip
+    with native_logs_hidden(verbose):
+        report = run_bench(
+            sources, Settings(**settings), backend=backend, count=count, size=(width, height),
+            rounds=rounds, stdin=sys.stdin.buffer if "-" in sources else None, progress=progress,
+        )  # fmt: skip
     if as_json:
         click.echo(json.dumps(report.to_dict()))
         return
+    _print_bench(report)
+
+
+def _print_bench(report: Any) -> None:
     click.echo(f"model:        {report.model}")
     click.echo(
         f"device:       {report.device}, batch {report.batch_size}, "
@@ -533,7 +506,6 @@ def bench(
     click.echo(
         "(images/s; model alone: ready tensors; pipeline: read, decode, resize, model, write)"
     )
-
     click.echo("")
     click.echo(f"peak memory:  {report.peak_rss_mib:.0f} MiB (RSS, all backends loaded)")
     for note in report.notes:
@@ -549,7 +521,7 @@ def bench(
     type=click.Choice([f"b{i}" for i in range(8)]),
     help="EfficientNet variant whose architecture (and compute) to copy.",
 )
-@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's own log messages.")
+@verbose_option
 def make_standin(folder: str, arch: str, verbose: bool) -> None:
     """Build the offline STAND-IN model in FOLDER: the TF-Hub module's interface and architecture
     with random weights, for demos and benchmarks without internet. Its embeddings mean nothing,
@@ -557,33 +529,8 @@ def make_standin(folder: str, arch: str, verbose: bool) -> None:
     """
     from .standin import build_standin
 
-    _hide_native_logs(verbose)
-    build_standin(folder, arch)
+    with native_logs_hidden(verbose):
+        build_standin(folder, arch)
     click.echo(
         f"efx: stand-in EfficientNet-{arch.upper()} (random weights) written to {folder}", err=True
     )
-
-
-def _hide_native_logs(verbose: bool) -> None:
-    """Keep TensorFlow's C++ chatter (oneDNN, CUDA, libjpeg notices) off the terminal.
-
-    Those lines go straight to file descriptor 2, so the only way to hide them is to point fd 2
-    at /dev/null and give Python's sys.stderr a duplicate of the real stderr for efx's own
-    output (messages, progress bar, tracebacks of real bugs).
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    warnings.filterwarnings("ignore", module=r"(tensorflow|tf_keras|keras|tensorflow_hub)")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    try:
-        if sys.stderr.fileno() != 2:
-            return
-    except (AttributeError, OSError, ValueError):
-        return  # stderr is captured in-process (tests): nothing native to hide
-    sys.stderr.flush()
-    real = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="backslashreplace")

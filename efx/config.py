@@ -1,8 +1,13 @@
-"""How images become model input: the decode settings, as data. No TensorFlow here.
+"""A run's settings, as data, validated once. No TensorFlow here.
 
-The CLI builds a `DecodeOptions`, `efx.extract` validates it before any work, and the decode
-stage reads it. The same options are stored in every output, so that a later run (--resume,
+`Settings` holds every option of `efx extract` that decides what is computed and where it goes.
+The CLI and `efx.extract` both build one, and its `__post_init__` judges every value that can be
+judged without the model, before any work. `DecodeOptions` is the part the decode stage reads.
+The options that shape the rows are also stored in every output, so that a later run (--resume,
 merge) can tell whether its rows are comparable.
+
+Adding an option: a field here (with its check), a Click option of the same name in `cli.py`,
+and the stage that reads it.
 """
 
 from __future__ import annotations
@@ -28,9 +33,13 @@ BACKENDS = ("auto", "tensorflow", "openvino")
 # Ray Data (the same decode function and model code, run by Ray workers).
 ENGINES = ("local", "ray")
 
+FORMATS = ("hdf5", "npy")
+
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.
 DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_SHARD_SIZE = 10_000
+MAX_IMAGE_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,85 @@ class DecodeOptions:
     jpeg_scaling: bool = True
 
     def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
+        _check_choice("--resize", self.resize, RESIZE_MODES)
+        check_positive("--max-pixels", self.max_pixels)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option of `efx extract` that decides what is computed and where it is written.
+
+    Field names are the Python keywords of `efx.extract` and the CLI's option names
+    (`--image-size` is `image_size`; `--shard I/N` is `part`).
+    """
+
+    model: str | None = None  # None: EFX_MODEL, else EfficientNet-B6 from TF-Hub
+    image_size: int | None = None  # None: the model's own
+    batch_size: int | None = None  # None: by device
+    format: str | None = None  # None: from OUTPUT's name
+    resize: str = "squash"
+    exif: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    precision: str = "float32"
+    backend: str = "auto"
+    engine: str = "local"
+    ray_address: str | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    overwrite: bool = False
+    resume: bool = False
+    part: str | None = None  # "I/N": only part I of N of the inputs
+    null: bool = False  # stdin paths are NUL-separated
+
+    def __post_init__(self) -> None:
+        check_positive("--batch-size", self.batch_size)
+        check_positive("--image-size", self.image_size, MAX_IMAGE_SIZE)
+        check_positive("--shard-size", self.shard_size)
+        _check_choice("--format", self.format, FORMATS)
+        _check_choice("--precision", self.precision, PRECISIONS)
+        _check_choice("--backend", self.backend, BACKENDS)
+        _check_choice("--engine", self.engine, ENGINES)
+        self.decode_options(1)  # --resize, --max-pixels
+        parse_part(self.part)
+        if self.ray_address and self.engine != "ray":
             raise EfxError(
-                f"--resize must be one of {', '.join(RESIZE_MODES)}. Received: {self.resize!r}"
+                f"--ray-address is for --engine ray. Received: --ray-address {self.ray_address} "
+                f"with --engine {self.engine}"
             )
-        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
-            raise EfxError(
-                f"--max-pixels must be a positive integer. Received: {self.max_pixels!r}"
-            )
+        if self.resume and self.overwrite:
+            raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
+
+    def decode_options(self, image_size: int) -> DecodeOptions:
+        return DecodeOptions(image_size, self.resize, self.exif, self.max_pixels)
+
+    @property
+    def part_of(self) -> tuple[int, int]:
+        """(I, N) of --shard I/N; (0, 1) for all the inputs."""
+        return parse_part(self.part)
+
+
+def parse_part(text: str | None) -> tuple[int, int]:
+    """ "I/N" -> (I, N), with 0 <= I < N; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    index, slash, count = text.partition("/")
+    try:
+        part = (int(index), int(count))
+    except ValueError:
+        part = (-1, 0)
+    if not slash or not 0 <= part[0] < part[1]:
+        raise EfxError(f"--shard must be I/N with 0 <= I < N, e.g. 0/4. Received: {text!r}")
+    return part
+
+
+def check_positive(flag: str, value: int | None, limit: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EfxError(f"{flag} must be a positive integer. Received: {value!r}")
+    if limit is not None and value > limit:
+        raise EfxError(f"{flag} must be at most {limit}. Received: {value}")
+
+
+def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise EfxError(f"{flag} must be one of {', '.join(choices)}. Received: {value!r}")

@@ -7,6 +7,7 @@ before the slow import.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import BACKENDS
+from . import files
 from .errors import EfxError
 
 STANDIN_MARKER = "efx_standin.json"
@@ -52,6 +53,7 @@ MODELS: dict[str, ModelSpec] = {
     "b7": _efficientnet("b7", 600),
 }
 DEFAULT_MODEL = MODELS["b6"].handle
+DEFAULT_IMAGE_SIZE = 528  # the module efx is built for: EfficientNet-B6
 _BY_HANDLE = {spec.handle: spec for spec in MODELS.values()}
 
 
@@ -119,8 +121,6 @@ def load_model(
     import tensorflow as tf
     import tensorflow_hub as hub
 
-    if backend not in BACKENDS:
-        raise EfxError(f"--backend must be one of {', '.join(BACKENDS)}. Received: {backend!r}")
     for gpu in tf.config.list_physical_devices("GPU"):
         # Take GPU memory as needed so that several runs can share a GPU; a GPU already
         # initialised in this process (library use) keeps its setting.
@@ -129,39 +129,60 @@ def load_model(
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     folder = _local_folder(spec, hub)
     marker = _standin_marker(folder)
-    known_size = image_size or spec.image_size or (marker or {}).get("image_size")
-    batch = batch_size or DEFAULT_BATCH_SIZE[device]
     name = spec.handle
     if marker:
         name = f"STAND-IN {marker['architecture']}, random weights, not real embeddings ({name})"
-    notes = []
+    wanted = _Wanted(
+        name, image_size or spec.image_size or (marker or {}).get("image_size"),
+        batch_size or DEFAULT_BATCH_SIZE[device], precision, bool(marker),
+    )  # fmt: skip
+    notes: list[str] = []
     if backend == "openvino" or (backend == "auto" and device == "CPU"):
         from . import openvino_model
 
         try:
-            ov = openvino_model.load(
-                folder, known_size, batch, precision, os.path.join(_cache_dir(), "openvino")
-            )
+            return _load_openvino(folder, wanted, notes)
         except openvino_model.Unavailable as why:
             if backend == "openvino":
                 raise EfxError(f"--backend openvino: {why}") from None
             if not isinstance(why, openvino_model.NotInstalled):  # an optional extra: no news
                 notes.append(f"using TensorFlow for the model, not OpenVINO: {why}")
-        else:
-            size = known_size or ov.image_size
-            if not size:
-                raise EfxError(
-                    f"cannot tell which input size {spec.handle} expects: pass --image-size "
-                    "(the size the model was trained at)."
-                )
-            notes += [ov.note] if ov.note else []
-            ov.embed(np.zeros([batch, size, size, 3], np.float32))  # the first call's set-up
-            return LoadedModel(
-                name, int(size), ov.feature_dim, batch, bool(marker), "CPU", ov.precision,
-                ov.embed, "openvino", notes,
-            )  # fmt: skip
+    return _load_tensorflow(folder, wanted, device, notes)
 
-    _set_precision(tf, precision, device)
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the caller asked of the model, with the defaults filled in that need no loading."""
+
+    name: str
+    image_size: int | None  # None: the model's signature decides, else DEFAULT_IMAGE_SIZE
+    batch_size: int
+    precision: str
+    standin: bool
+
+
+def _load_openvino(folder: str, wanted: _Wanted, notes: list[str]) -> LoadedModel:
+    from . import openvino_model
+
+    batch = wanted.batch_size
+    cache = os.path.join(cache_dir(), "openvino")
+    ov = openvino_model.load(
+        folder, wanted.image_size, batch, wanted.precision, cache, DEFAULT_IMAGE_SIZE
+    )
+    size = wanted.image_size or ov.image_size or _flexible_size(notes)
+    notes += [ov.note] if ov.note else []
+    ov.embed(np.zeros([batch, size, size, 3], np.float32))  # the first call's set-up
+    return LoadedModel(
+        wanted.name, int(size), ov.feature_dim, batch, wanted.standin, "CPU", ov.precision,
+        ov.embed, "openvino", notes,
+    )  # fmt: skip
+
+
+def _load_tensorflow(folder: str, wanted: _Wanted, device: str, notes: list[str]) -> LoadedModel:
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    _set_precision(tf, wanted.precision, device)
     try:
         module = hub.load(folder)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
@@ -169,19 +190,13 @@ def load_model(
             f"could not load the SavedModel in {folder}: {_first_line(error)}. If this is a "
             "cached download, delete that folder and try again."
         ) from error
-
     call = _model_call(module)
-    size = known_size or _fixed_size(module)
-    if not size:
-        raise EfxError(
-            f"cannot tell which input size {spec.handle} expects: pass --image-size "
-            "(the size the model was trained at)."
-        )
-
+    size = wanted.image_size or _fixed_size(module) or _flexible_size(notes)
+    batch = wanted.batch_size
     probe = call(tf.zeros([batch, size, size, 3], tf.float32))
     if probe.shape.rank != 2 or probe.shape[0] != batch:
         raise EfxError(
-            f"{spec.handle} is not an image feature-vector model: it returned shape "
+            f"{folder} is not an image feature-vector model: it returned shape "
             f"{probe.shape.as_list()} for {batch} images, expected [{batch}, features]."
         )
 
@@ -192,31 +207,66 @@ def load_model(
         return np.asarray(call(images), dtype=np.float32)[:count]
 
     return LoadedModel(
-        name, int(size), int(probe.shape[1]), batch, bool(marker), device, precision, embed,
-        "tensorflow", notes,
+        wanted.name, int(size), int(probe.shape[1]), batch, wanted.standin, device,
+        wanted.precision, embed, "tensorflow", notes,
     )  # fmt: skip
+
+
+def _flexible_size(notes: list[str]) -> int:
+    """The input size for a model that accepts any size and is not one efx knows (the real
+    module's tarball, or its unpacked folder): the size of the module efx is built for."""
+    notes.append(
+        f"the model accepts any input size and does not say which it was trained at: using "
+        f"{DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE} (EfficientNet-B6's); pass --image-size "
+        "to use another"
+    )
+    return DEFAULT_IMAGE_SIZE
+
+
+def check_precision(precision: str, backend: str) -> None:
+    """Refuse, before TensorFlow is imported, a precision this machine cannot run: without a
+    GPU device file there is no GPU for TensorFlow to find, and only OpenVINO computes in
+    reduced precision on a CPU, where the CPU has the instructions for it."""
+    if _gpu_device_present():
+        return  # TensorFlow decides once loaded (_set_precision)
+    if precision == "float16" and (backend == "tensorflow" or not _cpu_has_float16()):
+        raise EfxError(f"{_NEEDS_GPU} Received: --precision float16 --backend {backend}")
+    if precision == "bfloat16" and backend == "tensorflow" and not _cpu_has_bfloat16():
+        raise EfxError(f"{_NEEDS_BF16} Received: --precision bfloat16 --backend tensorflow")
+
+
+_NEEDS_GPU = (
+    "--precision float16 needs a GPU, or OpenVINO on a CPU with float16 instructions "
+    "(AVX512_FP16 or AMX-FP16); here use float32, or --precision bfloat16 on CPUs with "
+    "bfloat16 instructions."
+)
+_NEEDS_BF16 = (
+    "--precision bfloat16 with TensorFlow needs a CPU with bfloat16 instructions (AVX512_BF16 "
+    "or AMX); this one would only emulate them, slower than float32 (OpenVINO runs it in "
+    "float32 and says so)."
+)
+
+
+def _gpu_device_present() -> bool:
+    """A CUDA device file (Linux), or WSL2's GPU bridge."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
 
 
 def _set_precision(tf: Any, precision: str, device: str) -> None:
     """Mixed precision by graph rewrite: TensorFlow's grappler rewrites every function it runs,
-    the loaded SavedModel's included, computing in 16 bits where that is safe."""
+    the loaded SavedModel's included, computing in 16 bits where that is safe. The option is
+    process-wide; `process.tensorflow_options_restored` puts it back after the run."""
     if precision == "float32":
         return
     if precision == "float16" and device == "CPU":
-        raise EfxError(
-            "--precision float16 needs a GPU (TensorFlow's float16 rewrite targets CUDA); "
-            "on a CPU use float32, or --precision bfloat16 on CPUs with bfloat16 instructions"
-        )
+        raise EfxError(_NEEDS_GPU)
     if precision == "bfloat16" and device == "GPU":
         raise EfxError(
             "--precision bfloat16 is TensorFlow's CPU (oneDNN) rewrite; on a GPU use "
             "--precision float16"
         )
     if precision == "bfloat16" and not _cpu_has_bfloat16():
-        raise EfxError(
-            "--precision bfloat16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); "
-            "this one would only emulate them, slower than float32"
-        )
+        raise EfxError(_NEEDS_BF16)
     rewrite = {
         "bfloat16": "auto_mixed_precision_onednn_bfloat16",
         "float16": "auto_mixed_precision",
@@ -224,13 +274,24 @@ def _set_precision(tf: Any, precision: str, device: str) -> None:
     tf.config.optimizer.set_experimental_options({rewrite[precision]: True})
 
 
-def _cpu_has_bfloat16() -> bool:
+def _cpu_flags() -> set[str] | None:
+    """The CPU's instruction-set flags (Linux), or None where they cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as file:
-            flags = file.read()
+            return set(file.read().split())
     except OSError:
-        return True  # not Linux: let TensorFlow decide
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return None
+
+
+def _cpu_has_bfloat16() -> bool:
+    flags = _cpu_flags()
+    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})  # unknown: let TF decide
+
+
+def _cpu_has_float16() -> bool:
+    """What OpenVINO's CPU plugin needs to offer FP16 (its OPTIMIZATION_CAPABILITIES)."""
+    flags = _cpu_flags()
+    return flags is None or bool(flags & {"avx512_fp16", "amx_fp16"})
 
 
 def _local_folder(spec: ModelSpec, hub: Any) -> str:
@@ -262,32 +323,31 @@ def _unpack_tarball(path: str) -> str:
     key = hashlib.sha1(
         f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
     ).hexdigest()
-    root = os.path.join(_cache_dir(), "unpacked")
+    root = os.path.join(cache_dir(), "unpacked")
     target = os.path.join(root, key[:16])
     if _has_saved_model(target):
         return target
-    os.makedirs(root, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".unpack-", dir=root)
-    try:
-        with tarfile.open(path) as archive:
-            archive.extractall(scratch, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise EfxError(f"could not unpack --model {path}: {_first_line(error)}") from error
-    folder = _find_saved_model(scratch)
-    if folder is None:
-        raise EfxError(f"--model {path} holds no SavedModel (no saved_model.pb inside)")
-    os.replace(folder, target) if folder != scratch else os.replace(scratch, target)
+    with files.scratch_folder(root, ".unpack-") as scratch:
+        try:
+            with tarfile.open(path) as archive:
+                archive.extractall(scratch, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise EfxError(f"could not unpack --model {path}: {_first_line(error)}") from error
+        folder = _find_saved_model(scratch)
+        if folder is None:
+            raise EfxError(f"--model {path} holds no SavedModel (no saved_model.pb inside)")
+        files.replace(folder, target, sync=False)  # a cache: a lost rename unpacks again
     return target
 
 
-def _cache_dir() -> str:
+def cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.environ.get("EFX_CACHE_DIR") or os.path.join(base, "efx")
 
 
 def _find_saved_model(root: str) -> str | None:
-    for folder, _dirs, files in os.walk(root):
-        if "saved_model.pb" in files or "saved_model.pbtxt" in files:
+    for folder, _dirs, names in os.walk(root):
+        if "saved_model.pb" in names or "saved_model.pbtxt" in names:
             return folder
     return None
 

@@ -11,12 +11,13 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from . import files
 
 INSTALL_HINT = "pip install 'efx[openvino]'"
 
@@ -64,10 +65,12 @@ def load(
     batch_size: int,
     precision: str,
     cache_root: str,
+    fallback_size: int,
 ) -> OpenVINOModel:
     """Convert (or fetch from the cache) and compile the SavedModel in `folder` for the CPU, at a
     fixed [batch_size, size, size, 3] input: static shapes run about twice as fast as dynamic
-    ones on OpenVINO's CPU plugin. Raises Unavailable with the reason when it cannot."""
+    ones on OpenVINO's CPU plugin. The size is `image_size`, else the one the model fixes, else
+    `fallback_size`. Raises Unavailable with the reason when it cannot."""
     ov = import_openvino()
     core = ov.Core()
     model = _converted(ov, folder, cache_root)
@@ -76,24 +79,13 @@ def load(
             f"the model has {len(model.inputs)} inputs; efx runs single-input image models"
         )
     fixed = _fixed_size(model)
-    size = image_size or fixed
-    if size:
-        try:
-            model.reshape([batch_size, size, size, 3])
-        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
-            raise Unavailable(f"OpenVINO cannot reshape the model: {_first_line(error)}") from error
+    size = image_size or fixed or fallback_size
+    try:
+        model.reshape([batch_size, size, size, 3])
+    except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+        raise Unavailable(f"OpenVINO cannot reshape the model: {_first_line(error)}") from error
 
-    hint, capability = _HINTS[precision]
-    note = None
-    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if capability not in capabilities and precision == "float16":
-        raise Unavailable("this CPU has no float16 support in OpenVINO; use --precision bfloat16")
-    if capability not in capabilities:
-        note = (
-            f"this CPU has no {precision} support in OpenVINO (it offers "
-            f"{', '.join(capabilities)}): running in float32"
-        )
-        hint, precision = "f32", "float32"
+    hint, precision, note = _precision_hint(core, precision)
     try:
         # An explicit hint: OpenVINO's default on some CPUs (with AMX) is bf16, not float32.
         # LATENCY: every core on one request at a time, which is how efx calls it (one batch
@@ -114,13 +106,34 @@ def load(
     def embed(images: Any) -> np.ndarray:
         batch = np.ascontiguousarray(images, dtype=np.float32)
         count = batch.shape[0]
-        if size and count < batch_size:  # the compiled shape is fixed: pad the last batch
+        if count < batch_size:  # the compiled shape is fixed: pad the last batch
             pad = np.zeros((batch_size - count, *batch.shape[1:]), np.float32)
             batch = np.concatenate([batch, pad])
         result = request.infer({0: batch}, share_inputs=True)
         return np.array(result[output][:count], dtype=np.float32)
 
     return OpenVINOModel(embed, fixed, int(dim.get_length()), precision, note)
+
+
+def _precision_hint(core: Any, precision: str) -> tuple[str, str, str | None]:
+    """OpenVINO's inference hint for `precision`, the precision that will run, and a note for
+    the user when this CPU cannot run the one asked for (float32 runs instead)."""
+    hint, capability = _HINTS[precision]
+    capabilities = cpu_capabilities(core)
+    if capability in capabilities:
+        return hint, precision, None
+    if precision == "float16":
+        raise Unavailable("this CPU has no float16 support in OpenVINO; use --precision bfloat16")
+    note = (
+        f"this CPU has no {precision} support in OpenVINO (it offers "
+        f"{', '.join(capabilities)}): running in float32"
+    )
+    return "f32", "float32", note
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """What OpenVINO's CPU plugin computes in here: FP32, BF16 (CPUs with bfloat16), ..."""
+    return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def _converted(ov: Any, folder: str, cache_root: str) -> Any:
@@ -145,11 +158,10 @@ def _converted(ov: Any, folder: str, cache_root: str) -> Any:
             error
         )
     try:
-        os.makedirs(cache_root, exist_ok=True)
-        scratch = tempfile.mkdtemp(prefix=".convert-", dir=cache_root)
-        # compress_to_fp16=False: keep the weights as published (the default halves them).
-        ov.save_model(model, os.path.join(scratch, "model.xml"), compress_to_fp16=False)
-        os.replace(scratch, target)
+        with files.scratch_folder(cache_root, ".convert-") as scratch:
+            # compress_to_fp16=False: keep the weights as published (the default halves them).
+            ov.save_model(model, os.path.join(scratch, "model.xml"), compress_to_fp16=False)
+            files.replace(scratch, target, sync=False)  # a cache: a lost rename converts again
     except OSError:
         pass  # an unwritable or raced cache costs a conversion next time, nothing else
     return model
@@ -157,9 +169,9 @@ def _converted(ov: Any, folder: str, cache_root: str) -> Any:
 
 def _cache_key(folder: str, version: str) -> str:
     digest = hashlib.sha1(os.path.abspath(folder).encode())
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, names in os.walk(folder):
         dirs.sort()
-        for name in sorted(files):
+        for name in sorted(names):
             path = os.path.join(root, name)
             stat = os.stat(path)
             digest.update(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DecodeOptions
+from .config import DecodeOptions, Settings
 from .errors import EfxError
 from .model import LoadedModel, ModelSpec
 
@@ -69,20 +69,15 @@ class RayEngine:
         self._spec: ModelSpec | None = None
         self._settings: tuple[Any, ...] = ()
 
-    def load_model(
-        self,
-        spec: ModelSpec,
-        image_size: int | None,
-        batch_size: int | None,
-        precision: str,
-        backend: str,
-    ) -> LoadedModel:
+    def load_model(self, spec: ModelSpec, settings: Settings) -> LoadedModel:
         """What the model actors will run: loaded once on a worker like theirs, to learn its
         size, dimension, device and backend (and to fail early, with efx's message)."""
         ray = self._ray
         describe = ray.remote(num_cpus=1, num_gpus=1 if self.gpus else 0)(_describe)
+        precision, backend = settings.precision, settings.backend
+        asked = (settings.image_size, settings.batch_size, precision, backend)
         try:
-            loaded = ray.get(describe.remote(spec, image_size, batch_size, precision, backend))
+            loaded = ray.get(describe.remote(spec, *asked))
         except ray.exceptions.RayTaskError as error:
             cause = getattr(error, "cause", None)
             if isinstance(cause, EfxError):
@@ -147,7 +142,7 @@ class _Decode:
     """Ray Data stage: paths -> model-ready images, with the local engine's decode function."""
 
     def __init__(self, options: DecodeOptions) -> None:
-        from .decode import file_decoder
+        from .decode.pipeline import file_decoder
 
         self._size = options.image_size
         self._decode = file_decoder(options)

@@ -23,23 +23,36 @@ def numerics(attrs: dict[str, Any]) -> str:
     return f"{precision} ({attrs.get('backend', 'tensorflow')})"
 
 
-def parse_part(text: str) -> tuple[int, int]:
-    """ "I/N" -> (I, N), with 0 <= I < N."""
-    index, slash, count = text.partition("/")
-    try:
-        part = (int(index), int(count))
-    except ValueError:
-        part = (-1, 0)
-    if not slash or not 0 <= part[0] < part[1]:
-        raise EfxError(f"--shard must be I/N with 0 <= I < N, e.g. 0/4. Received: {text!r}")
-    return part
-
-
 def select_part(paths: Sequence[str], index: int, count: int) -> list[str]:
     """Part `index` of `count`: a contiguous block of the ordered inputs, so that the parts
     concatenated in order are exactly the whole."""
     total = len(paths)
     return list(paths[total * index // count : total * (index + 1) // count])
+
+
+def check_settings(
+    output: str, stored: dict[str, Any], wanted: dict[str, Any], before: bool
+) -> None:
+    """Refuse to continue `output` with settings that would give other rows, naming each.
+
+    `before` the model loads, what was asked is compared with what was asked (the precision
+    asked for, not the one that ran: OpenVINO may have fallen back to float32); after, what
+    ran with what ran (`SETTINGS`).
+    """
+    if before:
+        keys = ["model_handle", "resize", "exif_orientation", "part"]
+        keys += ["inputs_total"] if wanted["part"] != "0/1" else []  # the parts' boundaries
+        keys += ["image_size"] if wanted.get("image_size") else []
+        keys += ["precision_requested"] if "precision_requested" in stored else []
+    else:
+        keys = list(SETTINGS)
+    differences = mismatches(stored, wanted, keys)
+    if differences:
+        raise EfxError(
+            f"cannot resume {output}: it was made with other settings ("
+            + "; ".join(differences)
+            + "). Resume with the same settings, or start over with --overwrite."
+        )
 
 
 def mismatches(stored: dict[str, Any], wanted: dict[str, Any], keys: Sequence[str]) -> list[str]:
@@ -48,7 +61,7 @@ def mismatches(stored: dict[str, Any], wanted: dict[str, Any], keys: Sequence[st
     for key in keys:
         there, here = _setting(stored, key), _setting(wanted, key)
         if there != here:
-            label = "precision" if key == "numerics" else key
+            label = "precision" if key in ("numerics", "precision_requested") else key
             found.append(f"{label}: {there!r} there, {here!r} here")
     return found
 

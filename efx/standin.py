@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
+from . import files
 from .errors import EfxError
 from .model import STANDIN_MARKER
 
@@ -51,9 +50,7 @@ def build_standin(folder: str, arch: str = "b6", seed: int = 0) -> str:
     model = tf_keras.Model(inputs, backbone(scaled), name=f"efficientnet_{arch}_standin")
 
     parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".standin-", dir=parent)
-    try:
+    with files.scratch_folder(parent, ".standin-") as scratch:
         # Exported the way the real module was: a Keras 2 model through tf.saved_model.save.
         tf.saved_model.save(model, scratch)
         marker = {
@@ -64,8 +61,5 @@ def build_standin(folder: str, arch: str = "b6", seed: int = 0) -> str:
         }
         with open(os.path.join(scratch, STANDIN_MARKER), "w", encoding="utf-8") as file:
             json.dump(marker, file, indent=2)
-        os.replace(scratch, folder)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        files.replace(scratch, folder)
     return folder

@@ -34,6 +34,7 @@ from efx.api import stream  # noqa: E402
 from efx.bench import _model_alone, _NoBar, time_pipeline  # noqa: E402
 from efx.config import DecodeOptions  # noqa: E402
 from efx.discover import find_images  # noqa: E402
+from efx.engine import LocalEngine  # noqa: E402
 from efx.model import load_model, resolve_model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +48,8 @@ def efx_pipeline(loaded, paths: list[str], work: str) -> float:
 def embed_to(loaded, paths: list[str], output: str, scaling: bool) -> None:
     options = DecodeOptions(loaded.image_size, jpeg_scaling=scaling)
     attrs = {"feature_dim": loaded.feature_dim}
-    writer = writers.open_writer("hdf5", output, attrs, path_bytes=writers.hdf5.path_bytes(paths))
-    stream(paths, "hdf5", options, loaded, writer, _NoBar())
+    writer = writers.open_writer("hdf5", output, attrs, inputs=paths)
+    stream(paths, "hdf5", options, loaded, writer, _NoBar(), LocalEngine())
     writer.close()
 
 

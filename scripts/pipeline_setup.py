@@ -22,7 +22,7 @@ from make_photos import make_photos  # noqa: E402
 RUN = """
 import os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import efx.decode as decode
+import efx.decode.pipeline as decode
 from efx.config import DecodeOptions
 if sys.argv[1] == "autograph":
     decode._graph_only = lambda function: function

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -14,8 +16,32 @@ from PIL import Image, ImageOps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "samples")
+EFX = os.path.join(os.path.dirname(sys.executable), "efx")  # the installed command
 TINY_DIM = 16  # deliberately not 2304: efx must read the dimension from the model
 KERAS_DIM = 24
+
+
+def run_efx(*args: str, **options) -> subprocess.CompletedProcess:
+    """The installed `efx` command in a process of its own (signals, exit codes, stdin, fd 2)."""
+    return subprocess.run([EFX, *args], capture_output=True, text=True, timeout=300, **options)
+
+
+def run_cli(*args: str, input: bytes | None = None):
+    """`efx` in this process through Click's runner; a bug's exception is raised, not kept."""
+    from click.testing import CliRunner
+
+    from efx.cli import main
+
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def assert_user_error(result, message: str) -> None:
+    """Exit 1 with `efx: ...` on stderr naming `message`, and no traceback."""
+    stderr = result.stderr
+    assert result.exit_code == 1 if hasattr(result, "exit_code") else result.returncode == 1, stderr
+    assert message in stderr, stderr
+    assert stderr.startswith("efx: "), stderr
+    assert "Traceback" not in stderr + result.stdout
 
 
 def sample(name: str) -> Image.Image:

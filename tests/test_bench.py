@@ -7,21 +7,16 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from conftest import EFX, SAMPLES
+from conftest import run_efx as run
 
 import efx
 from efx.model import _cpu_has_bfloat16
 
-EFX = os.path.join(os.path.dirname(sys.executable), "efx")
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EFX, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_bench_reports_both_backends_speeds_ratios_memory_and_device(tiny_model, tmp_path):
@@ -66,7 +61,7 @@ def test_bench_rejects_a_bad_size():
 def test_float16_is_refused_on_cpu_with_the_alternative(tiny_model, tmp_path):
     result = run(
         "extract", SAMPLES, str(tmp_path / "o.h5"), "-m", tiny_model, "--image-size", "48",
-        "--precision", "float16",
+        "--precision", "float16", "--backend", "tensorflow",
     )  # fmt: skip
     assert result.returncode == 1
     assert "--precision float16 needs a GPU" in result.stderr and "bfloat16" in result.stderr
@@ -84,7 +79,7 @@ def test_tensorflow_bfloat16_embeddings_stay_close_to_float32_and_are_labelled(
             "--precision", precision, "--backend", "tensorflow",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-    assert efx.writers.describe(outputs["bfloat16"])["precision"] == "bfloat16"
+    assert efx.info(outputs["bfloat16"])["precision"] == "bfloat16"
     full, half = efx.load(outputs["float32"])[1], efx.load(outputs["bfloat16"])[1]
     cosine = (full * half).sum(1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(half, axis=1))
     assert cosine.min() >= 0.999, cosine

@@ -11,24 +11,7 @@ import sys
 import threading
 
 import pytest
-from click.testing import CliRunner
-from conftest import REPO, SAMPLES
-
-from efx.cli import main
-
-EFX = os.path.join(os.path.dirname(sys.executable), "efx")
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def assert_user_error(result, message: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr, result.stderr
-    assert result.stderr.startswith("efx: ")
-    assert "Traceback" not in result.output
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+from conftest import EFX, REPO, SAMPLES, assert_user_error, run_cli
 
 
 def test_help_teaches_with_examples():
@@ -82,10 +65,40 @@ def test_help_teaches_with_examples():
         ),
         (["info", "{tmp}/missing.h5"], "output not found"),
         (["info", SAMPLES], "not an efx output"),
+        (
+            ["extract", "--image-size", "4096", SAMPLES, "{tmp}/o.h5"],
+            "--image-size must be at most 2048. Received: 4096",
+        ),
+        (
+            ["extract", SAMPLES, "{tmp}/a-file"],
+            "OUTPUT {tmp}/a-file is a file; .npy shards go in a folder",
+        ),
+        (
+            ["extract", SAMPLES, "{tmp}/empty-folder.h5"],
+            "OUTPUT {tmp}/empty-folder.h5 is a folder; an HDF5 output must be a file path",
+        ),
+        (
+            ["extract", "--resume", "--format", "hdf5", SAMPLES, "{tmp}/shards"],
+            "cannot resume {tmp}/shards: it is npy output, not hdf5",
+        ),
+        (["extract", "--resume", "--overwrite", SAMPLES, "{tmp}/o.h5"], "choose one"),
+        (
+            ["extract", "--ray-address", "auto", SAMPLES, "{tmp}/o.h5"],
+            "--ray-address is for --engine ray. Received: --ray-address auto with --engine local",
+        ),
+        (["merge", "{tmp}/part.h5", "{tmp}/part.h5"], "OUTPUT {tmp}/part.h5 is also one of the"),
+        (["make-standin", "{tmp}/empty-folder"], "refusing to overwrite existing"),
+        (["bench", "--size", "big", "-m", "b0"], "--size must be WIDTHxHEIGHT"),
+        (["bench", "--rounds", "0", "-m", "b0"], "--rounds must be a positive integer"),
     ],
 )
 def test_user_errors_exit_1_with_a_message_and_no_traceback(tmp_path, argv, message):
+    from efx import writers
+
     (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "empty-folder.h5").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    writers.open_writer("npy", str(tmp_path / "shards"), {"feature_dim": 4}).abort()
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert_user_error(run_cli(*argv), message.replace("{tmp}", str(tmp_path)))
 
@@ -127,12 +140,13 @@ def test_help_and_info_do_not_import_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "from efx.cli import main\n"
+        "codes = []\n"
         "for argv in (['--help'], ['extract', '--help'], ['info', sys.argv[1]]):\n"
         "    try:\n"
         "        main(argv)\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "print('TF' if 'tensorflow' in sys.modules else 'no TF')\n"
+        "    except SystemExit as done:\n"
+        "        codes.append(done.code)\n"
+        "print(codes, 'TF' if 'tensorflow' in sys.modules else 'no TF')\n"
     )
     output = tmp_path / "o"
     output.mkdir()
@@ -140,7 +154,7 @@ def test_help_and_info_do_not_import_tensorflow(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", code, str(output)], capture_output=True, text=True, timeout=60
     )
-    assert result.stdout.strip().endswith("no TF"), result.stdout + result.stderr
+    assert result.stdout.strip().endswith("[0, 0, 0] no TF"), result.stdout + result.stderr
 
 
 def test_help_imports_neither_numpy_nor_h5py():

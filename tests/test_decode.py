@@ -11,7 +11,8 @@ from conftest import write_broken_images, write_good_images
 from PIL import Image
 
 from efx.config import DecodeOptions
-from efx.decode import decode_image, failure_reason
+from efx.decode.image import decode_image
+from efx.decode.pipeline import failure_reason
 
 SIZE = 48
 

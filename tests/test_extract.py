@@ -8,18 +8,19 @@ import os
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import KERAS_DIM, TINY_DIM, pillow_input, write_broken_images, write_good_images
+from conftest import (
+    KERAS_DIM,
+    TINY_DIM,
+    pillow_input,
+    run_cli,
+    write_broken_images,
+    write_good_images,
+)
 from PIL import Image
 
 import efx
-from efx.cli import main
 
 SIZE = 64  # small input size keeps the tiny models fast; decode + resize are the same code
-
-
-def run_cli(*args: str, input: bytes | None = None):
-    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_mixed_folder_embeds_good_images_in_order_and_reports_broken_ones(
     # Different pictures give different embeddings (no placeholder rows slipped through).
     assert len({row.tobytes() for row in embeddings}) == len(good)
 
-    info = efx.writers.describe(output)
+    info = efx.info(output)
     assert info["complete"] is True
     assert info["image_size"] == SIZE
     assert info["feature_dim"] == TINY_DIM
@@ -192,7 +193,7 @@ def test_paths_from_stdin(good_dir, tiny_model, tmp_path, null):
     assert result.exit_code == 0, result.output
     paths, _ = efx.load(output)
     assert paths == wanted  # stdin order, not sorted
-    info = efx.writers.describe(output)
+    info = efx.info(output)
     assert info["failures"] == [
         {
             "path": os.path.join(root, "missing.jpg"),
@@ -210,7 +211,7 @@ def test_strict_exits_1_after_writing_everything_else(mixed_dir, tiny_model, tmp
     assert result.exit_code == 1
     assert f"efx: {len(broken)} image(s) failed (--strict)" in result.stderr
     assert len(efx.load(output)[0]) == len(good)
-    assert efx.writers.describe(output)["complete"] is True
+    assert efx.info(output)["complete"] is True
 
 
 def test_summary_line_and_failure_reasons_on_stderr(mixed_dir, tiny_model, tmp_path):

@@ -22,7 +22,8 @@ from PIL import Image
 
 import efx
 from efx.config import DEFAULT_MAX_PIXELS, DecodeOptions
-from efx.decode import decode_image, failure_reason
+from efx.decode.image import decode_image
+from efx.decode.pipeline import failure_reason
 
 SIZE = 48
 

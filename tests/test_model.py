@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import SAMPLES, TINY_DIM
+from conftest import SAMPLES, TINY_DIM, run_efx
 
 import efx
 from efx.errors import EfxError
@@ -19,9 +19,21 @@ def test_short_names_carry_native_sizes():
     assert DEFAULT_MODEL == "https://tfhub.dev/tensorflow/efficientnet/b6/feature-vector/1"
 
 
-def test_unknown_size_for_a_flexible_model_asks_for_image_size(tiny_model):
-    with pytest.raises(EfxError, match="pass --image-size"):
-        load_model(resolve_model(tiny_model))
+@pytest.mark.parametrize("backend", ["tensorflow", "openvino"])
+def test_a_flexible_model_efx_does_not_know_runs_at_528_with_a_note(
+    tiny_tarball, good_dir, tmp_path, monkeypatch, backend
+):
+    """The README's offline path: the real module's tarball accepts any size and names none."""
+    monkeypatch.setenv("EFX_CACHE_DIR", str(tmp_path / "efx-cache"))
+    source, rels = good_dir
+    output = str(tmp_path / "o.h5")
+    result = run_efx("extract", "--model", tiny_tarball, "--backend", backend, source, output)
+    assert result.returncode == 0, result.stderr
+    note = "efx: note: the model accepts any input size and does not say which it was trained at"
+    assert result.stderr.count(note) == 1, result.stderr
+    assert "using 528x528 (EfficientNet-B6's); pass --image-size to use another" in result.stderr
+    info = efx.info(output)
+    assert (info["image_size"], info["count"]) == (528, len(rels))
 
 
 def test_feature_dim_is_read_from_the_model(tiny_model):
@@ -63,7 +75,7 @@ def test_standin_is_labelled_everywhere(tmp_path):
     summary = efx.extract(os.path.join(SAMPLES, "space"), output, model=folder, image_size=64)
     assert summary.standin is True
     assert summary.feature_dim == 1280  # EfficientNet-B0's pooled features
-    info = efx.writers.describe(output)
+    info = efx.info(output)
     assert info["model"].startswith("STAND-IN EfficientNet-B0 architecture, random weights")
     assert "not real embeddings" in info["model"]
     # Its native size comes with it.

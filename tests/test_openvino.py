@@ -11,14 +11,12 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLES, write_broken_images
+from conftest import EFX, SAMPLES, write_broken_images
 
 import efx
 from efx.model import _cpu_has_bfloat16
 
 pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'efx[openvino]'")
-
-EFX = os.path.join(os.path.dirname(sys.executable), "efx")
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +50,7 @@ def both_backends(model: str, source: str, tmp_path, **options) -> dict[str, str
         outputs[backend] = str(tmp_path / f"{backend}.h5")
         summary = efx.extract(source, outputs[backend], model=model, backend=backend, **options)
         assert summary.backend == backend
-        assert efx.writers.describe(outputs[backend])["backend"] == backend
+        assert efx.info(outputs[backend])["backend"] == backend
     return outputs
 
 
@@ -90,8 +88,20 @@ def test_openvino_bfloat16_stays_close_to_float32_and_is_labelled(keras_model, t
     assert not np.array_equal(full, half)  # the hint really made it compute in bfloat16
 
 
-@pytest.mark.skipif(_cpu_has_bfloat16(), reason="this CPU has bfloat16 instructions")
-def test_openvino_bfloat16_without_cpu_support_says_so_and_runs_float32(tiny_model, tmp_path):
+@pytest.fixture
+def cpu_without_bfloat16(monkeypatch):
+    """OpenVINO sees a CPU without bfloat16 (as on AVX2-only machines), whatever this one is."""
+    from efx import openvino_model
+
+    real = openvino_model.cpu_capabilities
+    monkeypatch.setattr(
+        openvino_model, "cpu_capabilities", lambda core: [c for c in real(core) if c != "BF16"]
+    )
+
+
+def test_openvino_bfloat16_without_cpu_support_says_so_and_runs_float32(
+    tiny_model, tmp_path, cpu_without_bfloat16
+):
     outputs = {}
     for precision in ("float32", "bfloat16"):
         outputs[precision] = str(tmp_path / f"{precision}.h5")
@@ -102,7 +112,7 @@ def test_openvino_bfloat16_without_cpu_support_says_so_and_runs_float32(tiny_mod
     # What ran is what is stored: float32, with the reason in the notes, not a bfloat16 label.
     assert (summary.backend, summary.precision) == ("openvino", "float32")
     assert len(summary.notes) == 1 and "no bfloat16 support in OpenVINO" in summary.notes[0]
-    assert efx.writers.describe(outputs["bfloat16"])["precision"] == "float32"
+    assert efx.info(outputs["bfloat16"])["precision"] == "float32"
     np.testing.assert_array_equal(efx.load(outputs["bfloat16"])[1], efx.load(outputs["float32"])[1])
 
 
@@ -123,7 +133,7 @@ def test_auto_falls_back_to_tensorflow_and_says_why_once(area_model, tmp_path):
     )
     assert result.stderr.count(note) == 1, result.stderr
     assert "tensorflow float32 on CPU" in result.stderr
-    assert efx.writers.describe(str(tmp_path / "o.h5"))["backend"] == "tensorflow"
+    assert efx.info(str(tmp_path / "o.h5"))["backend"] == "tensorflow"
     assert len(efx.load(str(tmp_path / "o.h5"))[0]) == 6
 
 
@@ -208,7 +218,7 @@ def test_without_openvino_the_backend_says_how_to_install_and_auto_uses_tensorfl
     auto = subprocess.run([*base, str(tmp_path / "b.h5")], capture_output=True, text=True)
     assert auto.returncode == 0, auto.stderr
     assert "note:" not in auto.stderr  # an extra not installed is not news on every run
-    assert efx.writers.describe(str(tmp_path / "b.h5"))["backend"] == "tensorflow"
+    assert efx.info(str(tmp_path / "b.h5"))["backend"] == "tensorflow"
 
 
 def test_float32_of_either_backend_resumes_and_merges_but_bfloat16_does_not(tiny_model, tmp_path):
@@ -218,7 +228,7 @@ def test_float32_of_either_backend_resumes_and_merges_but_bfloat16_does_not(tiny
         parts.append(str(tmp_path / f"part{index}.h5"))
         efx.extract(SAMPLES, parts[-1], part=f"{index}/2", backend=backend, **common)
     efx.merge(parts, str(tmp_path / "all.h5"))
-    assert efx.writers.describe(str(tmp_path / "all.h5"))["backend"] == "openvino, tensorflow"
+    assert efx.info(str(tmp_path / "all.h5"))["backend"] == "openvino, tensorflow"
 
     def unfinish(output: str) -> None:
         with h5py.File(output, "r+") as file:
@@ -238,3 +248,21 @@ def test_float32_of_either_backend_resumes_and_merges_but_bfloat16_does_not(tiny
         efx.extract(
             SAMPLES, output, backend="openvino", precision="bfloat16", resume=True, **common
         )
+
+
+def test_resume_accepts_the_command_efx_printed_after_a_bfloat16_fallback(
+    tiny_model, tmp_path, cpu_without_bfloat16
+):
+    """The run asked for bfloat16 and ran float32: --resume with the same command continues."""
+    import h5py
+
+    output = str(tmp_path / "o.h5")
+    asked = {"model": tiny_model, "image_size": 48, "backend": "openvino", "precision": "bfloat16"}
+    efx.extract(SAMPLES, output, batch_size=2, **asked)
+    with h5py.File(output, "r+") as file:  # as an interrupted run leaves it: 2 rows, incomplete
+        for name in ("embeddings", "paths"):
+            file[name].resize(2, axis=0)
+        file.attrs["complete"] = False
+    summary = efx.extract(SAMPLES, output, resume=True, batch_size=2, **asked)
+    assert (summary.resumed, summary.precision, summary.complete) == (2, "float32", True)
+    assert efx.info(output)["precision_requested"] == "bfloat16"

@@ -10,11 +10,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLES, write_broken_images
+from conftest import EFX, SAMPLES, write_broken_images
 
 import efx
-
-EFX = os.path.join(os.path.dirname(sys.executable), "efx")
 
 # One test worker runs them all, so that they share the module's Ray instance (make test runs
 # pytest-xdist with --dist loadgroup).
@@ -63,7 +61,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(
         os.path.basename(f["path"]): f["error"] for f in efx.writers.read_failures(outputs["ray"])
     }
     assert reasons == broken
-    assert efx.writers.describe(outputs["ray"])["engine"] == "ray"
+    assert efx.info(outputs["ray"])["engine"] == "ray"
 
 
 def test_ray_engine_resumes_what_another_run_started(ray_instance, tiny_model, mixed_dir, tmp_path):

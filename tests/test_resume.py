@@ -10,19 +10,18 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SLOW_CALL_SECONDS, sample, write_broken_images
+from conftest import EFX, SLOW_CALL_SECONDS, sample, write_broken_images
+from conftest import run_efx as run
 
 import efx
 from efx import writers
 from efx.resume import done_prefix, select_part
 
-EFX = os.path.join(os.path.dirname(sys.executable), "efx")
 SIZE = 48
 OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
 
@@ -40,10 +39,6 @@ def photos(tmp_path_factory) -> str:
         crop.save(root / f"img-{i:03d}.jpg", quality=90)
     write_broken_images(str(root / "img-120-broken"))  # sorted into the middle of the run
     return str(root)
-
-
-def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([EFX, *args], capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def extract_args(photos: str, output: str, model: str, *extra: str) -> list[str]:
@@ -70,12 +65,12 @@ def assert_same_output(actual: str, expected: str) -> None:
     # does not change any image's row beyond float rounding.
     np.testing.assert_allclose(embeddings, expected_embeddings, rtol=0, atol=1e-6)
     assert writers.read_failures(actual) == writers.read_failures(expected)
-    assert writers.describe(actual)["complete"] is True
+    assert efx.info(actual)["complete"] is True
 
 
 def rows_in(output: str) -> int:
     try:
-        return int(writers.describe(output)["count"])
+        return int(efx.info(output)["count"])
     except efx.EfxError:
         return 0  # not created yet
 
@@ -108,7 +103,7 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
             break  # it finished just before the signal
         # At any instant the output is readable and says truthfully whether it is complete
         # (a kill while the process exits, after the output is finished, leaves it complete).
-        info = writers.describe(output)
+        info = efx.info(output)
         assert len(efx.load(output)[0]) == info["count"] <= total
         if info["complete"]:
             assert info["count"] == total
@@ -144,7 +139,7 @@ def test_ctrl_c_flushes_marks_incomplete_says_how_to_resume_and_exits_130(
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    info = writers.describe(output)
+    info = efx.info(output)
     assert info["complete"] is False and info["count"] >= 10
     command = stderr.strip().splitlines()[-1].strip()
     assert command.startswith("efx extract ") and command.endswith("--resume"), stderr
@@ -176,7 +171,7 @@ def test_sigterm_stops_like_ctrl_c(photos, tiny_model, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 130 and "--resume" in stderr
-    assert writers.describe(output)["complete"] is False
+    assert efx.info(output)["complete"] is False
 
 
 def start_slow_run(photos: str, slow_model: str, output: str) -> subprocess.Popen:
@@ -208,7 +203,7 @@ def test_a_signal_stops_the_run_once_the_batch_in_flight_is_written(
     assert "stopping once the batch in flight is written" in stderr
     assert "Traceback" not in stderr
     # Batch 2 was computed when the signal came: it is kept, and nothing after it was started.
-    info = writers.describe(output)
+    info = efx.info(output)
     assert info["complete"] is False and info["count"] == 4, (info, stderr)
 
 
@@ -217,7 +212,7 @@ class Stop(Exception):
 
 
 def test_between_batches_a_signal_waits_for_the_commit_and_a_second_one_acts_at_once(capfd):
-    from efx.api import _SignalsBetweenBatches
+    from efx.process import SignalsBetweenBatches as _SignalsBetweenBatches
 
     def stop(signum, frame):
         raise Stop(signum)
@@ -271,7 +266,7 @@ def test_full_disk_keeps_what_was_written_and_resume_finishes_it(
     assert full.returncode == 1, full.stderr
     assert "(disk full?)" in full.stderr and "--resume" in full.stderr
     assert "Traceback" not in full.stderr
-    info = writers.describe(output)
+    info = efx.info(output)
     assert info["complete"] is False and info["count"] < len(efx.load(clean[fmt])[0])
 
     resumed = run(*args, "--resume")
@@ -472,7 +467,7 @@ def test_a_filesystem_that_fills_up_stops_cleanly_and_resume_finishes(
     full = run(*args)
     assert full.returncode == 1, full.stderr
     assert "No space left on device (disk full?)" in full.stderr, full.stderr
-    info = writers.describe(output)
+    info = efx.info(output)
     assert info["complete"] is False and info["count"] < len(efx.load(clean[fmt])[0])
     filler.unlink()
     assert run(*args, "--resume").returncode == 0

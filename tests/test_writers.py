@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+import efx
 from efx import writers
 
 ATTRS = {
@@ -47,7 +48,7 @@ def test_rows_failures_and_metadata_round_trip(fmt, tmp_path):
     expected_paths, expected = rows(0, 7)
     assert paths == expected_paths
     np.testing.assert_array_equal(embeddings, expected)
-    info = writers.describe(output)
+    info = efx.info(output)
     assert info["format"] == fmt
     assert (info["count"], info["feature_dim"], info["dtype"]) == (7, 5, "float32")
     assert info["complete"] is True
@@ -61,7 +62,7 @@ def test_aborted_output_is_readable_and_marked_incomplete(fmt, tmp_path):
     writer = writers.open_writer(fmt, output, ATTRS)
     writer.write(*rows(0, 3))
     writer.abort()
-    assert writers.describe(output)["complete"] is False
+    assert efx.info(output)["complete"] is False
     assert writers.read(output)[0] == rows(0, 3)[0]
 
 
@@ -119,7 +120,7 @@ def test_a_reader_sees_a_valid_output_while_runs_append_are_killed_and_resume(fm
         assert process.stdout is not None and process.stdout.readline() == "open\n"
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
-            info = writers.describe(output)
+            info = efx.info(output)
             paths, embeddings = writers.read(output)
             failures = writers.read_failures(output)
             count, failed = info["count"], info["failed"]
@@ -129,7 +130,7 @@ def test_a_reader_sees_a_valid_output_while_runs_append_are_killed_and_resume(fm
             last, reads = (count, failed), reads + 1
         process.kill()
         process.wait()
-        info = writers.describe(output)
+        info = efx.info(output)
         keep = f"{info['count']},{info['failed']}"
     assert reads > 20 and last[0] > 20
 
@@ -143,7 +144,7 @@ def test_hdf5_texts_are_fixed_width_and_resume_widens_them_for_a_longer_path(tmp
     writer.fail("bad.jpg", "empty file")
     writer.abort()
     longer = "dir/" + "ü" * 300 + ".jpg"  # 608 bytes in UTF-8
-    writer = writers.open_writer("hdf5", output, ATTRS, keep=(3, 1), path_bytes=608)
+    writer = writers.open_writer("hdf5", output, ATTRS, keep=(3, 1), inputs=[longer])
     writer.write([longer], rows(3, 1)[1])
     writer.fail(longer, "x" * 2000)  # a reason longer than its field is cut, not refused
     writer.close()

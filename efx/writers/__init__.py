@@ -1,7 +1,9 @@
 """Output formats: one writer class per format with the same small interface, chosen by name.
 
-Every writer takes `(path, attrs)`, where `attrs` holds the run's metadata (model, image_size,
-feature_dim, versions, created), and offers:
+Every writer is built the same way, `Writer(output, attrs, *, inputs, shard_size, keep)`: `attrs`
+holds the run's metadata (model, image_size, feature_dim, versions, created), `inputs` every
+path the run may write (HDF5 sizes its text fields by them), `shard_size` the rows per .npy
+shard. It offers:
 - `write(paths, embeddings)`: append rows, in order;
 - `fail(path, reason)`: record an input that could not be embedded;
 - `flush(sync)`: commit what was written (it then survives kill -9; with sync, power loss);
@@ -17,11 +19,12 @@ needs) and `describe`, which import neither TensorFlow nor anything slow.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from . import hdf5, npy
 
@@ -42,7 +45,7 @@ def format_for(output: str, override: str | None = None) -> str:
     """The output format: --format if given, else HDF5 for .h5/.hdf5 paths, else .npy shards."""
     if override:
         if override not in WRITERS:
-            raise EfxError(f"--format must be one of {', '.join(FORMATS)}. Received: {override}")
+            raise EfxError(f"--format must be one of {', '.join(FORMATS)}. Received: {override!r}")
         return override
     return "hdf5" if output.lower().endswith((".h5", ".hdf5")) else "npy"
 
@@ -57,8 +60,17 @@ def check_output(output: str, fmt: str, overwrite: bool) -> None:
     _MODULES[fmt].check_target(output, overwrite)
 
 
-def open_writer(fmt: str, output: str, attrs: dict[str, Any], **options: Any) -> Writer:
-    writer: Writer = WRITERS[fmt](output, attrs, **options)
+def open_writer(
+    fmt: str,
+    output: str,
+    attrs: dict[str, Any],
+    *,
+    inputs: Sequence[str] = (),
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    keep: tuple[int, int] | None = None,
+) -> Writer:
+    kind: Any = WRITERS[fmt]  # either class: the same constructor
+    writer: Writer = kind(output, attrs, inputs=inputs, shard_size=shard_size, keep=keep)
     return writer
 
 

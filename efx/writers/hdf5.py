@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import fcntl
 import os
 import re
 import resource
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
+from .. import files
 from ..errors import EfxError
+from . import superblock
 
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: cheap appends, and reading a few rows stays cheap
 
@@ -29,8 +29,9 @@ MIN_PATH_BYTES = 256  # paths fields are at least this wide: room for paths adde
 REASON_BYTES = 512  # failure reasons are short sentences; a longer one is cut
 
 
-def path_bytes(paths: list[str]) -> int:
-    """The width of the paths fields that holds every one of `paths`."""
+def _path_bytes(paths: Sequence[str]) -> int:
+    """The width of the paths fields that holds every one of `paths` (all inputs are known
+    before a run, so the fields are set wide enough once)."""
     return max([MIN_PATH_BYTES, *(len(p.encode("utf-8", "surrogateescape")) for p in paths)])
 
 
@@ -93,30 +94,20 @@ def _as_os_error() -> Iterator[None]:
     try:
         yield
     except (RuntimeError, OSError) as error:
-        _skip_hdf5_shutdown()
+        global _write_failed
+        _write_failed = True
         found = re.search(r"error message = '([^']*)'", str(error))
         raise OSError(found.group(1) if found else str(error).splitlines()[0]) from error
 
 
-def _skip_hdf5_shutdown() -> None:
-    """After a failed write, the HDF5 library retries the flush when the process exits and
-    segfaults (HDF5 1.14, h5py 3.14). Python's atexit handlers run before the C library's, so
-    one that ends the process there, with status 1, lets efx report the failure and exit cleanly.
-    """
-    global _shutdown_skipped
-    if not _shutdown_skipped:
-        _shutdown_skipped = True
-        atexit.register(_exit_now)
+def write_failed() -> bool:
+    """Whether a write failed in this process. The HDF5 library then retries the flush when the
+    process exits and can segfault (HDF5 1.14, h5py 3.14): the `efx` command, whose process is
+    one run, leaves without native teardown then (cli.run); a library caller may do the same."""
+    return _write_failed
 
 
-def _exit_now() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(1)
-
-
-_shutdown_skipped = False
+_write_failed = False
 
 
 class Hdf5Writer:
@@ -132,10 +123,13 @@ class Hdf5Writer:
         self,
         output: str,
         attrs: dict[str, Any],
+        *,
+        inputs: Sequence[str] = (),
+        shard_size: int = 0,  # npy's; an HDF5 file is one piece
         keep: tuple[int, int] | None = None,
-        path_bytes: int = MIN_PATH_BYTES,
     ) -> None:
         self._output = output
+        path_bytes = _path_bytes(inputs)
         with _as_os_error():
             if keep is None:
                 self._file = _when_unlocked(output, lambda: _create(output, attrs, path_bytes))
@@ -188,7 +182,7 @@ class Hdf5Writer:
             _fsync(self._output)
 
     def abort(self) -> None:
-        if _shutdown_skipped:
+        if _write_failed:
             # A write failed (disk full): flushing now would write metadata that points at
             # data that never reached the disk. Leave the file as the last successful flush
             # left it, exactly as a kill would; --resume reopens it from there.
@@ -260,7 +254,7 @@ def _widen_if_needed(output: str, keep: tuple[int, int], path_bytes: int) -> Non
             reasons = [_reason(text) for text in _texts(failures["errors"], failed)]
             _append(copy["failures/errors"], _encode(reasons, copy["failures/errors"]))
     _fsync(temporary)
-    os.replace(temporary, output)
+    files.replace(temporary, output)
 
 
 def _reopen(output: str) -> h5py.File:
@@ -275,73 +269,8 @@ def _reopen(output: str) -> h5py.File:
     with open(output, "rb") as file:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as HDF5 does: held, if in use
         fcntl.flock(file, fcntl.LOCK_UN)
-    clear_crash_flags(output)
+    superblock.clear_crash_flags(output)
     return h5py.File(output, "r+")
-
-
-def clear_crash_flags(output: str) -> None:
-    """Mark an HDF5 file (superblock version 2 or 3) as closed, and make its end-of-allocation
-    cover all its bytes, exactly as `h5clear -s --increment=0` does."""
-    with open(output, "r+b") as file:
-        block = bytearray(file.read(48))
-        version, offset_size = block[8], block[9]
-        if block[:8] != b"\x89HDF\r\n\x1a\n" or version not in (2, 3) or offset_size != 8:
-            raise EfxError(f"cannot reopen {output}: not an HDF5 file written by efx")
-        if _lookup3(bytes(block[:44])) != int.from_bytes(block[44:48], "little"):
-            raise EfxError(f"cannot reopen {output}: its HDF5 superblock is damaged")
-        block[11] = 0  # the file consistency flags
-        end = int.from_bytes(block[28:36], "little")
-        size = os.fstat(file.fileno()).st_size
-        block[28:36] = max(end, size).to_bytes(8, "little")
-        block[44:48] = _lookup3(bytes(block[:44])).to_bytes(4, "little")
-        file.seek(0)
-        file.write(block)
-
-
-_MASK = 0xFFFFFFFF
-
-
-def _rotate(value: int, bits: int) -> int:
-    return ((value << bits) | (value >> (32 - bits))) & _MASK
-
-
-def _lookup3(data: bytes) -> int:
-    """Bob Jenkins' lookup3 hash (hashlittle, seed 0): the checksum of HDF5's metadata."""
-    a = b = c = (0xDEADBEEF + len(data)) & _MASK
-    words = [
-        int.from_bytes(data[i : i + 4].ljust(4, b"\0"), "little") for i in range(0, len(data), 4)
-    ]
-    words += [0] * (-len(words) % 3)
-    if not data:
-        return c
-    last = (len(data) - 1) // 12 * 3
-    for i in range(0, last, 3):
-        a, b, c = (a + words[i]) & _MASK, (b + words[i + 1]) & _MASK, (c + words[i + 2]) & _MASK
-        a = (a - c) & _MASK ^ _rotate(c, 4)
-        c = (c + b) & _MASK
-        b = (b - a) & _MASK ^ _rotate(a, 6)
-        a = (a + c) & _MASK
-        c = (c - b) & _MASK ^ _rotate(b, 8)
-        b = (b + a) & _MASK
-        a = (a - c) & _MASK ^ _rotate(c, 16)
-        c = (c + b) & _MASK
-        b = (b - a) & _MASK ^ _rotate(a, 19)
-        a = (a + c) & _MASK
-        c = (c - b) & _MASK ^ _rotate(b, 4)
-        b = (b + a) & _MASK
-    a, b, c = (
-        (a + words[last]) & _MASK,
-        (b + words[last + 1]) & _MASK,
-        (c + words[last + 2]) & _MASK,
-    )
-    c = (c ^ b) - _rotate(b, 14) & _MASK
-    a = (a ^ c) - _rotate(c, 11) & _MASK
-    b = (b ^ a) - _rotate(a, 25) & _MASK
-    c = (c ^ b) - _rotate(b, 16) & _MASK
-    a = (a ^ c) - _rotate(c, 4) & _MASK
-    b = (b ^ a) - _rotate(a, 14) & _MASK
-    c = (c ^ b) - _rotate(b, 24) & _MASK
-    return c
 
 
 def _truncate(first: h5py.Dataset, second: h5py.Dataset, rows: int) -> None:
@@ -356,7 +285,15 @@ def _fsync(output: str) -> None:
 
 def _open_for_reading(output: str) -> h5py.File:
     # swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear).
-    return _when_unlocked(output, lambda: h5py.File(output, "r", swmr=True))
+    superblock.check(output)
+    try:
+        return _when_unlocked(output, lambda: h5py.File(output, "r", swmr=True))
+    except BlockingIOError:
+        raise
+    except OSError as error:  # a damaged file: HDF5's checksums and signatures catch it
+        found = re.search(r"\(([^()]*)\)", str(error))
+        why = found.group(1) if found else str(error).splitlines()[0]
+        raise EfxError(f"cannot read {output}: {why} (is it damaged?)") from error
 
 
 _T = TypeVar("_T")

@@ -5,15 +5,17 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
-import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
+from ..files import write_atomically
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
@@ -59,23 +61,16 @@ def _remove_previous(output: str) -> None:
             os.remove(path)
 
 
-def _write_atomically(path: str, data: bytes, sync: bool = True) -> None:
-    scratch = path + ".partial"
-    with open(scratch, "wb") as file:
-        file.write(data)
-        file.flush()
-        if sync:
-            os.fsync(file.fileno())
-    os.replace(scratch, path)
-
-
 def _npy_header(rows: int, dim: int) -> bytes:
-    """A .npy (version 1.0) header of fixed length, so that it can be rewritten in place as
-    rows are appended to the shard behind it."""
-    text = repr({"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
-    text = text.ljust(_HEADER_BYTES - 10 - 1) + "\n"
-    header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
-    assert len(header) == _HEADER_BYTES, header
+    """The .npy header of a shard, written by numpy itself. numpy pads it with room for the row
+    count to grow (`GROWTH_AXIS_MAX_DIGITS`), so its length stays _HEADER_BYTES and it can be
+    rewritten in place as rows are appended behind it."""
+    buffer = io.BytesIO()
+    shape = {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)}
+    np.lib.format.write_array_header_1_0(buffer, shape)
+    header = buffer.getvalue()
+    if len(header) != _HEADER_BYTES:  # a numpy that pads otherwise: rows could not be added
+        raise RuntimeError(f"numpy wrote a {len(header)}-byte .npy header, not {_HEADER_BYTES}")
     return header
 
 
@@ -93,7 +88,9 @@ class NpyWriter:
         self,
         output: str,
         attrs: dict[str, Any],
-        shard_size: int = 10_000,
+        *,
+        inputs: Sequence[str] = (),  # HDF5's; shards take paths of any length
+        shard_size: int = DEFAULT_SHARD_SIZE,
         keep: tuple[int, int] | None = None,
     ) -> None:
         if shard_size < 1:
@@ -219,7 +216,7 @@ class NpyWriter:
         lines = b"".join((json.dumps(f, ensure_ascii=False) + "\n").encode() for f in kept)
         # Replaced, not truncated and rewritten: a reader (or a kill) in between would find
         # fewer failures than the manifest promises.
-        _write_atomically(self._path(FAILURES), lines)
+        write_atomically(self._path(FAILURES), lines)
         self._failures = open(self._path(FAILURES), "ab")  # noqa: SIM115
         self._failed = len(kept)
         self._commit(sync=True)
@@ -233,7 +230,7 @@ class NpyWriter:
         }
         with open(self._path(self._open["paths"]), "rb") as file:
             kept = file.read().split(b"\n")[:rows]
-        _write_atomically(self._path(self._open["paths"]), b"".join(line + b"\n" for line in kept))
+        write_atomically(self._path(self._open["paths"]), b"".join(line + b"\n" for line in kept))
         self._paths_file = open(self._path(self._open["paths"]), "ab")  # noqa: SIM115
         self._embeddings_file = open(self._path(self._open["embeddings"]), "r+b")  # noqa: SIM115
         self._embeddings_file.truncate(_HEADER_BYTES + rows * self._dim * 4)
@@ -257,7 +254,7 @@ class NpyWriter:
             "failures": FAILURES,
         }
         data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        _write_atomically(self._path(MANIFEST), data, sync)
+        write_atomically(self._path(MANIFEST), data, sync)
 
 
 def _lines(paths: list[str]) -> bytes:

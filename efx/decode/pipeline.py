@@ -1,0 +1,93 @@
+"""The tf.data pipeline around `decode_image`: parallel read and decode, in input order; the
+per-file decoder for engines that schedule files themselves; and `failure_reason`, which
+re-decodes a failed file to say why."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ..config import DecodeOptions
+from .image import decode_image
+from .reasons import decode_reason, os_reason, read_head
+
+
+def _graph_only(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Traced as written, without AutoGraph: `decode_image` is plain graph code (tf.cond,
+    tf.case, no Python branching on tensors), so converting its source first only costs time:
+    measured 2-6 s more for the first pipeline of a process, the same graph (1,347 ops)."""
+    return tf.autograph.experimental.do_not_convert(function)
+
+
+def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int) -> tf.data.Dataset:
+    """Batches of (index, image) of the files that decode, in input order, read and decoded in
+    parallel. A file that cannot be read or decoded is dropped: its index is missing.
+
+    One flat parallel map with `ignore_errors`, no per-file nested datasets: those cost ~0.4 s
+    of function instantiation before the first batch of every run (measured: first batch of
+    1024x768 JPEGs 0.42 s nested, 0.05 s flat), the same decoding afterwards.
+    """
+    encoded = [os.fsencode(path) for path in paths]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, dtype=tf.string))
+    )
+    workers = max(2, os.cpu_count() or 2)
+    # Fixed parallelism instead of AUTOTUNE: the model is the bottleneck, so one decoder per
+    # core and two batches in hand keep it fed; and tf.data's autotuning thread makes every
+    # iterator take ~4 s to shut down (measured: 3.9-4.1 s per run, 0.01 s without it).
+    # No static graph optimisations either: they cost ~0.1 s per run and gain nothing here.
+    tuning = tf.data.Options()
+    tuning.autotune.enabled = False
+    tuning.experimental_optimization.apply_default_optimizations = False
+    return (
+        dataset.map(
+            _graph_only(lambda index, path: (index, decode_image(tf.io.read_file(path), options))),
+            num_parallel_calls=workers,
+            deterministic=True,
+        )
+        .ignore_errors()
+        .batch(batch_size)
+        .prefetch(2)
+        .with_options(tuning)
+    )
+
+
+def file_decoder(options: DecodeOptions) -> Callable[[bytes], np.ndarray | None]:
+    """A path -> image function for engines that schedule files themselves (Ray): the same
+    read + `decode_image` as the tf.data pipeline, traced once; None when the file cannot be
+    read or decoded (as the pipeline flags it ok=False)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    def decode(path: tf.Tensor) -> tf.Tensor:
+        return decode_image(tf.io.read_file(path), options)
+
+    def one(path: bytes) -> np.ndarray | None:
+        try:
+            return np.asarray(decode(tf.constant(path)))
+        except tf.errors.OpError:
+            return None
+
+    return one
+
+
+def failure_reason(path: str, options: DecodeOptions) -> str:
+    """Why `path` cannot be embedded: the pipeline's decode run again eagerly, its error in words.
+
+    Failures are rare, so re-reading the one file is cheaper than carrying messages through
+    tf.data (whose ignore_errors drops them).
+    """
+    try:
+        head = read_head(path)
+    except OSError as error:
+        return os_reason(error)
+    if not head:
+        return "empty file"
+    try:
+        decode_image(tf.io.read_file(os.fsencode(path)), options)
+    except tf.errors.OpError as error:
+        return decode_reason(error.message, head)
+    return "could not be read during the run (it decodes now: was it being written?)"

@@ -1,0 +1,74 @@
+"""Why a file cannot be embedded, in words a person understands: TensorFlow's raw messages
+translated, and a file's format told from its first bytes. Pure Python: no TensorFlow."""
+
+from __future__ import annotations
+
+import re
+
+JPEG_MAGIC = b"\xff\xd8\xff"  # the file signatures decode_image tells formats by
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_head(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(32)
+
+
+def os_reason(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file not found (removed, or a broken symlink)"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, not an image file"
+    return f"cannot read file: {error.strerror or error}"
+
+
+def decode_reason(message: str, head: bytes) -> str:
+    kind = sniff_format(head)
+    too_large = re.search(r"image too large: [\w -]*", message)
+    if too_large:
+        return too_large.group(0)
+    if "Input is empty" in message:
+        return "empty file"
+    if "Unknown image file format" in message:
+        if kind in (None, "text", "HTML/XML/SVG text", "PDF"):
+            return f"not an image ({kind or 'unknown'} file)"
+        return f"unsupported format: {kind}"
+    if kind in ("JPEG", "PNG", "GIF", "BMP", "WebP"):
+        return f"truncated or corrupt {kind}"
+    return "cannot decode: " + message.split("[Op:")[0].split("}}")[-1].strip()
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format a file's first bytes announce, for error messages."""
+    signatures = [
+        (JPEG_MAGIC, "JPEG"),
+        (PNG_MAGIC, "PNG"),
+        (b"GIF8", "GIF"),
+        (b"BM", "BMP"),
+        (b"II*\0", "TIFF"),
+        (b"MM\0*", "TIFF"),
+        (b"%PDF", "PDF"),
+        (b"\xff\x0a", "JPEG XL"),
+        (b"\0\0\0\x0cJXL ", "JPEG XL"),
+        (b"8BPS", "PSD"),
+    ]
+    for magic, name in signatures:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+            return "HEIC"
+        return "video or ISO media"
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "HTML/XML/SVG text"
+    if head and all(32 <= byte < 127 or byte in (9, 10, 13) for byte in head):
+        return "text"
+    return None

@@ -1,0 +1,153 @@
+"""`efx merge`: the outputs of `--shard I/N` runs, combined into exactly the output of one run
+over all the inputs. Reads and writes through the writers only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from . import resume as resume_
+from . import writers
+from .config import DEFAULT_SHARD_SIZE, check_positive, parse_part
+from .errors import EfxError
+
+# What a merged output keeps of its parts' metadata (the rest is per part).
+_MERGED_ATTRS = (
+    "model",
+    "model_handle",
+    "standin",
+    "image_size",
+    "feature_dim",
+    "resize",
+    "exif_orientation",
+    "precision",
+    "precision_requested",
+    "backend",
+    "efx_version",
+    "tensorflow_version",
+    "device",
+    "inputs_total",
+)
+
+
+@dataclass
+class MergeSummary:
+    output: str
+    format: str
+    parts: int
+    embedded: int
+    failed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def merge(
+    parts: Iterable[str],
+    output: str,
+    *,
+    format: str | None = None,  # noqa: A002 - mirrors --format
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = False,
+) -> MergeSummary:
+    """Combine the outputs of `--shard I/N` runs (either format) into `output` (either format):
+    exactly the rows, failures and order of one run over all the inputs."""
+    parts = list(parts)
+    fmt = writers.format_for(output, format)
+    check_positive("--shard-size", shard_size)
+    if not parts:
+        raise EfxError("name the PART outputs to merge")
+    for part in parts:
+        if os.path.abspath(part) == os.path.abspath(output):
+            raise EfxError(f"OUTPUT {output} is also one of the parts")
+    writers.check_output(output, fmt, overwrite)
+    described = {part: writers.describe(part) for part in parts}
+    ordered, inputs = _check_parts(parts, described)
+    try:
+        writer = writers.open_writer(
+            fmt, output, _merged_attrs([described[p] for p in ordered]),
+            inputs=inputs, shard_size=shard_size,
+        )  # fmt: skip
+    except OSError as error:
+        raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
+    embedded = failed = 0
+    try:
+        for part in ordered:
+            for paths, embeddings in writers.iter_rows(part):
+                writer.write(paths, embeddings)
+                embedded += len(paths)
+                writer.flush()
+            for failure in writers.read_failures(part):
+                writer.fail(failure["path"], failure["error"])
+                failed += 1
+        writer.close()
+    except BaseException as error:
+        with contextlib.suppress(Exception):  # a second failure must not hide the first
+            writer.abort()
+        if isinstance(error, OSError):
+            raise EfxError(
+                f"writing {output} failed: {error.strerror or error} (disk full?)"
+            ) from error
+        raise
+    return MergeSummary(output, fmt, len(ordered), embedded, failed)
+
+
+def _merged_attrs(described: list[dict[str, Any]]) -> dict[str, Any]:
+    first = described[0]
+    attrs = {k: v for k, v in first.items() if k in _MERGED_ATTRS}
+    backends = sorted({str(d.get("backend", "tensorflow")) for d in described})
+    attrs.update(
+        backend=", ".join(backends),  # float32 parts of either backend merge
+        part="0/1",
+        part_inputs=first.get("inputs_total"),
+        merged_from=len(described),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return attrs
+
+
+def _check_parts(
+    parts: list[str], described: dict[str, dict[str, Any]]
+) -> tuple[list[str], list[str]]:
+    """The parts in order, after making sure they add up to exactly one whole run, and every
+    input they hold (embedded or failed)."""
+    numbered = []
+    for part in parts:
+        info = described[part]
+        if not info.get("complete"):
+            raise EfxError(f"part {part} is unfinished: finish it with --resume first")
+        differences = resume_.mismatches(
+            described[parts[0]], info, [*resume_.SETTINGS, "inputs_total"]
+        )
+        if differences:
+            raise EfxError(
+                f"{part} was made with other settings or inputs than {parts[0]}: "
+                + "; ".join(differences)
+            )
+        numbered.append((parse_part(str(info.get("part", "0/1"))), part))
+    counts = sorted({count for (_, count), _ in numbered})
+    if len(counts) > 1:
+        raise EfxError(f"the parts split the inputs differently: into {counts} parts")
+    count = counts[0]
+    by_index: dict[int, str] = {}
+    for (index, _), part in numbered:
+        if index in by_index:
+            raise EfxError(f"{by_index[index]} and {part} are both part {index}/{count}")
+        by_index[index] = part
+    missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
+    if missing:
+        raise EfxError(f"part(s) {', '.join(missing)} missing: all {count} parts are needed")
+    ordered = [by_index[i] for i in range(count)]
+    seen: dict[str, str] = {}
+    for part in ordered:
+        state = writers.read_state(part)
+        for path in state["paths"] + state["failed"]:
+            if path in seen and seen[path] != part:
+                raise EfxError(f"{seen[path]} and {part} overlap: both hold {path}")
+            seen[path] = part
+    return ordered, list(seen)
