@@ -97,6 +97,11 @@ class Settings:
                 f"--ray-address is for --engine ray. Received: --ray-address {self.ray_address} "
                 f"with --engine {self.engine}"
             )
+        if self.ray_address and not _is_ray_address(self.ray_address):
+            raise EfxError(
+                "--ray-address must be HOST:PORT, ray://HOST:PORT, auto or local. "
+                f"Received: {self.ray_address!r}"
+            )
         if self.resume and self.overwrite:
             raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
 
@@ -130,6 +135,13 @@ def check_positive(flag: str, value: int | None, limit: int | None = None) -> No
         raise EfxError(f"{flag} must be a positive integer. Received: {value!r}")
     if limit is not None and value > limit:
         raise EfxError(f"{flag} must be at most {limit}. Received: {value}")
+
+
+def _is_ray_address(address: str) -> bool:
+    if address in ("auto", "local"):
+        return True
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return bool(host) and port.isdigit()
 
 
 def _check_choice(flag: str, value: str | None, choices: tuple[str, ...]) -> None:

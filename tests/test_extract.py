@@ -293,3 +293,28 @@ def test_format_flag_overrides_the_extension(good_dir, tiny_model, tmp_path):
     efx.extract(root, output, model=tiny_model, image_size=SIZE, format="npy")
     assert os.path.isfile(os.path.join(output, "manifest.json"))
     assert len(efx.load(output)[0]) == len(good)
+
+
+def test_a_library_call_leaves_the_process_as_it_found_it(good_dir, tiny_model, tmp_path):
+    """Signal handlers and TensorFlow's precision rewrite are set for the run, then restored."""
+    import signal
+
+    import tensorflow as tf
+
+    from efx.model import _cpu_has_bfloat16
+
+    def state():
+        return (
+            signal.getsignal(signal.SIGINT),
+            signal.getsignal(signal.SIGTERM),
+            {k: v for k, v in tf.config.optimizer.get_experimental_options().items() if v},
+        )  # the rewrites in force (TensorFlow cannot unset an option, only set it False)
+
+    before = state()
+    precision = "bfloat16" if _cpu_has_bfloat16() else "float32"  # bfloat16: a global rewrite
+    summary = efx.extract(
+        good_dir[0], str(tmp_path / "o.h5"), model=tiny_model, image_size=SIZE,
+        backend="tensorflow", precision=precision,
+    )  # fmt: skip
+    assert summary.precision == precision
+    assert state() == before

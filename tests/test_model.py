@@ -63,6 +63,7 @@ def test_a_tarball_without_a_savedmodel_is_refused(tmp_path, monkeypatch):
         tar.add(tmp_path / "readme.txt", arcname="readme.txt")
     with pytest.raises(EfxError, match="holds no SavedModel"):
         load_model(resolve_model(str(archive)), 32)
+    assert os.listdir(tmp_path / "efx-cache" / "unpacked") == []  # no scratch folder left
 
 
 def test_standin_is_labelled_everywhere(tmp_path):

@@ -119,3 +119,23 @@ def test_ray_address_needs_the_ray_engine(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1 and "--ray-address is for --engine ray" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("127.0.0.1:9", "efx: cannot reach the Ray cluster at 127.0.0.1:9: Connection refused"),
+        ("ray://127.0.0.1:9", "efx: cannot reach the Ray cluster at ray://127.0.0.1:9"),
+        ("head-node", "efx: --ray-address must be HOST:PORT, ray://HOST:PORT, auto or local"),
+    ],
+)
+def test_an_unreachable_or_malformed_ray_address_fails_in_seconds(address, message, tmp_path):
+    """Ray itself retries an address nothing answers at for minutes."""
+    result = subprocess.run(
+        [EFX, "extract", "--engine", "ray", "--ray-address", address, SAMPLES,
+         str(tmp_path / "o.h5")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert not os.path.exists(tmp_path / "o.h5")
