@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STANDIN ?= .cache/standin-b6
 
-.PHONY: help install test demo lint bench clean
+.PHONY: help install browser test demo lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -14,10 +14,15 @@ install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,openvino,ray]"
+	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,search]"
 	touch $(STAMP)
 
-test: install  ## Run the whole test suite
+browser:  ## Chromium for the contact-sheet tests (Debian's package; needs root, or skip)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null) || echo "make: no Chromium: the contact-sheet browser test will skip"; }
+
+test: install browser  ## Run the whole test suite
 	$(VENV)/bin/pytest -n 2 --dist loadgroup --durations=10
 
 lint: install  ## Ruff (lint + format check) and mypy

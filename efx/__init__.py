@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .parts import MergeSummary, merge
     from .process import Interrupted
+    from .search import duplicates, similar
 
 __all__ = [
     "EfxError",
@@ -26,6 +27,8 @@ __all__ = [
     "info",
     "load",
     "merge",
+    "duplicates",
+    "similar",
 ]
 
 # Where each public name lives; imported on first use.
@@ -38,6 +41,8 @@ _API = {
     "MergeSummary": "parts",
     "merge": "parts",
     "Interrupted": "process",
+    "similar": "search",
+    "duplicates": "search",
 }
 
 

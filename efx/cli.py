@@ -379,6 +379,118 @@ def _input_settings(details: dict[str, Any]) -> str:
     return ", ".join(settings)
 
 
+html_option = click.option(
+    "--html", "html_path", default=None, metavar="FILE",
+    help="Also write a contact sheet: one self-contained HTML page with thumbnails (needs "
+    "efx[search]).",
+)  # fmt: skip
+
+
+@main.command()
+@click.argument("output")
+@click.argument("queries", nargs=-1, required=True, metavar="QUERY...")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Hits per query.")
+@html_option
+@json_option
+@verbose_option
+def similar(
+    output: str, queries: tuple[str, ...], k: int, html_path: str | None, as_json: bool,
+    verbose: bool,
+) -> None:  # fmt: skip
+    """The rows of OUTPUT nearest each QUERY, by cosine similarity of their embeddings.
+
+    A QUERY is a path already in OUTPUT (no model needed; it is left out of its own hits) or
+    any image file, embedded now with the model and settings OUTPUT was made with. Prints one
+    line per hit: query, rank, path, similarity (tab-separated; "missing" after a file that is
+    gone since). Exit 1 if a query has no hits (it says why), after printing the others.
+
+    \b
+    Examples:
+      efx similar out.h5 photos/cat.jpg -k 5
+      efx similar out.h5 ~/Downloads/new-photo.jpg --html similar.html
+      efx similar out.h5 photos/cat.jpg --json | jq '.[0].hits[].path'
+    """
+    from .search import similar as run_similar
+
+    with native_logs_hidden(verbose):
+        results = run_similar(output, queries, k, verbose=verbose)
+    _write_sheet("similar", results, output, html_path)
+    if as_json:
+        click.echo(json.dumps(results, ensure_ascii=False))
+    else:
+        for result in results:
+            for hit in result["hits"]:
+                gone = "" if hit["exists"] else "\tmissing"
+                click.echo(
+                    f"{result['query']}\t{hit['rank']}\t{hit['path']}\t{hit['similarity']:.4f}"
+                    + gone
+                )
+    failed = [r for r in results if r["error"]]
+    for result in failed:
+        click.echo(f"efx: {result['query']}: {result['error']}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("output")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    metavar="T",
+    help="Cosine similarity at or above which two images are near-duplicates. Default: 0.98, "
+    "measured on re-encoded, resized, cropped and turned copies (README).",
+)
+@html_option
+@json_option
+@quiet_option
+def duplicates(
+    output: str, threshold: float | None, html_path: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Groups of near-duplicate images in OUTPUT: the same photo re-encoded, resized, lightly
+    cropped, or shot in a burst. Largest groups first; prints one line per image: group,
+    similarity to the group's first image, path (tab-separated; "missing" after a file that is
+    gone since). Exact: every pair is compared, in blocks, never as an N x N matrix.
+
+    \b
+    Examples:
+      efx duplicates out.h5
+      efx duplicates out.h5 --threshold 0.95 --html dupes.html
+      efx duplicates out.h5 --json | jq '.groups | length'
+    """
+    from .search import duplicates as run_duplicates
+
+    report = run_duplicates(output, threshold)
+    _write_sheet("duplicates", report, output, html_path)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        for number, group in enumerate(report["groups"], start=1):
+            for member in group["members"]:
+                gone = "" if member["exists"] else "\tmissing"
+                click.echo(f"{number}\t{member['similarity']:.4f}\t{member['path']}{gone}")
+    if not quiet:
+        grouped = sum(group["size"] for group in report["groups"])
+        click.echo(
+            f"efx: {len(report['groups'])} group(s) of near-duplicates ({grouped} images) among "
+            f"{report['rows']} at threshold {report['threshold']:g}",
+            err=True,
+        )
+
+
+def _write_sheet(command: str, found: Any, output: str, html_path: str | None) -> None:
+    if html_path is None:
+        return
+    from . import sheet
+
+    if command == "similar":
+        sheet.write_page(sheet.similar_page(found, output), html_path)
+    else:
+        sheet.write_page(sheet.duplicates_page(found, output), html_path)
+    click.echo(f"efx: contact sheet written to {html_path}", err=True)
+
+
 @main.command()
 @click.argument("parts", nargs=-1, required=True, metavar="PART...")
 @click.argument("output")

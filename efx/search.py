@@ -1,0 +1,261 @@
+"""What the embeddings say: the rows nearest a query (`similar`) and groups of near-duplicate
+images (`duplicates`), by cosine similarity, exact, from an output of either format.
+
+No N x N matrix is ever held: `similar` streams the rows in blocks against the queries;
+`duplicates` holds the (unit-length) embeddings once and compares them block by block with
+every later row, keeping only the pairs above the threshold. Reads only numpy and the writers;
+a query image that is not in the output is embedded through `efx.extract` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from . import writers
+from .errors import EfxError
+
+BLOCK_ROWS = 1024  # rows compared at a time: a block of similarities is BLOCK_ROWS x N floats
+# Chosen on transformed copies of the sample photos with the B6 stand-in (scripts/search_quality.py,
+# README): the one threshold where every copy pair and no other pair was grouped.
+DEFAULT_THRESHOLD = 0.98
+MAX_PAIRS = 5_000_000  # pairs above the threshold before a run is refused as meaningless
+
+
+def similar(
+    output: str, queries: Iterable[str], k: int = 10, *, verbose: bool = False
+) -> list[dict[str, Any]]:
+    """For each query, the `k` rows of `output` nearest to it by cosine similarity.
+
+    A query is a path already in `output` (its row is used, and left out of its own hits) or
+    any image file, embedded with the model and settings `output` records. Returns one dict per
+    query: {"query", "in_output", "error" (None, or why it has no hits), "hits": [{"rank",
+    "path", "similarity", "exists"}]}.
+    """
+    queries = list(queries)
+    if not queries:
+        raise EfxError("name at least one QUERY: a path in OUTPUT or an image file")
+    _check_k(k)
+    paths = writers.read_state(output)["paths"]
+    failed = {f["path"]: f["error"] for f in writers.read_failures(output)}
+    rows = _rows_of(queries, paths)
+    outside = [q for q in queries if rows[q] is None and q not in failed and os.path.isfile(q)]
+    vectors, errors = _query_vectors(output, queries, rows, outside, verbose)
+    asked = [q for q in queries if q in vectors]
+    matrix = np.stack([vectors[q] for q in asked]) if asked else np.zeros((0, 1), np.float32)
+    found = _nearest(output, matrix, [rows[q] for q in asked], k)
+    results = []
+    for query in queries:
+        result: dict[str, Any] = {"query": query, "in_output": rows[query] is not None}
+        if query in vectors:
+            hits = found[asked.index(query)]
+            result["error"] = None
+            result["hits"] = [
+                {"rank": rank, "path": paths[row], "similarity": round(float(sim), 6),
+                 "exists": os.path.exists(paths[row])}
+                for rank, (row, sim) in enumerate(hits, start=1)
+            ]  # fmt: skip
+        else:
+            result["error"] = errors.get(query) or _why_no_vector(query, failed)
+            result["hits"] = []
+        results.append(result)
+    return results
+
+
+def duplicates(output: str, threshold: float | None = None) -> dict[str, Any]:
+    """Groups of near-duplicate rows: every pair at cosine similarity >= `threshold` links two
+    rows, and linked rows form a group (single linkage). Largest groups first; each member with
+    its similarity to the group's first member. Returns {"threshold", "rows", "groups": [{"size",
+    "members": [{"path", "similarity", "exists"}]}]}."""
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+        raise EfxError(f"--threshold must be in (0, 1]. Received: {threshold!r}")
+    paths, units = _all_units(output)
+    parent = list(range(len(paths)))
+    for first, second in _pairs_above(units, float(threshold)):
+        _union(parent, first, second)
+    members: dict[int, list[int]] = {}
+    for row in range(len(paths)):
+        root = _find(parent, row)
+        members.setdefault(root, []).append(row)
+    groups: list[dict[str, Any]] = []
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        sims = units[rows] @ units[rows[0]]
+        groups.append(
+            {
+                "size": len(rows),
+                "members": [
+                    {
+                        "path": paths[row],
+                        "similarity": round(float(sim), 6),
+                        "exists": os.path.exists(paths[row]),
+                    }
+                    for row, sim in zip(rows, sims, strict=True)
+                ],  # fmt: skip
+            }
+        )
+    groups.sort(key=lambda group: (-group["size"], group["members"][0]["path"]))
+    return {"threshold": float(threshold), "rows": len(paths), "groups": groups}
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise EfxError(f"-k must be a positive integer. Received: {k!r}")
+
+
+def _rows_of(queries: list[str], paths: list[str]) -> dict[str, int | None]:
+    """Each query's row in the output: the same path as stored, or the same file by its
+    absolute path (outputs store paths as found, relative to where extract ran)."""
+    exact = {path: row for row, path in enumerate(paths)}
+    absolute: dict[str, int] | None = None
+    found: dict[str, int | None] = {}
+    for query in queries:
+        row = exact.get(query)
+        if row is None:
+            if absolute is None:
+                absolute = {os.path.abspath(p): r for r, p in enumerate(paths)}
+            row = absolute.get(os.path.abspath(query))
+        found[query] = row
+    return found
+
+
+def _why_no_vector(query: str, failed: dict[str, str]) -> str:
+    if query in failed:
+        return f"it could not be embedded when OUTPUT was made: {failed[query]}"
+    if not os.path.exists(query):
+        return "not in OUTPUT, and no such file"
+    return "not in OUTPUT, and not an image file"
+
+
+def _query_vectors(
+    output: str, queries: list[str], rows: dict[str, int | None], outside: list[str], verbose: bool
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Unit vectors of the queries that have one: rows of the output, and image files embedded
+    now with the model the output records; and why a query file could not be embedded."""
+    wanted = {rows[q]: q for q in queries if rows[q] is not None}
+    vectors: dict[str, np.ndarray] = {}
+    start = 0
+    for _paths, block in writers.iter_rows(output, BLOCK_ROWS):
+        for row in range(start, start + len(block)):
+            if row in wanted:
+                vectors[wanted[row]] = _unit(block[row - start])
+        start += len(block)
+    if not outside:
+        return vectors, {}
+    embedded, errors = _embed_files(output, outside, verbose)
+    return {**vectors, **embedded}, errors
+
+
+def _embed_files(
+    output: str, files: list[str], verbose: bool
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Embed image files as `output` was made: its model, input size, resize and EXIF settings."""
+    from .api import extract
+
+    attrs = writers.describe(output)
+    backend = str(attrs.get("backend", "auto"))
+    options = {
+        "model": attrs.get("model_handle"),
+        "image_size": attrs.get("image_size"),
+        "resize": attrs.get("resize", "squash"),
+        "exif": bool(attrs.get("exif_orientation", True)),
+        "precision": str(attrs.get("precision", "float32")),
+        "backend": backend if backend in ("tensorflow", "openvino") else "auto",
+    }
+    with tempfile.TemporaryDirectory(prefix="efx-query-") as scratch:
+        made = os.path.join(scratch, "queries.h5")
+        try:
+            extract(files, made, verbose=verbose, **options)
+        except EfxError as error:
+            raise EfxError(
+                f"cannot embed the query image(s) with the model {output} was made with "
+                f"({options['model']}): {error}"
+            ) from None
+        paths, embeddings = writers.read(made)
+        failures = writers.read_failures(made)
+    vectors = {p: _unit(e) for p, e in zip(paths, embeddings, strict=True)}
+    return vectors, {f["path"]: f"cannot be embedded: {f['error']}" for f in failures}
+
+
+def _nearest(
+    output: str, queries: np.ndarray, own: list[int | None], k: int
+) -> list[list[tuple[int, float]]]:
+    """The k best (row, similarity) of every query, streaming the rows block by block."""
+    rows = np.zeros((len(own), 0), np.int64)
+    values = np.zeros((len(own), 0), np.float32)
+    start = 0
+    for _paths, block in writers.iter_rows(output, BLOCK_ROWS):
+        sims = queries @ _units(block).T  # (queries, block)
+        for q, row in enumerate(own):
+            if row is not None and start <= row < start + len(block):
+                sims[q, row - start] = -np.inf  # a query is not its own hit
+        block_rows = np.broadcast_to(np.arange(start, start + len(block)), sims.shape)
+        rows, values = np.hstack([rows, block_rows]), np.hstack([values, sims])
+        keep = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        rows, values = np.take_along_axis(rows, keep, 1), np.take_along_axis(values, keep, 1)
+        start += len(block)
+    return [
+        [(int(r), float(s)) for r, s in zip(row, value, strict=True) if np.isfinite(s)]
+        for row, value in zip(rows, values, strict=True)
+    ]
+
+
+def _all_units(output: str) -> tuple[list[str], np.ndarray]:
+    """Every row as a unit vector, in one float32 matrix, read block by block."""
+    info = writers.describe(output)
+    count, dim = int(info.get("count", 0)), int(info.get("feature_dim") or 0)
+    units = np.empty((count, dim), np.float32)
+    paths: list[str] = []
+    for block_paths, block in writers.iter_rows(output, BLOCK_ROWS):
+        units[len(paths) : len(paths) + len(block)] = _units(block)
+        paths += block_paths
+    return paths, units[: len(paths)]
+
+
+def _pairs_above(units: np.ndarray, threshold: float) -> Iterator[tuple[int, int]]:
+    """Every pair (i < j) with similarity >= threshold: each block of rows against itself and
+    every later row, so each pair is computed once and only a block of similarities is held."""
+    total = 0
+    for start in range(0, len(units), BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, len(units))
+        sims = units[start:stop] @ units[start:].T
+        first, second = np.nonzero(sims >= threshold)
+        later = second > first  # the block against itself: each pair once, no self-pairs
+        total += int(later.sum())
+        if total > MAX_PAIRS:
+            raise EfxError(
+                f"more than {MAX_PAIRS:,} pairs are at similarity {threshold} or above: that "
+                "is not near-duplicates; raise --threshold"
+            )
+        yield from zip(
+            (first[later] + start).tolist(), (second[later] + start).tolist(), strict=True
+        )
+
+
+def _find(parent: list[int], row: int) -> int:
+    while parent[row] != row:
+        parent[row] = parent[parent[row]]
+        row = parent[row]
+    return row
+
+
+def _union(parent: list[int], first: int, second: int) -> None:
+    a, b = _find(parent, first), _find(parent, second)
+    if a != b:
+        parent[max(a, b)] = min(a, b)  # the group's root is its first row
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return _units(vector[None])[0]
+
+
+def _units(block: np.ndarray) -> np.ndarray:
+    block = np.asarray(block, np.float32)
+    norms = np.linalg.norm(block, axis=1, keepdims=True)
+    return block / np.maximum(norms, 1e-12)

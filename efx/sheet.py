@@ -1,0 +1,155 @@
+"""Contact sheets: one self-contained HTML page of what `efx similar` or `efx duplicates` found,
+with small thumbnails made here and embedded in the page (it works when moved or mailed).
+
+Pillow (the `efx[search]` extra) makes the thumbnails: it reads every format efx embeds and
+turns photos upright by their EXIF tag, as a viewer shows them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from typing import Any
+
+from .errors import EfxError
+
+INSTALL_HINT = "pip install 'efx[search]'"
+THUMBNAIL_PX = 160
+MAX_SECTIONS = 200  # queries or groups on one page: about 2-3 MB, opens at once
+MAX_CARDS = 48  # images per section; the rest are counted
+
+
+def similar_page(results: list[dict[str, Any]], output: str) -> str:
+    """The page of `efx similar`: each query's image, then its hits with rank and similarity."""
+    sections = []
+    for result in results[:MAX_SECTIONS]:
+        cards = [_card(result["query"], "query", exists=os.path.exists(result["query"]))]
+        cards += [
+            _card(hit["path"], f"#{hit['rank']} &middot; {hit['similarity']:.3f}", hit["exists"])
+            for hit in result["hits"][:MAX_CARDS]
+        ]
+        note = f'<p class="error">{html.escape(result["error"])}</p>' if result["error"] else ""
+        title = f"Query: {html.escape(result['query'])}"
+        sections.append(_section(title, "".join(cards), note))
+    summary = f"{len(results)} quer{'y' if len(results) == 1 else 'ies'}"
+    return _page("efx similar", output, summary, sections, len(results))
+
+
+def duplicates_page(report: dict[str, Any], output: str) -> str:
+    """The page of `efx duplicates`: each group, largest first, with each member's similarity to
+    the group's first image."""
+    groups = report["groups"]
+    sections = []
+    for number, group in enumerate(groups[:MAX_SECTIONS], start=1):
+        members = group["members"]
+        cards = [
+            _card(m["path"], f"{m['similarity']:.3f}", m["exists"]) for m in members[:MAX_CARDS]
+        ]
+        if len(members) > MAX_CARDS:
+            cards.append(f'<p class="more">and {len(members) - MAX_CARDS} more</p>')
+        sections.append(_section(f"Group {number} &middot; {group['size']} images", "".join(cards)))
+    summary = (
+        f"{report['rows']:,} images, threshold {report['threshold']:g}: "
+        f"{len(groups):,} group{'' if len(groups) == 1 else 's'} of near-duplicates"
+    )
+    return _page("efx duplicates", output, summary, sections, len(groups))
+
+
+def write_page(page: str, path: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(page)
+    except OSError as error:
+        raise EfxError(f"cannot write --html {path}: {error.strerror or error}") from error
+
+
+def thumbnail(path: str) -> str | None:
+    """A small JPEG of the image at `path` as a data: URL, or None if it cannot be read."""
+    image_module, ops = _pillow()
+    try:
+        with image_module.open(path) as image:
+            image.draft("RGB", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))  # JPEG: decode smaller
+            upright = ops.exif_transpose(image)
+            if upright.mode.startswith("I"):  # 16-bit gray: RGB would clip it to white
+                upright = upright.convert("I").point(lambda value: value / 256).convert("L")
+            upright = upright.convert("RGB")
+            upright.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            upright.save(buffer, "JPEG", quality=75)
+    except (OSError, ValueError, image_module.DecompressionBombError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _pillow() -> tuple[Any, Any]:
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise EfxError(f"--html needs Pillow to make thumbnails: {INSTALL_HINT}") from None
+    return Image, ImageOps
+
+
+def _card(path: str, label: str, exists: bool) -> str:
+    data = thumbnail(path) if exists else None
+    name = html.escape(path)
+    if data is not None:
+        picture = f'<img src="{data}" alt="{name}" loading="eager">'
+    else:
+        why = "file missing" if not exists else "cannot be shown"
+        picture = f'<div class="missing">{why}</div>'
+    return (
+        f'<figure class="card">{picture}<figcaption><span class="path" title="{name}">'
+        f'{html.escape(os.path.basename(path))}</span><span class="label">{label}</span>'
+        "</figcaption></figure>"
+    )
+
+
+def _section(title: str, body: str, note: str = "") -> str:
+    return f'<section><h2>{title}</h2>{note}<div class="grid">{body}</div></section>'
+
+
+def _page(command: str, output: str, summary: str, sections: list[str], total: int) -> str:
+    shown = ""
+    if total > len(sections):
+        shown = (
+            f" Showing the first {len(sections)} of {total:,}; all of them: "
+            f"<code>{command} --json</code>."
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{command}: {html.escape(os.path.basename(output))}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }}
+h1 {{ font-size: 20px; margin: 0 0 4px; }}
+header p {{ margin: 0 0 16px; color: #555; }}
+section {{ background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px;
+  margin: 0 0 16px; }}
+h2 {{ font-size: 15px; margin: 0 0 10px; word-break: break-all; }}
+.grid {{ display: grid; gap: 10px;
+  grid-template-columns: repeat(auto-fill, minmax({THUMBNAIL_PX}px, 1fr)); }}
+.card {{ margin: 0; }}
+.card img, .missing {{ width: {THUMBNAIL_PX}px; height: {THUMBNAIL_PX}px; object-fit: contain;
+  background: #eee; border-radius: 4px; display: block; }}
+.missing {{ display: flex; align-items: center; justify-content: center; color: #a00;
+  border: 1px dashed #c88; box-sizing: border-box; }}
+figcaption {{ display: flex; justify-content: space-between; gap: 6px; font-size: 12px;
+  width: {THUMBNAIL_PX}px; }}
+.path {{ overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
+.label {{ color: #555; white-space: nowrap; }}
+.error, .more {{ color: #a00; margin: 0 0 8px; }}
+</style></head>
+<body>
+<header><h1>{command}</h1><p>{html.escape(output)}: {summary}.{shown}</p></header>
+{"".join(sections) or "<p>Nothing found.</p>"}
+<script>
+window.addEventListener("load", () => {{
+  const images = Array.from(document.images);
+  document.body.dataset.thumbnails = images.length;
+  document.body.dataset.broken = images.filter(i => !i.complete || !i.naturalWidth).length;
+}});
+</script>
+</body></html>
+"""
