@@ -72,8 +72,10 @@ def main() -> None:
 
     \b
     Quick start:
-      efx extract photos/ embeddings.h5        # walk photos/, write HDF5
-      efx info embeddings.h5                   # what is inside
+      efx extract photos/ embeddings.h5             # walk photos/, write HDF5
+      efx info embeddings.h5                        # what is inside
+      efx similar embeddings.h5 photos/cat.jpg      # the images nearest one
+      efx duplicates embeddings.h5 --html d.html    # near-duplicates, as a page
       find . -name '*.jpg' -print0 | efx extract -0 - shards/
 
     Run `efx COMMAND --help` for each command's options.
@@ -444,7 +446,7 @@ def similar(
 )
 @html_option
 @json_option
-@quiet_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
 def duplicates(
     output: str, threshold: float | None, html_path: str | None, as_json: bool, quiet: bool
 ) -> None:
@@ -461,7 +463,7 @@ def duplicates(
     """
     from .search import duplicates as run_duplicates
 
-    report = run_duplicates(output, threshold)
+    report = run_duplicates(output, threshold, progress=not quiet and sys.stderr.isatty())
     _write_sheet("duplicates", report, output, html_path)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))

@@ -10,6 +10,7 @@ a query image that is not in the output is embedded through `efx.extract` itself
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -66,17 +67,20 @@ def similar(
     return results
 
 
-def duplicates(output: str, threshold: float | None = None) -> dict[str, Any]:
+def duplicates(
+    output: str, threshold: float | None = None, *, progress: bool = False
+) -> dict[str, Any]:
     """Groups of near-duplicate rows: every pair at cosine similarity >= `threshold` links two
     rows, and linked rows form a group (single linkage). Largest groups first; each member with
-    its similarity to the group's first member. Returns {"threshold", "rows", "groups": [{"size",
-    "members": [{"path", "similarity", "exists"}]}]}."""
+    its similarity to the group's first member; `progress` shows a bar on stderr. Returns
+    {"threshold", "rows", "groups": [{"size", "members": [{"path", "similarity", "exists"}]}]}.
+    """
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
         raise EfxError(f"--threshold must be in (0, 1]. Received: {threshold!r}")
     paths, units = _all_units(output)
     parent = list(range(len(paths)))
-    for first, second in _pairs_above(units, float(threshold)):
+    for first, second in _pairs_above(units, float(threshold), progress):
         _union(parent, first, second)
     members: dict[int, list[int]] = {}
     for row in range(len(paths)):
@@ -218,9 +222,16 @@ def _all_units(output: str) -> tuple[list[str], np.ndarray]:
     return paths, units[: len(paths)]
 
 
-def _pairs_above(units: np.ndarray, threshold: float) -> Iterator[tuple[int, int]]:
+def _pairs_above(
+    units: np.ndarray, threshold: float, progress: bool = False
+) -> Iterator[tuple[int, int]]:
     """Every pair (i < j) with similarity >= threshold: each block of rows against itself and
     every later row, so each pair is computed once and only a block of similarities is held."""
+    from tqdm import tqdm
+
+    count = len(units)
+    bar = tqdm(total=count * (count + 1) // 2, disable=not progress, unit="pair", unit_scale=True,
+               desc="efx duplicates", file=sys.stderr, dynamic_ncols=True)  # fmt: skip
     total = 0
     for start in range(0, len(units), BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, len(units))
@@ -236,6 +247,9 @@ def _pairs_above(units: np.ndarray, threshold: float) -> Iterator[tuple[int, int
         yield from zip(
             (first[later] + start).tolist(), (second[later] + start).tolist(), strict=True
         )
+        rows = stop - start  # this block's pairs: with every later row, and among themselves
+        bar.update(rows * (count - stop) + rows * (rows + 1) // 2)
+    bar.close()
 
 
 def _find(parent: list[int], row: int) -> int:

@@ -6,6 +6,11 @@ and reads its peak memory (RSS) from the kernel. Both commands are exact (every 
 compared), so their recall against exact search is 1 by construction.
 
     python scripts/bench_search.py [--rows 10000,100000] [--dim 2304]
+    python scripts/bench_search.py --compare-faiss 20000   # needs `pip install faiss-cpu`
+
+--compare-faiss N measures, in one process on N synthetic rows, the exact search efx uses
+(blocked matrix products, OpenBLAS) against faiss-cpu's IVF range search and HNSW k-NN, with
+each one's recall of the pairs exact search finds: why efx does not use faiss.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -57,11 +63,57 @@ def timed(*args: str) -> tuple[float, float, str]:
     return float(seconds), int(kib) / 1024, result.stdout
 
 
+def synthetic_units(rows: int, dim: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    units = np.abs(rng.standard_normal((rows, dim), dtype=np.float32))
+    copies = np.arange(10, rows, 10)
+    units[copies] = units[copies - 5] + 0.05 * rng.standard_normal((len(copies), dim), np.float32)
+    return units / np.linalg.norm(units, axis=1, keepdims=True)
+
+
+def compare_faiss(rows: int, dim: int, threshold: float = 0.98) -> None:
+    import faiss
+
+    from efx.search import _pairs_above
+
+    units = synthetic_units(rows, dim)
+    start = time.perf_counter()
+    exact = set(_pairs_above(units, threshold))
+    print(f"exact (efx): {time.perf_counter() - start:5.1f} s, {len(exact):,} pairs")
+    start = time.perf_counter()
+    nlist = int(4 * rows**0.5)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(units)
+    ivf.add(units)
+    ivf.nprobe = 4
+    limits, _, found = ivf.range_search(units, threshold)
+    pairs = {(i, int(j)) for i in range(rows) for j in found[limits[i] : limits[i + 1]] if j > i}
+    seconds = time.perf_counter() - start
+    print(
+        f"faiss IVF{nlist} nprobe 4: {seconds:5.1f} s, recall {len(pairs & exact) / len(exact):.3f}"
+    )
+    start = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(units)
+    sims, found = hnsw.search(units, 16)
+    pairs = {
+        (min(i, int(j)), max(i, int(j)))
+        for i, j, s in zip(np.repeat(np.arange(rows), 16), found.ravel(), sims.ravel(), strict=True)
+        if s >= threshold and j != i
+    }
+    seconds = time.perf_counter() - start
+    print(f"faiss HNSW16 k=16: {seconds:5.1f} s, recall {len(pairs & exact) / len(exact):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,100000")
     parser.add_argument("--dim", type=int, default=2304)
+    parser.add_argument("--compare-faiss", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.compare_faiss:
+        compare_faiss(args.compare_faiss, args.dim)
+        return
     with tempfile.TemporaryDirectory(prefix="efx-search-bench-") as work:
         for rows in (int(r) for r in args.rows.split(",")):
             output = os.path.join(work, f"{rows}.h5")
