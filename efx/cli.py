@@ -414,6 +414,7 @@ def similar(
     """
     from .search import similar as run_similar
 
+    _check_sheet(html_path)
     with native_logs_hidden(verbose):
         results = run_similar(output, queries, k, verbose=verbose)
     _write_sheet("similar", results, output, html_path)
@@ -463,6 +464,7 @@ def duplicates(
     """
     from .search import duplicates as run_duplicates
 
+    _check_sheet(html_path)
     report = run_duplicates(output, threshold, progress=not quiet and sys.stderr.isatty())
     _write_sheet("duplicates", report, output, html_path)
     if as_json:
@@ -479,6 +481,13 @@ def duplicates(
             f"{report['rows']} at threshold {report['threshold']:g}",
             err=True,
         )
+
+
+def _check_sheet(html_path: str | None) -> None:
+    if html_path is not None:
+        from . import sheet
+
+        sheet.check_target(html_path)
 
 
 def _write_sheet(command: str, found: Any, output: str, html_path: str | None) -> None:

@@ -57,6 +57,15 @@ def duplicates_page(report: dict[str, Any], output: str) -> str:
     return _page("efx duplicates", output, summary, sections, len(groups))
 
 
+def check_target(path: str) -> None:
+    """Refuse, before any work, a page that could not be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise EfxError(f"the folder for --html does not exist: {folder}")
+    if os.path.isdir(path):
+        raise EfxError(f"--html {path} is a folder; name the page's file")
+
+
 def write_page(page: str, path: str) -> None:
     try:
         with open(path, "w", encoding="utf-8") as file:

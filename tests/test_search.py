@@ -159,6 +159,8 @@ def test_a_merged_output_is_searched_like_one_run(tiny_model, good_dir, tmp_path
         (["duplicates", "{out}", "--threshold", "0"], "--threshold must be in (0, 1]"),
         (["duplicates", "{out}", "--threshold", "1.5"], "--threshold must be in (0, 1]"),
         (["duplicates", "{tmp}/none.h5"], "output not found"),
+        (["duplicates", "{out}", "--html", "{tmp}/no/d.html"], "the folder for --html does not"),
+        (["similar", "{out}", "{q}", "--html", "{tmp}"], "is a folder; name the page's file"),
     ],
 )
 def test_bad_values_are_refused_with_the_value_received(tmp_path, argv, message):
