@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -84,7 +84,7 @@ def extract(
     *,
     stdin: BinaryIO | None = None,
     progress: bool = False,
-    on_note: Any = None,
+    on_note: Callable[[str], None] | None = None,
     verbose: bool = False,
     **options: Any,
 ) -> Summary:
@@ -97,7 +97,7 @@ def extract(
     engine, ray_address, shard_size, overwrite, resume, part ("I/N"), null.
     `on_note(text)` hears what the user should know as soon as it is known (say, OpenVINO could
     not be used); `verbose` lets the engine's own logs through; `progress` shows a bar on stderr.
-    Raises EfxError for anything the user can fix, and `efx.process.Interrupted` (a
+    Raises EfxError for anything the user can fix, and `efx.Interrupted` (a
     KeyboardInterrupt) on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
     settings = Settings(**options)
@@ -186,7 +186,9 @@ def plan_run(
     return replace(plan, done=done, keep=(rows, failures))
 
 
-def _load(engine: Engine, plan: Plan, settings: Settings, on_note: Any) -> LoadedModel:
+def _load(
+    engine: Engine, plan: Plan, settings: Settings, on_note: Callable[[str], None] | None
+) -> LoadedModel:
     loaded = engine.load_model(plan.spec, settings)
     if on_note is not None:
         for note in loaded.notes:

@@ -417,7 +417,6 @@ def similar(
     _check_sheet(html_path)
     with native_logs_hidden(verbose):
         results = run_similar(output, queries, k, verbose=verbose)
-    _write_sheet("similar", results, output, html_path)
     if as_json:
         click.echo(json.dumps(results, ensure_ascii=False))
     else:
@@ -428,6 +427,8 @@ def similar(
                     f"{result['query']}\t{hit['rank']}\t{hit['path']}\t{hit['similarity']:.4f}"
                     + gone
                 )
+    _write_sheet("similar", results, output, html_path)
+    _warn_if_standin(output)
     failed = [r for r in results if r["error"]]
     for result in failed:
         click.echo(f"efx: {result['query']}: {result['error']}", err=True)
@@ -466,7 +467,6 @@ def duplicates(
 
     _check_sheet(html_path)
     report = run_duplicates(output, threshold, progress=not quiet and sys.stderr.isatty())
-    _write_sheet("duplicates", report, output, html_path)
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False))
     else:
@@ -474,6 +474,8 @@ def duplicates(
             for member in group["members"]:
                 gone = "" if member["exists"] else "\tmissing"
                 click.echo(f"{number}\t{member['similarity']:.4f}\t{member['path']}{gone}")
+    _write_sheet("duplicates", report, output, html_path)
+    _warn_if_standin(output)
     if not quiet:
         grouped = sum(group["size"] for group in report["groups"])
         click.echo(
@@ -481,6 +483,19 @@ def duplicates(
             f"{report['rows']} at threshold {report['threshold']:g}",
             err=True,
         )
+
+
+def _warn_if_standin(output: str) -> None:
+    from .api import info
+
+    if info(output).get("standin"):
+        click.echo(f"efx: WARNING: {_STANDIN_SAYS}", err=True)
+
+
+_STANDIN_SAYS = (
+    "OUTPUT was made with the offline STAND-IN (random weights): these similarities test the "
+    "tool, they say nothing about the images"
+)
 
 
 def _check_sheet(html_path: str | None) -> None:
@@ -494,11 +509,13 @@ def _write_sheet(command: str, found: Any, output: str, html_path: str | None) -
     if html_path is None:
         return
     from . import sheet
+    from .api import info
 
+    warning = _STANDIN_SAYS if info(output).get("standin") else None
     if command == "similar":
-        sheet.write_page(sheet.similar_page(found, output), html_path)
+        sheet.write_page(sheet.similar_page(found, output, warning), html_path)
     else:
-        sheet.write_page(sheet.duplicates_page(found, output), html_path)
+        sheet.write_page(sheet.duplicates_page(found, output, warning), html_path)
     click.echo(f"efx: contact sheet written to {html_path}", err=True)
 
 

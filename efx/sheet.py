@@ -21,7 +21,7 @@ MAX_SECTIONS = 200  # queries or groups on one page: about 2-3 MB, opens at once
 MAX_CARDS = 48  # images per section; the rest are counted
 
 
-def similar_page(results: list[dict[str, Any]], output: str) -> str:
+def similar_page(results: list[dict[str, Any]], output: str, warning: str | None = None) -> str:
     """The page of `efx similar`: each query's image, then its hits with rank and similarity."""
     sections = []
     for result in results[:MAX_SECTIONS]:
@@ -34,10 +34,10 @@ def similar_page(results: list[dict[str, Any]], output: str) -> str:
         title = f"Query: {html.escape(result['query'])}"
         sections.append(_section(title, "".join(cards), note))
     summary = f"{len(results)} quer{'y' if len(results) == 1 else 'ies'}"
-    return _page("efx similar", output, summary, sections, len(results))
+    return _page("efx similar", output, summary, sections, len(results), warning)
 
 
-def duplicates_page(report: dict[str, Any], output: str) -> str:
+def duplicates_page(report: dict[str, Any], output: str, warning: str | None = None) -> str:
     """The page of `efx duplicates`: each group, largest first, with each member's similarity to
     the group's first image."""
     groups = report["groups"]
@@ -54,7 +54,7 @@ def duplicates_page(report: dict[str, Any], output: str) -> str:
         f"{report['rows']:,} images, threshold {report['threshold']:g}: "
         f"{len(groups):,} group{'' if len(groups) == 1 else 's'} of near-duplicates"
     )
-    return _page("efx duplicates", output, summary, sections, len(groups))
+    return _page("efx duplicates", output, summary, sections, len(groups), warning)
 
 
 def check_target(path: str) -> None:
@@ -119,7 +119,14 @@ def _section(title: str, body: str, note: str = "") -> str:
     return f'<section><h2>{title}</h2>{note}<div class="grid">{body}</div></section>'
 
 
-def _page(command: str, output: str, summary: str, sections: list[str], total: int) -> str:
+def _page(
+    command: str,
+    output: str,
+    summary: str,
+    sections: list[str],
+    total: int,
+    warning: str | None,
+) -> str:
     shown = ""
     if total > len(sections):
         shown = (
@@ -149,9 +156,11 @@ figcaption {{ display: flex; justify-content: space-between; gap: 6px; font-size
 .path {{ overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
 .label {{ color: #555; white-space: nowrap; }}
 .error, .more {{ color: #a00; margin: 0 0 8px; }}
+.warning {{ background: #fff3cd; border: 1px solid #e0b100; padding: 8px; border-radius: 4px; }}
 </style></head>
 <body>
-<header><h1>{command}</h1><p>{html.escape(output)}: {summary}.{shown}</p></header>
+<header><h1>{command}</h1><p>{html.escape(output)}: {summary}.{shown}</p>
+{f'<p class="warning">{html.escape(warning)}</p>' if warning else ""}</header>
 {"".join(sections) or "<p>Nothing found.</p>"}
 <script>
 window.addEventListener("load", () => {{

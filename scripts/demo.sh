@@ -9,9 +9,17 @@ OUT=demo-out
 STANDIN=.cache/standin-b6
 mkdir -p "$OUT"
 
+look() {  # what the embeddings say: the nearest photos, near-duplicates, as pages
+    echo "== efx similar $1 samples/coffee.jpg -k 3 --html $OUT/similar.html"
+    "$EFX" similar "$1" samples/coffee.jpg -k 3 --html "$OUT/similar.html" || exit 1
+    echo "== efx duplicates $1 --html $OUT/duplicates.html"
+    "$EFX" duplicates "$1" --html "$OUT/duplicates.html" || exit 1
+}
+
 echo "== efx extract samples/ $OUT/samples.h5  (default model: TF-Hub EfficientNet-B6)"
 if "$EFX" extract samples/ "$OUT/samples.h5" --overwrite; then
     "$EFX" info "$OUT/samples.h5"
+    look "$OUT/samples.h5"
     exit 0
 fi
 
@@ -30,3 +38,4 @@ echo "== efx extract samples/ $OUT/samples-STANDIN.h5 --model $STANDIN"
 "$EFX" extract samples/ "$OUT/samples-STANDIN.h5" --model "$STANDIN" --overwrite || exit 1
 echo "== efx info $OUT/samples-STANDIN.h5"
 "$EFX" info "$OUT/samples-STANDIN.h5"
+look "$OUT/samples-STANDIN.h5"

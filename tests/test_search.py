@@ -21,7 +21,9 @@ OUTPUTS = {"hdf5": "out.h5", "npy": "shards"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def known_output(folder, fmt: str, missing: bool = False) -> tuple[str, list[str]]:
+def known_output(
+    folder, fmt: str, missing: bool = False, standin: bool = False
+) -> tuple[str, list[str]]:
     """Six rows whose neighbours are known: 0~1 (noise), 3~4 (a scaled copy), 2 and 5 alone;
     real image files (or, with `missing`, row 1's file deleted since) and one failure."""
     rng = np.random.default_rng(7)
@@ -44,7 +46,7 @@ def known_output(folder, fmt: str, missing: bool = False) -> tuple[str, list[str
     if missing:
         os.remove(paths[1])
     output = os.path.join(folder, OUTPUTS[fmt])
-    attrs = {"model": "known", "feature_dim": 32, "image_size": 8}
+    attrs = {"model": "known", "feature_dim": 32, "image_size": 8, "standin": standin}
     writer = writers.open_writer(fmt, output, attrs, inputs=paths, shard_size=4)
     writer.write(paths[:3], embeddings[:3])
     writer.fail(os.path.join(photos, "broken.jpg"), "truncated or corrupt JPEG")
@@ -227,3 +229,17 @@ def test_contact_sheets_render_every_thumbnail_in_a_real_browser(tmp_path):
     assert run_efx("similar", output, paths[0], "-k", "3", "--html", similar_page).returncode == 0
     attributes, shot = render(similar_page, tmp_path, "similar")
     assert attributes["data-thumbnails"] == "3" and attributes["data-broken"] == "0"  # 1 gone
+
+
+def test_an_output_of_the_stand_in_says_its_similarities_mean_nothing(tmp_path):
+    output, paths = known_output(str(tmp_path), "hdf5", standin=True)
+    page = str(tmp_path / "d.html")
+    result = run_efx("duplicates", output, "--html", page)
+    assert "efx: WARNING: OUTPUT was made with the offline STAND-IN (random weights)" in (
+        result.stderr
+    )
+    with open(page, encoding="utf-8") as file:
+        assert "offline STAND-IN (random weights)" in file.read()
+    plain, plain_paths = known_output(str(tmp_path / "plain"), "hdf5")
+    result = run_efx("similar", plain, plain_paths[0])
+    assert result.returncode == 0 and "STAND-IN" not in result.stderr
