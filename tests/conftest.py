@@ -23,7 +23,8 @@ KERAS_DIM = 24
 
 def run_efx(*args: str, **options) -> subprocess.CompletedProcess:
     """The installed `efx` command in a process of its own (signals, exit codes, stdin, fd 2)."""
-    return subprocess.run([EFX, *args], capture_output=True, text=True, timeout=300, **options)
+    options.setdefault("timeout", 300)
+    return subprocess.run([EFX, *args], capture_output=True, text=True, **options)
 
 
 def run_cli(*args: str, input: bytes | None = None):

@@ -284,16 +284,34 @@ def _fsync(output: str) -> None:
 
 
 def _open_for_reading(output: str) -> h5py.File:
-    # swmr=True reads a file whose writer was killed (plain mode refuses it until h5clear).
     superblock.check(output)
     try:
-        return _when_unlocked(output, lambda: h5py.File(output, "r", swmr=True))
+        return _when_unlocked(output, lambda: _open_file(output))
     except BlockingIOError:
         raise
     except OSError as error:  # a damaged file: HDF5's checksums and signatures catch it
-        found = re.search(r"\(([^()]*)\)", str(error))
-        why = found.group(1) if found else str(error).splitlines()[0]
-        raise EfxError(f"cannot read {output}: {why} (is it damaged?)") from error
+        raise _damaged(output, error) from error
+
+
+def _damaged(output: str, error: Exception) -> EfxError:
+    found = re.search(r"\(([^()]*)\)", str(error))
+    why = found.group(1) if found else str(error).splitlines()[0]
+    return EfxError(f"cannot read {output}: {why} (is it damaged?)")
+
+
+def _open_file(output: str) -> h5py.File:
+    """A finished file opens plainly; one being written, or whose writer was killed, in SWMR
+    mode (plain mode refuses it until h5clear). Not SWMR first: SWMR retries every failed
+    checksum for about two minutes before it reports a damaged file; plain mode reports it at
+    once."""
+    try:
+        return h5py.File(output, "r")
+    except BlockingIOError:
+        raise
+    except OSError as error:
+        if "already open for write" not in str(error):
+            raise
+    return h5py.File(output, "r", swmr=True)
 
 
 _T = TypeVar("_T")
@@ -344,6 +362,8 @@ def _read(output: str, read: Callable[[h5py.File], _T]) -> _T:
             except OSError as error:
                 if time.monotonic() > deadline:
                     raise EfxError(f"cannot read {output}: {error}") from error
+            except RuntimeError as error:  # metadata that fails its checksum
+                raise _damaged(output, error) from error
         time.sleep(0.05)
 
 
@@ -361,11 +381,14 @@ def iter_rows(output: str, block: int) -> Iterator[tuple[list[str], np.ndarray]]
     """The rows in blocks of at most `block`, so that big outputs stream through memory (merge
     reads finished parts: no writer appends to them)."""
     with _open_for_reading(output) as file:
-        rows, _ = _rows(file)
-        for start in range(0, rows, block):
-            stop = min(start + block, rows)
-            embeddings = np.asarray(file["embeddings"][start:stop], dtype=np.float32)
-            yield _texts(file["paths"], stop, start), embeddings
+        try:
+            rows, _ = _rows(file)
+            for start in range(0, rows, block):
+                stop = min(start + block, rows)
+                embeddings = np.asarray(file["embeddings"][start:stop], dtype=np.float32)
+                yield _texts(file["paths"], stop, start), embeddings
+        except RuntimeError as error:  # metadata that fails its checksum
+            raise _damaged(output, error) from error
 
 
 def _failures(file: h5py.File, limit: int | None = None) -> list[dict[str, str]]:
