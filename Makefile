@@ -9,7 +9,7 @@ STANDIN ?= .cache/standin-b6
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray and its test tools
+install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray, Pillow and test tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

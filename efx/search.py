@@ -214,12 +214,30 @@ def _all_units(output: str) -> tuple[list[str], np.ndarray]:
     """Every row as a unit vector, in one float32 matrix, read block by block."""
     info = writers.describe(output)
     count, dim = int(info.get("count", 0)), int(info.get("feature_dim") or 0)
+    _check_memory(count, dim)
     units = np.empty((count, dim), np.float32)
     paths: list[str] = []
     for block_paths, block in writers.iter_rows(output, BLOCK_ROWS):
         units[len(paths) : len(paths) + len(block)] = _units(block)
         paths += block_paths
     return paths, units[: len(paths)]
+
+
+def _check_memory(count: int, dim: int) -> None:
+    """Refuse, before reading, an output whose embeddings and one block of similarities would
+    not fit in this machine's memory (rather than fail half-way with MemoryError)."""
+    needed = 4 * count * (dim + BLOCK_ROWS)
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > 0.8 * physical:
+        raise EfxError(
+            f"efx duplicates holds the embeddings in memory: {count:,} rows x {dim} floats and "
+            f"a block of similarities need {needed / 2**30:.1f} GiB, more than this machine's "
+            f"{physical / 2**30:.1f} GiB allows; run it on a machine with more memory, or on "
+            "the --shard parts of the output one by one"
+        )
 
 
 def _pairs_above(
