@@ -246,8 +246,8 @@ def test_an_output_of_the_stand_in_says_its_similarities_mean_nothing(tmp_path):
 
 
 def test_an_output_too_big_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
-    """On a machine whose memory cannot hold the embeddings (simulated: 1 MiB of it)."""
+    """On a machine whose memory cannot hold the embeddings (simulated: 4 KiB of it)."""
     output, _ = known_output(str(tmp_path), "hdf5")
-    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_PHYS_PAGES" else 4096)
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PHYS_PAGES" else 4096)
     with pytest.raises(efx.EfxError, match="holds the embeddings in memory: 6 rows x 32 floats"):
         efx.duplicates(output)
