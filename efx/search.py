@@ -142,14 +142,9 @@ def _query_vectors(
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Unit vectors of the queries that have one: rows of the output, and image files embedded
     now with the model the output records; and why a query file could not be embedded."""
-    wanted = {rows[q]: q for q in queries if rows[q] is not None}
-    vectors: dict[str, np.ndarray] = {}
-    start = 0
-    for _paths, block in writers.iter_rows(output, BLOCK_ROWS):
-        for row in range(start, start + len(block)):
-            if row in wanted:
-                vectors[wanted[row]] = _unit(block[row - start])
-        start += len(block)
+    inside = {q: row for q in queries if (row := rows[q]) is not None}
+    picked = writers.rows(output, list(inside.values()))  # only those rows are read
+    vectors = {q: _unit(vector) for q, vector in zip(inside, picked, strict=True)}
     if not outside:
         return vectors, {}
     embedded, errors = _embed_files(output, outside, verbose)

@@ -48,6 +48,7 @@ def test_rows_failures_and_metadata_round_trip(fmt, tmp_path):
     expected_paths, expected = rows(0, 7)
     assert paths == expected_paths
     np.testing.assert_array_equal(embeddings, expected)
+    np.testing.assert_array_equal(writers.rows(output, [5, 0, 5, 3]), expected[[5, 0, 5, 3]])
     info = efx.info(output)
     assert info["format"] == fmt
     assert (info["count"], info["feature_dim"], info["dtype"]) == (7, 5, "float32")

@@ -12,8 +12,8 @@ shard. It offers:
 Constructed with `keep=(rows, failures)`, a writer reopens an interrupted output and continues
 after that many rows and failures (`--resume`).
 
-Each format module also has `read`, `iter_rows`, `read_failures`, `read_state` (what --resume
-needs) and `describe`, which import neither TensorFlow nor anything slow.
+Each format module also has `read`, `iter_rows`, `rows`, `read_failures`, `read_state` (what
+--resume needs) and `describe`, which import neither TensorFlow nor anything slow.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def iter_rows(output: str, block: int = 10_000) -> Iterator[tuple[list[str], np.
         output, block
     )
     return rows
+
+
+def rows(output: str, indices: list[int]) -> np.ndarray:
+    """The embeddings of the rows at `indices`, in that order, without reading the others."""
+    picked: np.ndarray = _MODULES[detect_format(output)].rows(output, indices)
+    return picked
 
 
 def read_failures(output: str) -> list[dict[str, str]]:

@@ -377,6 +377,18 @@ def read(output: str) -> tuple[list[str], np.ndarray]:
     return _read(output, rows_of)
 
 
+def rows(output: str, indices: list[int]) -> np.ndarray:
+    """The embeddings of the rows at `indices` (in that order)."""
+    wanted = sorted(set(indices))
+
+    def pick(file: h5py.File) -> np.ndarray:
+        picked = np.asarray(file["embeddings"][wanted], dtype=np.float32)  # increasing order
+        where = {row: i for i, row in enumerate(wanted)}
+        return picked[[where[i] for i in indices]]
+
+    return _read(output, pick) if indices else np.zeros((0, 0), np.float32)
+
+
 def iter_rows(output: str, block: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """The rows in blocks of at most `block`, so that big outputs stream through memory (merge
     reads finished parts: no writer appends to them)."""
