@@ -46,9 +46,11 @@ def similar(
     rows = _rows_of(queries, paths)
     outside = [q for q in queries if rows[q] is None and q not in failed and os.path.isfile(q)]
     vectors, errors = _query_vectors(output, queries, rows, outside, verbose)
-    asked = [q for q in queries if q in vectors]
-    matrix = np.stack([vectors[q] for q in asked]) if asked else np.zeros((0, 1), np.float32)
-    found = _nearest(output, matrix, [rows[q] for q in asked], k)
+    asked = list(dict.fromkeys(q for q in queries if q in vectors))  # once each
+    found = []
+    if asked:
+        matrix = np.stack([vectors[q] for q in asked])
+        found = _nearest(output, matrix, [rows[q] for q in asked], k)
     results = []
     for query in queries:
         result: dict[str, Any] = {"query": query, "in_output": rows[query] is not None}
@@ -158,6 +160,11 @@ def _embed_files(
     from .api import extract
 
     attrs = writers.describe(output)
+    if not attrs.get("model_handle"):
+        raise EfxError(
+            f"{output} does not record the model it was made with, so query images cannot be "
+            "embedded like its rows; query with paths already in it"
+        )
     backend = str(attrs.get("backend", "auto"))
     options = {
         "model": attrs.get("model_handle"),

@@ -22,7 +22,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def known_output(
-    folder, fmt: str, missing: bool = False, standin: bool = False
+    folder, fmt: str, missing: bool = False, standin: bool = False, handle: str | None = None
 ) -> tuple[str, list[str]]:
     """Six rows whose neighbours are known: 0~1 (noise), 3~4 (a scaled copy), 2 and 5 alone;
     real image files (or, with `missing`, row 1's file deleted since) and one failure."""
@@ -47,6 +47,8 @@ def known_output(
         os.remove(paths[1])
     output = os.path.join(folder, OUTPUTS[fmt])
     attrs = {"model": "known", "feature_dim": 32, "image_size": 8, "standin": standin}
+    if handle:
+        attrs["model_handle"] = handle
     writer = writers.open_writer(fmt, output, attrs, inputs=paths, shard_size=4)
     writer.write(paths[:3], embeddings[:3])
     writer.fail(os.path.join(photos, "broken.jpg"), "truncated or corrupt JPEG")
@@ -102,10 +104,13 @@ def test_a_query_image_outside_the_output_is_embedded_with_its_model(
 
 
 def test_a_query_whose_model_cannot_be_loaded_is_refused_clearly(fmt, tmp_path, good_dir):
-    output, _ = known_output(str(tmp_path), fmt)  # its model "known" is no model at all
+    output, _ = known_output(str(tmp_path), fmt, handle=str(tmp_path / "deleted-model"))
     image = os.path.join(good_dir[0], "a_cat.jpg")
-    with pytest.raises(efx.EfxError, match="cannot embed the query image"):
+    with pytest.raises(efx.EfxError, match="cannot embed the query image.*deleted-model"):
         efx.similar(output, [image])
+    unknown, _ = known_output(str(tmp_path / "unknown"), fmt)  # records no model at all
+    with pytest.raises(efx.EfxError, match="does not record the model it was made with"):
+        efx.similar(unknown, [image])
 
 
 def test_queries_without_a_vector_say_why_and_exit_1_after_the_others(fmt, tmp_path):
@@ -120,6 +125,9 @@ def test_queries_without_a_vector_say_why_and_exit_1_after_the_others(fmt, tmp_p
     )
     assert "efx: nowhere.jpg: not in OUTPUT, and no such file" in result.stderr
     assert "Traceback" not in result.stderr
+    alone = run_efx("similar", output, "nowhere.jpg", "nowhere.jpg")  # no query has a vector
+    assert alone.returncode == 1 and alone.stdout == "", alone.stderr
+    assert alone.stderr.count("efx: nowhere.jpg: not in OUTPUT, and no such file") == 2
 
 
 def test_missing_files_are_marked_not_fatal(tmp_path):
