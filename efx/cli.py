@@ -412,6 +412,7 @@ def similar(
       efx similar out.h5 ~/Downloads/new-photo.jpg --html similar.html
       efx similar out.h5 photos/cat.jpg --json | jq '.[0].hits[].path'
     """
+    from . import sheet
     from .search import similar as run_similar
 
     _check_sheet(html_path)
@@ -427,8 +428,9 @@ def similar(
                     f"{result['query']}\t{hit['rank']}\t{hit['path']}\t{hit['similarity']:.4f}"
                     + gone
                 )
-    _write_sheet("similar", results, output, html_path)
-    _warn_if_standin(output)
+    _sheet_and_warning(
+        output, html_path, lambda warning: sheet.similar_page(results, output, warning)
+    )
     failed = [r for r in results if r["error"]]
     for result in failed:
         click.echo(f"efx: {result['query']}: {result['error']}", err=True)
@@ -463,6 +465,7 @@ def duplicates(
       efx duplicates out.h5 --threshold 0.95 --html dupes.html
       efx duplicates out.h5 --json | jq '.groups | length'
     """
+    from . import sheet
     from .search import duplicates as run_duplicates
 
     _check_sheet(html_path)
@@ -474,8 +477,9 @@ def duplicates(
             for member in group["members"]:
                 gone = "" if member["exists"] else "\tmissing"
                 click.echo(f"{number}\t{member['similarity']:.4f}\t{member['path']}{gone}")
-    _write_sheet("duplicates", report, output, html_path)
-    _warn_if_standin(output)
+    _sheet_and_warning(
+        output, html_path, lambda warning: sheet.duplicates_page(report, output, warning)
+    )
     if not quiet:
         grouped = sum(group["size"] for group in report["groups"])
         click.echo(
@@ -483,13 +487,6 @@ def duplicates(
             f"{report['rows']} at threshold {report['threshold']:g}",
             err=True,
         )
-
-
-def _warn_if_standin(output: str) -> None:
-    from .api import info
-
-    if info(output).get("standin"):
-        click.echo(f"efx: WARNING: {_STANDIN_SAYS}", err=True)
 
 
 _STANDIN_SAYS = (
@@ -505,18 +502,21 @@ def _check_sheet(html_path: str | None) -> None:
         sheet.check_target(html_path)
 
 
-def _write_sheet(command: str, found: Any, output: str, html_path: str | None) -> None:
-    if html_path is None:
-        return
-    from . import sheet
+def _sheet_and_warning(
+    output: str, html_path: str | None, page: Callable[[str | None], str]
+) -> None:
+    """Write the contact sheet (if asked) and say, there and on stderr, when OUTPUT's model is
+    the random-weight stand-in."""
     from .api import info
 
     warning = _STANDIN_SAYS if info(output).get("standin") else None
-    if command == "similar":
-        sheet.write_page(sheet.similar_page(found, output, warning), html_path)
-    else:
-        sheet.write_page(sheet.duplicates_page(found, output, warning), html_path)
-    click.echo(f"efx: contact sheet written to {html_path}", err=True)
+    if html_path is not None:
+        from . import sheet
+
+        sheet.write_page(page(warning), html_path)
+        click.echo(f"efx: contact sheet written to {html_path}", err=True)
+    if warning:
+        click.echo(f"efx: WARNING: {warning}", err=True)
 
 
 @main.command()
