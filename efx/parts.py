@@ -78,12 +78,17 @@ def merge(
     embedded = failed = 0
     try:
         for part in ordered:
+            state = writers.read_state(part, facts=True)  # each file's facts go along
+            start = 0
             for paths, embeddings in writers.iter_rows(part):
-                writer.write(paths, embeddings)
+                writer.write(paths, embeddings, state["facts"][start : start + len(paths)])
+                start += len(paths)
                 embedded += len(paths)
                 writer.flush()
-            for failure in writers.read_failures(part):
-                writer.fail(failure["path"], failure["error"])
+            for path, reason, facts in zip(
+                state["failed"], state["reasons"], state["failed_facts"], strict=True
+            ):
+                writer.fail(path, reason, facts)
                 failed += 1
         writer.close()
     except BaseException as error:

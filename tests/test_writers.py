@@ -12,6 +12,7 @@ import pytest
 
 import efx
 from efx import writers
+from efx.facts import UNKNOWN, Facts
 
 ATTRS = {
     "model": "m",
@@ -58,6 +59,34 @@ def test_rows_failures_and_metadata_round_trip(fmt, tmp_path):
     assert info["failures"] == [{"path": "bad.jpg", "error": "empty file"}]
 
 
+def facts_of(start: int, count: int) -> list[Facts]:
+    return [Facts(100 + i, 10**18 + i, f"{i:064x}") for i in range(start, start + count)]
+
+
+def test_file_facts_round_trip_through_writes_failures_and_resume(fmt, tmp_path):
+    """Each row and failure keeps its file's size, mtime and SHA-256 (what --update compares),
+    also across a --resume that cuts a batch short; an output's RowReader takes chosen rows."""
+    output = str(tmp_path / OUTPUTS[fmt])
+    options = {"shard_size": 3} if fmt == "npy" else {}
+    writer = writers.open_writer(fmt, output, ATTRS, **options)
+    writer.write(*rows(0, 4), facts_of(0, 4))
+    writer.fail("bad.jpg", "empty file", Facts(0, 5, ""))
+    writer.abort()
+    writer = writers.open_writer(fmt, output, ATTRS, keep=(2, 1), **options)  # --resume
+    writer.write(*rows(2, 3), facts_of(2, 3))
+    writer.close()
+
+    state = writers.read_state(output, facts=True)
+    assert state["paths"] == rows(0, 5)[0] and state["has_facts"]
+    assert state["facts"] == facts_of(0, 5)
+    assert state["failed_facts"] == [Facts(0, 5, "")] and state["reasons"] == ["empty file"]
+    assert efx.info(output)["failures"] == [{"path": "bad.jpg", "error": "empty file"}]
+    reader = writers.open_rows(output)
+    np.testing.assert_array_equal(reader.take(np.array([4, 0, 4, 2])), rows(0, 5)[1][[4, 0, 4, 2]])
+    np.testing.assert_array_equal(reader.take(np.array([0, 4])), rows(0, 5)[1][[0, 4]])
+    reader.close()
+
+
 def test_aborted_output_is_readable_and_marked_incomplete(fmt, tmp_path):
     output = str(tmp_path / OUTPUTS[fmt])
     writer = writers.open_writer(fmt, output, ATTRS)
@@ -92,6 +121,7 @@ def test_format_is_guessed_from_the_output_name():
 WRITER = """
 import sys, numpy as np
 from efx import writers
+from efx.facts import UNKNOWN, Facts
 fmt, output, keep = sys.argv[1:4]
 options = {"shard_size": 7} if fmt == "npy" else {}
 if keep != "new":
@@ -180,9 +210,12 @@ def test_hdf5_resume_of_an_output_with_variable_length_texts_rewrites_them_fixed
             )
         file.attrs.update({**ATTRS, "complete": False})
     writer = writers.open_writer("hdf5", output, ATTRS, keep=(2, 1))
-    writer.write(*rows(2, 2))
+    writer.write(*rows(2, 2), facts_of(2, 2))
     writer.close()
     assert writers.read(output)[0] == rows(0, 4)[0]
+    state = writers.read_state(output, facts=True)  # facts: unknown for the old rows only
+    assert state["facts"] == [UNKNOWN, UNKNOWN, *facts_of(2, 2)]
+    assert state["failed_facts"] == [UNKNOWN]
     assert writers.read_failures(output) == [{"path": "bad.jpg", "error": "empty file"}]
     with h5py.File(output) as file:
         assert h5py.check_string_dtype(file["paths"].dtype).length == 256

@@ -4,16 +4,18 @@ Every writer is built the same way, `Writer(output, attrs, *, inputs, shard_size
 holds the run's metadata (model, image_size, feature_dim, versions, created), `inputs` every
 path the run may write (HDF5 sizes its text fields by them), `shard_size` the rows per .npy
 shard. It offers:
-- `write(paths, embeddings)`: append rows, in order;
-- `fail(path, reason)`: record an input that could not be embedded;
+- `write(paths, embeddings, facts)`: append rows, in order, with each file's `efx.facts.Facts`
+  (size, mtime_ns, sha256: what --update compares; unknown if not given);
+- `fail(path, reason, facts)`: record an input that could not be embedded;
 - `flush(sync)`: commit what was written (it then survives kill -9; with sync, power loss);
 - `close()`: finish, marking the output complete; `abort()`: flush, leaving it marked incomplete.
 
 Constructed with `keep=(rows, failures)`, a writer reopens an interrupted output and continues
 after that many rows and failures (`--resume`).
 
-Each format module also has `read`, `iter_rows`, `rows`, `read_failures`, `read_state` (what
---resume needs) and `describe`, which import neither TensorFlow nor anything slow.
+Each format module also has `read`, `iter_rows`, `rows`, `RowReader`, `read_failures`,
+`read_state` (what --resume and --update need) and `describe`, which import neither
+TensorFlow nor anything slow.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
+from ..facts import Facts
 from . import hdf5, npy
 
 WRITERS = {"hdf5": hdf5.Hdf5Writer, "npy": npy.NpyWriter}
@@ -34,8 +37,10 @@ _MODULES = {"hdf5": hdf5, "npy": npy}
 
 
 class Writer(Protocol):
-    def write(self, paths: list[str], embeddings: np.ndarray) -> None: ...
-    def fail(self, path: str, reason: str) -> None: ...
+    def write(
+        self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
+    ) -> None: ...
+    def fail(self, path: str, reason: str, facts: Facts | None = None) -> None: ...
     def flush(self, sync: bool = False) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
@@ -74,10 +79,23 @@ def open_writer(
     return writer
 
 
-def read_state(output: str) -> dict[str, Any]:
-    """{"attrs", "paths" (embedded), "failed" (paths), "complete"} of an existing output."""
-    state: dict[str, Any] = _MODULES[detect_format(output)].read_state(output)
+def read_state(output: str, facts: bool = False) -> dict[str, Any]:
+    """{"attrs", "paths" (embedded), "failed" (paths), "complete"} of an existing output; with
+    `facts`, also "facts" and "failed_facts" (efx.facts.Facts per row and failure), "reasons"
+    (per failure) and "has_facts" (False for outputs of efx before 0.4)."""
+    state: dict[str, Any] = _MODULES[detect_format(output)].read_state(output, facts)
     return state
+
+
+class RowReader(Protocol):
+    def take(self, indices: np.ndarray) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+def open_rows(output: str) -> RowReader:
+    """A reader of chosen rows' embeddings, kept open between reads."""
+    reader: RowReader = _MODULES[detect_format(output)].RowReader(output)
+    return reader
 
 
 def iter_rows(output: str, block: int = 10_000) -> Iterator[tuple[list[str], np.ndarray]]:

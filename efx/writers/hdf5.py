@@ -1,4 +1,5 @@
-"""HDF5 output: `embeddings` (N, D) float32, `paths` (N,) UTF-8, `failures/{paths,errors}`."""
+"""HDF5 output: `embeddings` (N, D) float32, `paths` (N,) UTF-8, `failures/{paths,errors}`, and
+what efx saw of each file (`file_sizes`, `file_mtimes_ns`, `file_sha256`, for rows and failures)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .. import files
 from ..errors import EfxError
+from ..facts import UNKNOWN, Facts
 from . import superblock
 
 _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: cheap appends, and reading a few rows stays cheap
@@ -27,6 +29,9 @@ _CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: cheap appends, and reading a few rows s
 # seen here as "len not positive after adjustment for EOA" and as a reader spinning forever).
 MIN_PATH_BYTES = 256  # paths fields are at least this wide: room for paths added before --resume
 REASON_BYTES = 512  # failure reasons are short sentences; a longer one is cut
+# Per row (and per failure, in `failures/`): the file's facts, as efx saw it (efx.facts).
+FACTS = ("file_sizes", "file_mtimes_ns", "file_sha256")
+_FACT_TYPES = ("int64", "int64", h5py.string_dtype("ascii", 64))
 
 
 def _path_bytes(paths: Sequence[str]) -> int:
@@ -136,13 +141,16 @@ class Hdf5Writer:
             else:
                 _widen_if_needed(output, keep, path_bytes)
                 self._file = _when_unlocked(output, lambda: _reopen(output))
+                if FACTS[0] not in self._file or FACTS[0] not in self._file["failures"]:
+                    self._file.close()
+                    _add_facts_if_missing(output, keep)
+                    self._file = h5py.File(output, "r+")
                 for key, value in attrs.items():
                     if key != "created":  # the output keeps the date it was started
                         self._file.attrs[key] = value
                 self._file.attrs["complete"] = False
-                _truncate(self._file["embeddings"], self._file["paths"], keep[0])
-                failures = self._file["failures"]
-                _truncate(failures["paths"], failures["errors"], keep[1])
+                _truncate(self._file, ["embeddings", "paths", *FACTS], keep[0])
+                _truncate(self._file["failures"], ["paths", "errors", *FACTS], keep[1])
             self._file.flush()
             self._file.swmr_mode = True  # from here on, no new objects; appends only
         self._embeddings = self._file["embeddings"]
@@ -150,14 +158,17 @@ class Hdf5Writer:
         self._failed_paths = self._file["failures/paths"]
         self._failed_errors = self._file["failures/errors"]
 
-    def write(self, paths: list[str], embeddings: np.ndarray) -> None:
+    def write(
+        self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
+    ) -> None:
         encoded = _encode(paths, self._paths)
-        _ensure_room(self._output, embeddings.nbytes + encoded.nbytes)
+        _ensure_room(self._output, embeddings.nbytes + encoded.nbytes + 80 * len(paths))
         with _as_os_error():
             _append(self._embeddings, embeddings)
             _append(self._paths, encoded)
+            _append_facts(self._file, facts or [UNKNOWN] * len(paths))
 
-    def fail(self, path: str, reason: str) -> None:
+    def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
         paths, reasons = (
             _encode([path], self._failed_paths),
             _encode([_reason(reason)], self._failed_errors),
@@ -165,6 +176,7 @@ class Hdf5Writer:
         with _as_os_error():
             _append(self._failed_paths, paths)
             _append(self._failed_errors, reasons)
+            _append_facts(self._file["failures"], [facts or UNKNOWN])
 
     def flush(self, sync: bool = False) -> None:
         """Hand everything written so far to the OS (survives kill -9); `sync`: to the disk."""
@@ -209,6 +221,26 @@ def _ensure_room(output: str, size: int) -> None:
         raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
 
 
+def _append_facts(group: h5py.Group, facts: Sequence[Facts]) -> None:
+    if not facts:
+        return
+    sizes, mtimes, digests = zip(*facts, strict=True)
+    for name, values in zip(FACTS, (sizes, mtimes, digests), strict=True):
+        _append(group[name], np.array(values, dtype=group[name].dtype))
+
+
+def _create_facts(group: h5py.Group, rows: int = 0) -> None:
+    """The facts datasets of a group (root or failures), `rows` of them unknown (an output of
+    efx before 0.4 gets them when --resume reopens it)."""
+    chunk = 1 << 14
+    for name, dtype in zip(FACTS, _FACT_TYPES, strict=True):
+        unknown = b"" if name == "file_sha256" else -1
+        group.create_dataset(
+            name, shape=(rows,), maxshape=(None,), dtype=dtype, chunks=(chunk,),
+            fillvalue=unknown,
+        )  # fmt: skip
+
+
 def _create(output: str, attrs: dict[str, Any], path_bytes: int) -> h5py.File:
     dim = int(attrs["feature_dim"])
     file = h5py.File(output, "w", libver="latest")  # the SWMR file format (HDF5 >= 1.10)
@@ -220,6 +252,8 @@ def _create(output: str, attrs: dict[str, Any], path_bytes: int) -> h5py.File:
     for name, width in texts.items():
         chunk = max(16, _CHUNK_BYTES // 4 // width)  # ~256 KiB
         file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_text(width), chunks=(chunk,))
+    _create_facts(file)
+    _create_facts(file["failures"])
     for key, value in attrs.items():
         file.attrs[key] = value
     file.attrs["complete"] = False
@@ -246,7 +280,9 @@ def _widen_if_needed(output: str, keep: tuple[int, int], path_bytes: int) -> Non
                 stop = min(start + block, rows)
                 _append(copy["embeddings"], file["embeddings"][start:stop])
                 _append(copy["paths"], _encode(_texts(file["paths"], stop, start), copy["paths"]))
+                _append_facts(copy, _facts(file, stop, start))
             failures = file["failures"]
+            _append_facts(copy["failures"], _facts(failures, failed))
             _append(
                 copy["failures/paths"],
                 _encode(_texts(failures["paths"], failed), copy["failures/paths"]),
@@ -255,6 +291,15 @@ def _widen_if_needed(output: str, keep: tuple[int, int], path_bytes: int) -> Non
             _append(copy["failures/errors"], _encode(reasons, copy["failures/errors"]))
     _fsync(temporary)
     files.replace(temporary, output)
+
+
+def _add_facts_if_missing(output: str, keep: tuple[int, int]) -> None:
+    """An output of efx before 0.4 gets the facts datasets (unknown for the rows it holds)
+    before --resume appends to it; new datasets cannot be added once in SWMR mode."""
+    with h5py.File(output, "r+") as file:
+        for group, rows in ((file, keep[0]), (file["failures"], keep[1])):
+            if FACTS[0] not in group:
+                _create_facts(group, rows)
 
 
 def _reopen(output: str) -> h5py.File:
@@ -273,9 +318,9 @@ def _reopen(output: str) -> h5py.File:
     return h5py.File(output, "r+")
 
 
-def _truncate(first: h5py.Dataset, second: h5py.Dataset, rows: int) -> None:
-    first.resize(rows, axis=0)
-    second.resize(rows, axis=0)
+def _truncate(group: h5py.Group, names: list[str], rows: int) -> None:
+    for name in names:
+        group[name].resize(rows, axis=0)
 
 
 def _fsync(output: str) -> None:
@@ -334,12 +379,22 @@ def _when_unlocked(output: str, action: Callable[[], _T]) -> _T:
 
 
 def _rows(file: h5py.File) -> tuple[int, int]:
-    """Rows and failures held whole: after a kill, one of a pair of datasets may be longer."""
+    """Rows and failures held whole: after a kill, one of a row's datasets may be longer."""
     failures = file["failures"]
-    return (
-        min(file["embeddings"].shape[0], file["paths"].shape[0]),
-        min(failures["paths"].shape[0], failures["errors"].shape[0]),
-    )
+    rows = [file[name].shape[0] for name in ("embeddings", "paths", *FACTS) if name in file]
+    failed = [failures[name].shape[0] for name in ("paths", "errors", *FACTS) if name in failures]
+    return min(rows), min(failed)
+
+
+def _facts(group: h5py.Group, stop: int, start: int = 0) -> list[Facts]:
+    """The facts of entries start..stop of a group (root: rows; failures); unknown in an
+    output of efx before 0.4."""
+    if FACTS[0] not in group:
+        return [UNKNOWN] * (stop - start)
+    sizes = group["file_sizes"][start:stop].tolist()
+    mtimes = group["file_mtimes_ns"][start:stop].tolist()
+    digests = group["file_sha256"].asstr()[start:stop]
+    return [Facts(*fact) for fact in zip(sizes, mtimes, digests, strict=True)]
 
 
 def _texts(dataset: h5py.Dataset, stop: int, start: int = 0) -> list[str]:
@@ -389,6 +444,34 @@ def rows(output: str, indices: list[int]) -> np.ndarray:
     return _read(output, pick) if indices else np.zeros((0, 0), np.float32)
 
 
+class RowReader:
+    """Embeddings of chosen rows, the file kept open between reads (--update copies the rows
+    it keeps in blocks, never the whole output into memory)."""
+
+    def __init__(self, output: str) -> None:
+        self._file = _open_for_reading(output)
+        self._data = self._file["embeddings"]
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return _take(lambda start, stop: self._data[start:stop], self._data, indices)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _take(span: Callable[[int, int], np.ndarray], data: Any, indices: np.ndarray) -> np.ndarray:
+    """Rows at `indices` (any order): one read of the span they cover when it is dense (the
+    usual case: kept rows come in runs), else each distinct row in increasing order."""
+    if len(indices) == 0:
+        return np.zeros((0, data.shape[1]), np.float32)
+    low, high = int(indices.min()), int(indices.max()) + 1
+    if high - low <= 4 * len(indices):
+        return np.asarray(span(low, high), dtype=np.float32)[indices - low]
+    distinct = np.unique(indices)
+    picked = np.asarray(data[distinct.tolist()], dtype=np.float32)
+    return picked[np.searchsorted(distinct, indices)]
+
+
 def iter_rows(output: str, block: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """The rows in blocks of at most `block`, so that big outputs stream through memory (merge
     reads finished parts: no writer appends to them)."""
@@ -419,19 +502,27 @@ def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]
     return _read(output, lambda file: _failures(file, limit))
 
 
-def read_state(output: str) -> dict[str, Any]:
-    """Everything --resume needs: the settings, the paths done and failed, completeness."""
+def read_state(output: str, facts: bool = False) -> dict[str, Any]:
+    """Everything --resume needs: the settings, the paths done and failed, completeness; with
+    `facts`, what --update needs too: each row's and failure's facts, and the failures' reasons.
+    """
 
     def state_of(file: h5py.File) -> dict[str, Any]:
         _require(file, output)
         rows, failed = _rows(file)
         attrs = {key: _plain(value) for key, value in file.attrs.items()}
-        return {
+        state = {
             "attrs": attrs,
             "paths": _texts(file["paths"], rows),
             "failed": _texts(file["failures/paths"], failed),
             "complete": bool(attrs.get("complete", False)),
         }
+        if facts:
+            state["facts"] = _facts(file, rows)
+            state["failed_facts"] = _facts(file["failures"], failed)
+            state["reasons"] = _texts(file["failures/errors"], failed)
+            state["has_facts"] = FACTS[0] in file
+        return state
 
     return _read(output, state_of)
 
@@ -448,6 +539,7 @@ def describe(output: str) -> dict[str, Any]:
             "dtype": str(embeddings.dtype),
             "failed": failed,
             "failures": _failures(file, limit=20),
+            "file_facts": FACTS[0] in file,
         }
         return {**attrs, **info, "complete": bool(attrs.get("complete", False))}
 

@@ -1,5 +1,6 @@
-"""A folder of .npy shards: `embeddings-NNNNN.npy` + `paths-NNNNN.txt`, `manifest.json`,
-`failures.jsonl`. Every file is loadable without efx (numpy, a text reader, a JSON reader).
+"""A folder of .npy shards: `embeddings-NNNNN.npy` + `paths-NNNNN.txt` + `files-NNNNN.tsv` (each
+row's file size, mtime_ns and SHA-256), `manifest.json`, `failures.jsonl`. Every file is
+loadable without efx (numpy, a text reader, a JSON reader).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import numpy as np
 
 from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
+from ..facts import UNKNOWN, Facts
 from ..files import write_atomically
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
-_SHARD_PATTERNS = ("embeddings-*.npy", "paths-*.txt")
+_SHARD_PATTERNS = ("embeddings-*.npy", "paths-*.txt", "files-*.tsv")
+_SHARD_FILES = ("embeddings", "paths", "files")
 _HEADER_BYTES = 128
 # Manifest fields that describe the folder's layout rather than the run's settings.
 _LAYOUT_KEYS = frozenset(
@@ -101,6 +104,7 @@ class NpyWriter:
         self._open: dict[str, Any] | None = None  # the shard being appended to
         self._embeddings_file: BinaryIO | None = None
         self._paths_file: BinaryIO | None = None
+        self._facts_file: BinaryIO | None = None
         self._failed = 0
         if keep is None:
             os.makedirs(output, exist_ok=True)
@@ -116,25 +120,31 @@ class NpyWriter:
             self._keep(manifest, *keep)
         self._write_manifest(complete=False)
 
-    def write(self, paths: list[str], embeddings: np.ndarray) -> None:
+    def write(
+        self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
+    ) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
+        facts = facts or [UNKNOWN] * len(paths)
         start = 0
         while start < len(paths):
             if self._open is None:
                 self._start_shard(len(self._shards))
             assert self._open is not None and self._embeddings_file and self._paths_file
+            assert self._facts_file is not None
             take = min(len(paths) - start, self._shard_size - self._open["written"])
             self._embeddings_file.write(embeddings[start : start + take].tobytes())
             self._paths_file.write(_lines(paths[start : start + take]))
+            self._facts_file.write(_fact_lines(facts[start : start + take]))
             self._open["written"] += take
             start += take
             if self._open["written"] == self._shard_size:
                 self._finish_shard()
 
-    def fail(self, path: str, reason: str) -> None:
+    def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
         record = {
             "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
             "error": reason,
+            **(facts or UNKNOWN)._asdict(),
         }
         self._failures.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self._failed += 1
@@ -157,19 +167,19 @@ class NpyWriter:
 
     def _start_shard(self, number: int) -> None:
         self._open = {
-            "embeddings": f"embeddings-{number:05d}.npy",
-            "paths": f"paths-{number:05d}.txt",
+            **_shard_names(number),
             "rows": 0,  # committed: in the header and the manifest
             "written": 0,  # handed to the files
         }
         self._embeddings_file = open(self._path(self._open["embeddings"]), "wb")  # noqa: SIM115
         self._embeddings_file.write(_npy_header(0, self._dim))
         self._paths_file = open(self._path(self._open["paths"]), "wb")  # noqa: SIM115
+        self._facts_file = open(self._path(self._open["files"]), "wb")  # noqa: SIM115
 
     def _finish_shard(self) -> None:
         self._commit(sync=True)
         assert self._open is not None
-        self._shards.append({k: self._open[k] for k in ("embeddings", "paths", "rows")})
+        self._shards.append({k: self._open[k] for k in (*_SHARD_FILES, "rows")})
         self._close_files(failures=False)
         self._open = None
         self._write_manifest(complete=False)
@@ -180,7 +190,9 @@ class NpyWriter:
             os.fsync(self._failures.fileno())
         if self._open is None or not self._embeddings_file or not self._paths_file:
             return
-        for file in (self._embeddings_file, self._paths_file):
+        for file in (self._embeddings_file, self._paths_file, self._facts_file):
+            if file is None:
+                continue
             file.flush()
             if sync:
                 os.fsync(file.fileno())
@@ -191,10 +203,10 @@ class NpyWriter:
         self._open["rows"] = self._open["written"]
 
     def _close_files(self, failures: bool = True) -> None:
-        for file in (self._embeddings_file, self._paths_file):
+        for file in (self._embeddings_file, self._paths_file, self._facts_file):
             if file is not None:
                 file.close()
-        self._embeddings_file = self._paths_file = None
+        self._embeddings_file = self._paths_file = self._facts_file = None
         if failures:
             self._failures.close()
 
@@ -209,10 +221,10 @@ class NpyWriter:
             elif take > 0:  # the shard to continue: cut it to `take` rows and append after
                 self._reopen_shard(len(self._shards), take)
             else:
-                for key in ("embeddings", "paths"):
-                    if os.path.exists(self._path(shard[key])):
+                for key in _SHARD_FILES:
+                    if key in shard and os.path.exists(self._path(shard[key])):
                         os.remove(self._path(shard[key]))
-        kept = read_failures(self._output)[:failures]
+        kept = _failure_records(self._output)[:failures]
         lines = b"".join((json.dumps(f, ensure_ascii=False) + "\n").encode() for f in kept)
         # Replaced, not truncated and rewritten: a reader (or a kill) in between would find
         # fewer failures than the manifest promises.
@@ -222,16 +234,15 @@ class NpyWriter:
         self._commit(sync=True)
 
     def _reopen_shard(self, number: int, rows: int) -> None:
-        self._open = {
-            "embeddings": f"embeddings-{number:05d}.npy",
-            "paths": f"paths-{number:05d}.txt",
-            "rows": rows,
-            "written": rows,
-        }
+        self._open = {**_shard_names(number), "rows": rows, "written": rows}
         with open(self._path(self._open["paths"]), "rb") as file:
             kept = file.read().split(b"\n")[:rows]
         write_atomically(self._path(self._open["paths"]), b"".join(line + b"\n" for line in kept))
         self._paths_file = open(self._path(self._open["paths"]), "ab")  # noqa: SIM115
+        # The shard's facts, cut to the rows kept (unknown for a shard of efx before 0.4).
+        facts = _read_facts(self._output, {**self._open, "files": self._open["files"]}, rows)
+        write_atomically(self._path(self._open["files"]), _fact_lines(facts))
+        self._facts_file = open(self._path(self._open["files"]), "ab")  # noqa: SIM115
         self._embeddings_file = open(self._path(self._open["embeddings"]), "r+b")  # noqa: SIM115
         self._embeddings_file.truncate(_HEADER_BYTES + rows * self._dim * 4)
         self._embeddings_file.seek(0, os.SEEK_END)
@@ -242,7 +253,7 @@ class NpyWriter:
     def _write_manifest(self, complete: bool, sync: bool = True) -> None:
         shards = list(self._shards)
         if self._open is not None and self._open["rows"]:
-            shards.append({k: self._open[k] for k in ("embeddings", "paths", "rows")})
+            shards.append({k: self._open[k] for k in (*_SHARD_FILES, "rows")})
         manifest = {
             **self._attrs,
             "format": "efx-npy-shards/1",
@@ -259,6 +270,40 @@ class NpyWriter:
 
 def _lines(paths: list[str]) -> bytes:
     return "".join(path + "\n" for path in paths).encode("utf-8", "surrogateescape")
+
+
+def _shard_names(number: int) -> dict[str, str]:
+    return {
+        "embeddings": f"embeddings-{number:05d}.npy",
+        "paths": f"paths-{number:05d}.txt",
+        "files": f"files-{number:05d}.tsv",
+    }
+
+
+def _fact_lines(facts: Sequence[Facts]) -> bytes:
+    """files-NNNNN.tsv: one line per row, `size<TAB>mtime_ns<TAB>sha256` (-1, -1, "" unknown)."""
+    return "".join(f"{f.size}\t{f.mtime_ns}\t{f.sha256}\n" for f in facts).encode("ascii")
+
+
+def _read_facts(output: str, shard: dict[str, Any], rows: int) -> list[Facts]:
+    """The first `rows` facts of a shard; unknown where its files-NNNNN.tsv is missing or
+    shorter (a shard of efx before 0.4)."""
+    found: list[Facts] = []
+    path = os.path.join(output, shard.get("files", ""))
+    if shard.get("files") and os.path.isfile(path):
+        with open(path, "rb") as file:
+            for line in file.read().split(b"\n")[:rows]:
+                size, mtime, digest = (line.decode("ascii").split("\t") + ["", "", ""])[:3]
+                if not size:
+                    break
+                found.append(Facts(int(size), int(mtime), digest))
+    return found + [UNKNOWN] * (rows - len(found))
+
+
+def _failure_facts(failure: dict[str, Any]) -> Facts:
+    return Facts(
+        int(failure.get("size", -1)), int(failure.get("mtime_ns", -1)), failure.get("sha256", "")
+    )
 
 
 def _manifest(output: str) -> dict[str, Any]:
@@ -301,6 +346,36 @@ def rows(output: str, indices: list[int]) -> np.ndarray:
     return np.stack([found[i] for i in indices]) if indices else np.zeros((0, 0), np.float32)
 
 
+class RowReader:
+    """Embeddings of chosen rows, each shard memory-mapped once (--update copies the rows it
+    keeps in blocks, never the whole output into memory)."""
+
+    def __init__(self, output: str) -> None:
+        self._output = output
+        self._shards = _manifest(output)["shards"]
+        counts = [int(shard["rows"]) for shard in self._shards]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        shard_of = np.searchsorted(self._starts, indices, side="right") - 1
+        picked: np.ndarray | None = None
+        for shard in np.unique(shard_of):
+            if shard not in self._maps:
+                name = os.path.join(self._output, self._shards[shard]["embeddings"])
+                self._maps[shard] = np.load(name, mmap_mode="r")
+            inside = shard_of == shard
+            block = self._maps[shard][indices[inside] - self._starts[shard]]
+            if picked is None:
+                picked = np.zeros((len(indices), block.shape[1]), np.float32)
+            picked[inside] = block
+        return picked if picked is not None else np.zeros((0, 0), np.float32)
+
+    def close(self) -> None:
+        self._maps.clear()
+
+
 def read(output: str) -> tuple[list[str], np.ndarray]:
     manifest = _manifest(output)
     paths: list[str] = []
@@ -314,7 +389,14 @@ def read(output: str) -> tuple[list[str], np.ndarray]:
 
 
 def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]:
-    """The committed failures (a line being written when a run was killed is not one)."""
+    """The committed failures: {"path", "error"} each, as for HDF5."""
+    failures = _failure_records(output)[:limit]
+    return [{"path": failure["path"], "error": failure["error"]} for failure in failures]
+
+
+def _failure_records(output: str) -> list[dict[str, Any]]:
+    """The committed lines of failures.jsonl (a line being written when a run was killed is not
+    one), with the file facts efx 0.4 and later add to each."""
     committed = int(_manifest(output).get("failed", 0))
     path = os.path.join(output, FAILURES)
     if not os.path.exists(path):
@@ -322,24 +404,35 @@ def read_failures(output: str, limit: int | None = None) -> list[dict[str, str]]
     with open(path, "rb") as file:
         # Whole lines only: one being appended has no newline yet.
         lines = file.read().split(b"\n")[:-1][:committed]
-    failures = [json.loads(line) for line in lines]
-    return failures if limit is None else failures[:limit]
+    return [json.loads(line) for line in lines]
 
 
-def read_state(output: str) -> dict[str, Any]:
-    """Everything --resume needs: the settings, the paths done and failed, completeness."""
+def read_state(output: str, facts: bool = False) -> dict[str, Any]:
+    """Everything --resume needs: the settings, the paths done and failed, completeness; with
+    `facts`, what --update needs too: each row's and failure's facts, and the failures' reasons.
+    """
     manifest = _manifest(output)
     paths: list[str] = []
+    row_facts: list[Facts] = []
     for shard in manifest["shards"]:
         with open(os.path.join(output, shard["paths"]), "rb") as file:
             lines = file.read().split(b"\n")[: int(shard["rows"])]
         paths += [line.decode("utf-8", "surrogateescape") for line in lines]
-    return {
+        if facts:
+            row_facts += _read_facts(output, shard, int(shard["rows"]))
+    failures = _failure_records(output)
+    state = {
         "attrs": {k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS},
         "paths": paths,
-        "failed": [failure["path"] for failure in read_failures(output)],
+        "failed": [failure["path"] for failure in failures],
         "complete": bool(manifest.get("complete", False)),
     }
+    if facts:
+        state["facts"] = row_facts
+        state["failed_facts"] = [_failure_facts(failure) for failure in failures]
+        state["reasons"] = [failure["error"] for failure in failures]
+        state["has_facts"] = all("files" in shard for shard in manifest["shards"])
+    return state
 
 
 def describe(output: str) -> dict[str, Any]:
@@ -353,4 +446,5 @@ def describe(output: str) -> dict[str, Any]:
         "failures": read_failures(output, limit=20),
         "complete": bool(manifest.get("complete", False)),
         "shards": len(manifest.get("shards", [])),
+        "file_facts": all("files" in shard for shard in manifest.get("shards", [])),
     }

@@ -1,0 +1,78 @@
+"""What efx records of each input file, to tell later whether it changed: its size and
+modification time (cheap, from one `stat`) and the SHA-256 of its bytes (exact). Pure Python.
+
+SHA-256 because anyone can check a stored value with `sha256sum FILE` or `hashlib`, and it runs
+at ~1.2 GB/s per core here (CPUs with SHA extensions; ~0.4 GB/s without), far below the model's
+cost per image (a 3 MB photo: ~3 ms to hash, ~300 ms to embed with B6 on a CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+# Files are hashed by this many threads: hashlib releases the GIL, and reads overlap.
+HASH_THREADS = max(2, min(8, os.cpu_count() or 2))
+_READ_BYTES = 1 << 20
+
+
+class Facts(NamedTuple):
+    """One file as efx saw it. size and mtime_ns are -1, sha256 "", where not known (a file
+    that could not be read, or an output written before efx 0.4)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+UNKNOWN = Facts(-1, -1, "")
+
+
+def stat(path: str) -> Facts:
+    """Size and modification time (no hash yet); UNKNOWN if the file cannot be stat'ed."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return UNKNOWN
+    return Facts(found.st_size, found.st_mtime_ns, "")
+
+
+def same_file(stored: Facts, now: Facts) -> bool:
+    """The fast path: the same size and modification time as when the row was computed (what
+    rsync and make trust). Never true for unknown facts."""
+    return stored.size >= 0 and stored.sha256 != "" and stored[:2] == now[:2]
+
+
+def sha256(path: str) -> str:
+    """The SHA-256 of the file's bytes, as hex; "" if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb", buffering=0) as file:
+            while chunk := file.read(_READ_BYTES):
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def hash_files(
+    paths: Sequence[str], on_done: Callable[[int], None] | None = None
+) -> list[Facts]:
+    """The facts of each file, hash included, in order: stat before hashing, so that a file
+    written meanwhile is seen as changed by the next run rather than trusted."""
+
+    def one(path: str) -> Facts:
+        facts = stat(path)
+        digest = sha256(path)
+        return facts._replace(sha256=digest) if digest and facts.size >= 0 else UNKNOWN
+
+    found = []
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for facts in pool.map(one, paths):  # in order; progress told from this thread
+            found.append(facts)
+            if on_done is not None:
+                on_done(1)
+    return found
