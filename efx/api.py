@@ -11,19 +11,21 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import process, writers
+from . import facts as facts_
+from . import files, process, reuse, writers
 from . import resume as resume_
 from .config import DecodeOptions, Settings
 from .discover import check_sources, find_images
 from .engine import Batch, Engine, open_engine
 from .errors import EfxError
+from .facts import Facts
 from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, check_precision, resolve_model
 
 # Rows reach the OS (and survive kill -9) after every batch; they are synced to the disk (and
@@ -54,10 +56,20 @@ class Summary:
     resumed: int  # inputs already done by an earlier run (--resume)
     seconds: float  # the whole run
     load_seconds: float  # of which loading the model (download, restore, first call)
-    images_per_second: float  # images embedded by this run per second of streaming
+    images_per_second: float  # images the model embedded per second of streaming
     complete: bool
     already_complete: bool = False  # --resume found nothing left to do
     notes: list[str] = field(default_factory=list)  # what the user should know (a fallback)
+    # How each input's row was made (see efx.reuse): the model ran for `computed` of them.
+    computed: int = 0  # new + changed + retried: inputs the model was given
+    kept: int = 0  # --update: unchanged files, rows (and failures) copied from OUTPUT
+    new: int = 0  # --update: inputs OUTPUT did not hold
+    changed: int = 0  # --update: inputs whose bytes changed
+    retried: int = 0  # --update --retry-failed: failures tried again
+    reused: int = 0  # moved or copied files, and repeats of the same bytes: rows copied
+    removed: int = 0  # --update: rows and failures of files that are gone
+    model_loaded: bool = True
+    up_to_date: bool = False  # --update found nothing changed: OUTPUT left untouched
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,9 +85,13 @@ class Plan:
     part: str  # "I/N"
     inputs_total: int  # inputs of all the parts
     paths: list[str]  # this run's inputs, in row order
-    state: dict[str, Any] | None = None  # the output to continue (--resume)
-    done: int = 0  # inputs that output already accounts for
-    keep: tuple[int, int] = (0, 0)  # its rows and failures that stay
+    state: dict[str, Any] | None = None  # the output to continue (--resume) or update
+    done: int = 0  # inputs that output already accounts for (--resume)
+    keep: tuple[int, int] = (0, 0)  # its rows and failures that stay (--resume)
+    work: reuse.Work | None = None  # what each input of paths[done:] needs
+    sources: list[reuse.Source] = field(default_factory=list)  # rows that may be copied
+    target: str = ""  # where rows are written: OUTPUT, or for --update OUTPUT.updating-N
+    checked_seconds: float = 0.0  # planning: walk, stat, hashing
 
 
 def extract(
@@ -94,76 +110,116 @@ def extract(
     Images that cannot be read or decoded are recorded as failures; the run goes on.
     `options` are the fields of `efx.config.Settings`, the CLI's options by their Python names:
     model, image_size, batch_size, format, resize, exif, max_pixels, precision, backend,
-    engine, ray_address, shard_size, overwrite, resume, part ("I/N"), null.
+    engine, ray_address, shard_size, overwrite, resume, update, checksum, retry_failed,
+    part ("I/N"), null.
     `on_note(text)` hears what the user should know as soon as it is known (say, OpenVINO could
     not be used); `verbose` lets the engine's own logs through; `progress` shows a bar on stderr.
     Raises EfxError for anything the user can fix, and `efx.Interrupted` (a
     KeyboardInterrupt) on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
+    started = time.monotonic()
     settings = Settings(**options)
-    plan = plan_run(sources, output, settings, stdin)
-    if plan.state is not None and plan.state["complete"]:
+    plan = plan_run(sources, output, settings, stdin, progress, on_note)
+    if settings.resume and plan.state is not None and plan.state["complete"]:
         return _already_complete(plan)
+    assert plan.work is not None
+    if settings.update and _up_to_date(plan):
+        reuse.remove_leftovers(output)
+        return _summary(plan, settings, None, (0, 0), [started, started, time.monotonic()])
+    needs_model = len(plan.work.to_embed) > 0
     with process.sigterm_stops(), process.tensorflow_options_restored():
-        clock = [time.monotonic()]  # started, model loaded, finished
-        if progress:  # the load takes seconds to minutes (a first run downloads): say so
-            print(f"efx: loading {plan.spec.handle} ...", file=sys.stderr, flush=True)
-        engine = open_engine(settings, verbose)
+        clock = [started]  # started, model loaded, finished
+        engine: Engine | None = None
+        loaded: LoadedModel | None = None
         try:
-            try:
-                loaded = _load(engine, plan, settings, on_note)
-            except KeyboardInterrupt:
-                raise process.Interrupted(output, wrote=False) from None
+            if needs_model:
+                if progress:  # the load takes seconds to minutes (a first run downloads): say so
+                    print(f"efx: loading {plan.spec.handle} ...", file=sys.stderr, flush=True)
+                engine = open_engine(settings, verbose)
+                try:
+                    loaded = _load(engine, plan, settings, on_note)
+                except KeyboardInterrupt:
+                    raise process.Interrupted(output, wrote=False) from None
             clock.append(time.monotonic())
             counts = _write(plan, settings, loaded, engine, progress)
         finally:
-            engine.close()
+            if engine is not None:
+                engine.close()
+    if settings.update:
+        files.swap_in(plan.target, output)
+        reuse.remove_leftovers(output)
     clock.append(time.monotonic())
     return _summary(plan, settings, loaded, counts, clock)
 
 
 def _summary(
-    plan: Plan, settings: Settings, loaded: LoadedModel, counts: tuple[int, int], clock: list[float]
+    plan: Plan,
+    settings: Settings,
+    loaded: LoadedModel | None,
+    counts: tuple[int, int],
+    clock: list[float],
 ) -> Summary:
     started, loaded_at, finished = clock
-    embedded, failed = counts
+    rows, failed = counts
+    work = plan.work
+    assert work is not None
     streaming = finished - loaded_at
+    computed = len(work.to_embed)
+    attrs = _attrs(plan, settings, loaded)
+    if _up_to_date(plan) and plan.state is not None:
+        rows, failed = len(plan.state["paths"]), len(plan.state["failed"])
     return Summary(
         output=plan.output,
         format=plan.format,
-        model=loaded.name,
-        standin=loaded.standin,
-        device=loaded.device,
-        image_size=loaded.image_size,
-        feature_dim=loaded.feature_dim,
-        batch_size=loaded.batch_size,
-        precision=loaded.precision,
-        backend=loaded.backend,
+        model=str(attrs["model"]),
+        standin=bool(attrs["standin"]),
+        device=str(attrs["device"]),
+        image_size=int(attrs["image_size"]),
+        feature_dim=int(attrs["feature_dim"]),
+        batch_size=loaded.batch_size if loaded else 0,
+        precision=str(attrs["precision"]),
+        backend=str(attrs["backend"]),
         engine=settings.engine,
         part=plan.part,
         images=len(plan.paths),
-        embedded=plan.keep[0] + embedded,
+        embedded=plan.keep[0] + rows,
         failed=plan.keep[1] + failed,
         resumed=plan.done,
         seconds=round(finished - started, 3),
-        load_seconds=round(loaded_at - started, 3),
-        images_per_second=round(embedded / streaming, 3) if streaming > 0 else 0.0,
+        load_seconds=round(loaded_at - started - plan.checked_seconds, 3) if loaded else 0.0,
+        images_per_second=round(computed / streaming, 3) if computed and streaming > 0 else 0.0,
         complete=True,
-        notes=loaded.notes,
+        notes=loaded.notes if loaded else [],
+        computed=computed,
+        **{name: getattr(work.counts, name) for name in _COUNTS},
+        model_loaded=loaded is not None,
+        up_to_date=settings.update and _up_to_date(plan),
     )
 
 
+_COUNTS = ("kept", "new", "changed", "retried", "reused", "removed")
+
+
 def plan_run(
-    sources: str | Iterable[str], output: str, settings: Settings, stdin: BinaryIO | None
+    sources: str | Iterable[str],
+    output: str,
+    settings: Settings,
+    stdin: BinaryIO | None,
+    progress: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> Plan:
-    """Every check that needs no model, then the inputs of this run and what of them an
-    interrupted output already holds (--resume)."""
+    """Every check that needs no model, then the inputs of this run, what of them an
+    interrupted output already holds (--resume), and what each input needs (efx.reuse):
+    copied from an earlier output, or embedded."""
+    started = time.monotonic()
     sources = [sources] if isinstance(sources, str) else list(sources)
     check_sources(sources)
     fmt = writers.format_for(output, settings.format)
-    state = _resumable_state(output, fmt) if settings.resume else None
-    if state is None:
-        writers.check_output(output, fmt, settings.overwrite)
+    state = None
+    if settings.resume or settings.update:
+        state = _existing_state(output, fmt, "update" if settings.update else "resume")
+    if state is None or settings.update:
+        writers.check_output(output, fmt, settings.overwrite or state is not None)
     spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
     check_precision(settings.precision, settings.backend)
     everything = find_images(sources, stdin=stdin, null=settings.null)
@@ -175,15 +231,101 @@ def plan_run(
     index, count = settings.part_of
     plan = Plan(
         output, fmt, spec, f"{index}/{count}", len(everything),
-        resume_.select_part(everything, index, count), state,
+        resume_.select_part(everything, index, count), state, target=output,
     )  # fmt: skip
-    if state is None:
-        return plan
-    resume_.check_settings(output, state["attrs"], _planned_attrs(plan, settings), before=True)
-    if state["complete"]:
-        return plan
-    done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
-    return replace(plan, done=done, keep=(rows, failures))
+    if state is not None:
+        planned = _planned_attrs(plan, settings)
+        resume_.check_settings(output, state["attrs"], planned, True, settings.update)
+    if settings.resume and state is not None:
+        if state["complete"]:
+            return plan
+        done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
+        plan = replace(plan, done=done, keep=(rows, failures))
+    earlier = _sources(plan, settings, on_note) if settings.update else []
+    todo = plan.paths[plan.done :]
+    unstorable = {i: why for i, p in enumerate(todo) if (why := writers.unstorable(fmt, p))}
+    work = reuse.plan(
+        todo, earlier, unstorable=unstorable, checksum=settings.checksum,
+        retry_failed=settings.retry_failed, hash_files=_hashing(progress),
+    )  # fmt: skip
+    target = reuse.scratch_name(output) if settings.update else output
+    return replace(
+        plan, work=work, sources=earlier, target=target,
+        checked_seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _hashing(progress: bool) -> Callable[[Sequence[str]], list[Facts]]:
+    """efx.facts.hash_files, with a bar on stderr when there are many files to read."""
+
+    def hash_files(paths: Sequence[str]) -> list[Facts]:
+        from tqdm import tqdm
+
+        show = progress and len(paths) >= 200
+        with tqdm(
+            total=len(paths), unit="file", desc="efx: reading", disable=not show,
+            file=sys.stderr, dynamic_ncols=True, leave=False,
+        ) as bar:  # fmt: skip
+            return facts_.hash_files(paths, bar.update)
+
+    return hash_files
+
+
+def _sources(
+    plan: Plan, settings: Settings, on_note: Callable[[str], None] | None
+) -> list[reuse.Source]:
+    """The outputs --update may copy rows from: OUTPUT first, then what killed updates left
+    beside it (`OUTPUT.updating-N`: rows computed before the kill), if made with the same
+    settings. One that cannot be read is skipped (and removed once the update is done)."""
+    found = []
+    if plan.state is not None:
+        found.append(_source(plan.output, plan.state, on_note))
+    planned = _planned_attrs(plan, settings)
+    for leftover in reuse.leftovers(plan.output):
+        try:
+            state = writers.read_state(leftover, facts=True)
+        except (EfxError, OSError, ValueError, KeyError):
+            continue
+        keys = resume_.before_keys(planned, update=True)
+        if not resume_.mismatches(state["attrs"], planned, keys):
+            found.append(_source(leftover, state, None))
+    return found
+
+
+def _source(
+    output: str, state: dict[str, Any], on_note: Callable[[str], None] | None
+) -> reuse.Source:
+    trusted = None
+    if not state["has_facts"]:
+        trusted = reuse.trusted_before(state["attrs"])
+        if on_note is not None:
+            since = state["attrs"].get("created", "its start")
+            on_note(
+                f"{output} was written by efx {state['attrs'].get('efx_version', '< 0.4')}, "
+                "which did not record each file's size, date and checksum: efx reads every "
+                "file once to record them, keeping the rows of files not modified since "
+                f"{since} and embedding the others again"
+            )
+    return reuse.Source(
+        output, state["paths"], state["facts"], state["failed"], state["failed_facts"],
+        state["reasons"], trusted, state["attrs"],
+    )  # fmt: skip
+
+
+def _up_to_date(plan: Plan) -> bool:
+    """OUTPUT already is what this update would write: complete, the same inputs with the same
+    facts, in the same order, and the same part boundaries."""
+    state, work = plan.state, plan.work
+    if state is None or work is None or not state["complete"] or not plan.sources:
+        return False
+    if plan.sources[0].output != plan.output:
+        return False
+    attrs = state["attrs"]
+    same_inputs = (attrs.get("inputs_total"), attrs.get("part_inputs")) == (
+        plan.inputs_total,
+        len(plan.paths),
+    )
+    return same_inputs and work.unchanged(plan.sources[0])
 
 
 def _load(
@@ -195,31 +337,43 @@ def _load(
             on_note(note)
     if plan.state is not None:  # what ran against what ran
         attrs = _attrs(plan, settings, loaded)
-        resume_.check_settings(plan.output, plan.state["attrs"], attrs, before=False)
+        resume_.check_settings(plan.output, plan.state["attrs"], attrs, False, settings.update)
     return loaded
 
 
 def _write(
-    plan: Plan, settings: Settings, loaded: LoadedModel, engine: Engine, progress: bool
+    plan: Plan,
+    settings: Settings,
+    loaded: LoadedModel | None,
+    engine: Engine | None,
+    progress: bool,
 ) -> tuple[int, int]:
-    """Open (or reopen) OUTPUT, stream every batch into it, and mark it complete. On any stop
-    it is left marked incomplete, with every batch written so far."""
+    """Open (or reopen) the target, stream every input's row into it, and mark it complete.
+    On any stop it is left marked incomplete, with every batch written so far."""
+    assert plan.work is not None
+    resuming = settings.resume and plan.state is not None
     try:
         writer = writers.open_writer(
-            plan.format, plan.output, _attrs(plan, settings, loaded),
+            plan.format, plan.target, _attrs(plan, settings, loaded),
             inputs=plan.paths, shard_size=settings.shard_size,
-            keep=plan.keep if plan.state is not None else None,
+            keep=plan.keep if resuming else None,
         )  # fmt: skip
     except OSError as error:
-        raise EfxError(f"cannot create OUTPUT {plan.output}: {error.strerror or error}") from error
+        raise EfxError(f"cannot create OUTPUT {plan.target}: {error.strerror or error}") from error
     try:
-        options = settings.decode_options(loaded.image_size)
-        with _progress_bar(len(plan.paths), plan.done, progress) as bar:
-            todo = plan.paths[plan.done :]
-            counts = stream(todo, plan.format, options, loaded, writer, bar, engine)
+        options = settings.decode_options(loaded.image_size) if loaded else None
+        with _progress_bar(len(plan.work.to_embed), progress) as bar:
+            feed = _Feed(engine, options, loaded)
+            counts = stream(plan.paths[plan.done :], plan.work, plan.sources, writer, bar, feed)
         writer.close()
     except OSError as error:
         _abort(writer)
+        if settings.update:
+            raise EfxError(
+                f"writing {plan.target} failed: {error.strerror or error} (disk full?). "
+                f"{plan.output} is as it was; free some space, then run the same command: it "
+                f"continues from what {plan.target} holds."
+            ) from error
         raise EfxError(
             f"writing {plan.output} failed: {error.strerror or error} (disk full?). The rows "
             "written so far are kept and the output is marked incomplete: free some space, "
@@ -227,7 +381,8 @@ def _write(
         ) from error
     except KeyboardInterrupt:
         _abort(writer)
-        raise process.Interrupted(plan.output, wrote=True) from None
+        scratch = plan.target if settings.update else None
+        raise process.Interrupted(plan.output, wrote=True, scratch=scratch) from None
     except BaseException:
         _abort(writer)
         raise
@@ -248,34 +403,51 @@ def _planned_attrs(plan: Plan, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel) -> dict[str, Any]:
+# What an output records of the model that made its rows: an update that needs no model keeps
+# these from the output whose rows it copies.
+_MODEL_ATTRS = (
+    "model", "standin", "image_size", "feature_dim", "tensorflow_version", "device", "backend",
+    "precision", "engine",
+)  # fmt: skip
+
+
+def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> dict[str, Any]:
     """Everything the output records of the run."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    earlier = plan.sources[0].attrs if plan.sources else {}
+    attrs: dict[str, Any] = {
+        **_planned_attrs(plan, settings),
+        "efx_version": _version(),
+        "created": earlier.get("created", now),  # when the first of its rows was computed
+    }
+    if settings.update:
+        attrs["updated"] = now
+    if loaded is None:
+        return {**attrs, **{key: earlier[key] for key in _MODEL_ATTRS if key in earlier}}
     return {
         "model": loaded.name,
-        **_planned_attrs(plan, settings),
+        **attrs,
         "standin": loaded.standin,
         "image_size": loaded.image_size,
         "feature_dim": loaded.feature_dim,
-        "efx_version": _version(),
         "tensorflow_version": _tf_version(),
         "device": loaded.device,
         "backend": loaded.backend,
         "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
         "engine": settings.engine,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _resumable_state(output: str, fmt: str) -> dict[str, Any] | None:
-    """The state of the output to continue, or None when there is none yet (start afresh)."""
+def _existing_state(output: str, fmt: str, verb: str) -> dict[str, Any] | None:
+    """The state of the output to continue or update, or None when there is none yet."""
     if not os.path.lexists(output):
         return None
     if os.path.isdir(output) and not os.listdir(output):
         return None
     found = writers.detect_format(output)
     if found != fmt:
-        raise EfxError(f"cannot resume {output}: it is {found} output, not {fmt}")
-    return writers.read_state(output)
+        raise EfxError(f"cannot {verb} {output}: it is {found} output, not {fmt}")
+    return writers.read_state(output, facts=verb == "update")
 
 
 def _already_complete(plan: Plan) -> Summary:
@@ -304,57 +476,179 @@ def _already_complete(plan: Plan) -> Summary:
         images_per_second=0.0,
         complete=True,
         already_complete=True,
+        model_loaded=False,
     )
+
+
+# Rows are assembled and written in steps of at most this many inputs: kept rows are copied
+# from the earlier output in blocks this size, so memory does not grow with the output.
+STEP_ROWS = 1024
+
+
+@dataclass
+class _Feed:
+    """What the model stage needs: the engine, its decode options and the loaded model
+    (None, None, None when no input needs the model)."""
+
+    engine: Engine | None
+    options: DecodeOptions | None
+    loaded: LoadedModel | None
+
+    def batches(self, paths: list[str]) -> Iterator[Batch]:
+        if not paths:
+            return iter(())
+        assert self.engine is not None and self.options is not None and self.loaded is not None
+        return self.engine.batches(paths, self.options, self.loaded)
+
+    def reason(self, path: str) -> str:
+        from .decode.pipeline import failure_reason  # imports TensorFlow: the engine already has
+
+        assert self.options is not None
+        return failure_reason(path, self.options)
 
 
 def stream(
     paths: list[str],
-    fmt: str,
-    options: DecodeOptions,
-    loaded: LoadedModel,
+    work: reuse.Work,
+    sources: list[reuse.Source],
     writer: writers.Writer,
     bar: Any,
-    engine: Engine,
+    feed: _Feed,
 ) -> tuple[int, int]:
-    """The loop: the engine's batches -> writer. Rows and failures are each written in input
-    order (what --resume relies on), and committed after every batch. Returns (embedded, failed).
-    """
-    from .decode.pipeline import failure_reason  # imports TensorFlow, as the engine already has
-
-    unstorable = {i: why for i, p in enumerate(paths) if (why := writers.unstorable(fmt, p))}
-    storable = [i for i in range(len(paths)) if i not in unstorable]
-    batches = engine.batches([paths[i] for i in storable], options, loaded)
-    embedded = failed = 0
+    """The loop: each input's row, in input order, into the writer: copied from an earlier
+    output, or from the engine's batches (which see only the inputs that need the model).
+    Rows and failures are each written in input order (what --resume relies on), and
+    committed after every step. Returns (rows, failures) written."""
+    embed_at = work.to_embed
+    batches = feed.batches([paths[i] for i in embed_at])
+    readers: dict[int, writers.RowReader] = {}
+    held: dict[int, np.ndarray | str] = {}  # embedded once, repeated later (SAME_AS)
+    repeated = set(work.index[work.kind == reuse.SAME_AS].tolist())
+    rows = failed = 0
     sync = _SyncClock()
-    with process.SignalsBetweenBatches(after_bar=not getattr(bar, "disable", True)) as signals:
-        for positions, embeddings, ok in _in_input_order(batches, storable, sorted(unstorable)):
-            if ok.any():
-                writer.write([paths[p] for p in positions[ok]], embeddings)
-            for position in positions[~ok]:
-                reason = unstorable.get(position) or failure_reason(paths[position], options)
-                writer.fail(paths[position], reason)
-            embedded, failed = embedded + int(ok.sum()), failed + int((~ok).sum())
-            writer.flush(sync=sync.due(len(positions)))
-            bar.update(len(positions))
-            signals.deliver()  # a Ctrl-C or SIGTERM that came during this batch acts now
-    return embedded, failed
+    try:
+        with process.SignalsBetweenBatches(after_bar=not getattr(bar, "disable", True)) as signals:
+            for start, stop, computed in _steps(len(paths), embed_at, batches):
+                step = _Step(paths, work, start, stop, computed)
+                embeddings, reasons = step.assemble(sources, readers, held, feed)
+                ok = step.ok(reasons)
+                if ok.any():
+                    positions = np.flatnonzero(ok) + start
+                    writer.write(
+                        [paths[p] for p in positions], embeddings[ok], step.facts(positions)
+                    )
+                for position, reason in sorted(reasons.items()):
+                    writer.fail(paths[position], reason, work.facts[position])
+                for position in repeated.intersection(range(start, stop)):
+                    kept = reasons.get(position)
+                    held[position] = kept if kept is not None else embeddings[position - start]
+                rows, failed = rows + int(ok.sum()), failed + len(reasons)
+                writer.flush(sync=sync.due(stop - start))
+                bar.update(int((work.kind[start:stop] == reuse.EMBED).sum()))
+                signals.deliver()  # a Ctrl-C or SIGTERM that came during this step acts now
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return rows, failed
 
 
-def _in_input_order(
-    batches: Iterable[Batch], storable: list[int], unstorable: list[int]
-) -> Iterator[Batch]:
-    """The engine's batches, in positions among all the paths, with the paths that the format
-    cannot store (failures known before any decoding) slotted in where they belong."""
-    to_position = np.asarray(storable, dtype=np.int64)
-    waiting = np.asarray(unstorable, dtype=np.int64)
+def _steps(
+    count: int, embed_at: np.ndarray, batches: Iterable[Batch]
+) -> Iterator[tuple[int, int, tuple[np.ndarray, np.ndarray, np.ndarray] | None]]:
+    """Spans [start, stop) of the inputs in order, each with what the engine returned for the
+    inputs in it (positions among all the inputs, embeddings of the ok ones, ok), at most
+    STEP_ROWS inputs per span: an engine batch, or copied rows between two of them."""
+    cursor = 0
     for index, embeddings, ok in batches:
-        positions = to_position[index]
-        early, waiting = waiting[waiting < positions[-1]], waiting[waiting >= positions[-1]]
-        merged = np.concatenate([early, positions])
-        order = np.argsort(merged, kind="stable")
-        yield merged[order], embeddings, np.concatenate([np.zeros(len(early), bool), ok])[order]
-    if len(waiting):
-        yield waiting, np.zeros([0, 0], np.float32), np.zeros(len(waiting), bool)
+        positions = embed_at[index]
+        done = np.flatnonzero(ok)
+        last = int(positions[-1]) + 1
+        while cursor < last:
+            stop = min(last, cursor + STEP_ROWS)
+            inside = (positions >= cursor) & (positions < stop)
+            rows = np.searchsorted(done, np.flatnonzero(inside & ok))  # their embeddings' rows
+            yield cursor, stop, (positions[inside], embeddings[rows], ok[inside])
+            cursor = stop
+    while cursor < count:
+        stop = min(count, cursor + STEP_ROWS)
+        yield cursor, stop, None
+        cursor = stop
+
+
+class _Step:
+    """One span of inputs: each one's embedding (copied, computed, or repeated) or failure."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        work: reuse.Work,
+        start: int,
+        stop: int,
+        computed: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> None:
+        self.paths, self.work, self.start, self.stop = paths, work, start, stop
+        self.computed = computed
+
+    def assemble(
+        self,
+        sources: list[reuse.Source],
+        readers: dict[int, writers.RowReader],
+        held: dict[int, np.ndarray | str],
+        feed: _Feed,
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """(embeddings, one row per input of the span; failures: position -> reason)."""
+        work, start, stop = self.work, self.start, self.stop
+        kind = work.kind[start:stop]
+        blocks: dict[int, np.ndarray] = {}  # position - start -> embedding
+        reasons: dict[int, str] = {}
+        for number in np.unique(work.source[start:stop][kind == reuse.COPY]):
+            at = np.flatnonzero((kind == reuse.COPY) & (work.source[start:stop] == number))
+            if number not in readers:
+                readers[number] = writers.open_rows(sources[number].output)
+            for i, row in zip(at, readers[number].take(work.index[start + at]), strict=True):
+                blocks[int(i)] = row
+        if self.computed is not None:
+            positions, embeddings, ok = self.computed
+            for i, row in zip(positions[ok] - start, embeddings, strict=True):
+                blocks[int(i)] = row
+            for position in positions[~ok]:
+                reasons[int(position)] = feed.reason(self.paths[position])
+        for i in np.flatnonzero(kind == reuse.SAME_AS):
+            original = int(work.index[start + i])
+            first: np.ndarray | str | None = held.get(original)
+            if start <= original < stop:  # embedded earlier in this very span
+                first = reasons.get(original, blocks.get(original - start))
+            assert first is not None
+            if isinstance(first, str):
+                reasons[start + int(i)] = first
+            else:
+                blocks[int(i)] = first
+        for known in np.flatnonzero((kind == reuse.FAILED) | (kind == reuse.UNSTORABLE)):
+            reasons[start + int(known)] = work.reasons[start + int(known)]
+        dim = next(iter(blocks.values())).shape[-1] if blocks else 0
+        embeddings = np.zeros((stop - start, dim), np.float32)
+        for slot, row in blocks.items():
+            embeddings[slot] = row
+        return embeddings, reasons
+
+    def ok(self, reasons: dict[int, str]) -> np.ndarray:
+        ok = np.ones(self.stop - self.start, bool)
+        ok[[p - self.start for p in reasons]] = False
+        return ok
+
+    def facts(self, positions: np.ndarray) -> list[Facts]:
+        """Each row's file facts. A file the model read that changed since it was hashed is
+        stored without its hash, so that the next update embeds it again."""
+        found = []
+        for position in positions:
+            planned = self.work.facts[position]
+            if (
+                self.work.kind[position] == reuse.EMBED
+                and facts_.stat(self.paths[position])[:2] != planned[:2]
+            ):
+                planned = planned._replace(sha256="")
+            found.append(planned)
+        return found
 
 
 class _SyncClock:
@@ -388,12 +682,12 @@ def info(output: str) -> dict[str, Any]:
     return writers.describe(output)
 
 
-def _progress_bar(total: int, done: int, enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool) -> Any:
+    """Counts the images the model embeds (the work that takes time), nothing else."""
     from tqdm import tqdm
 
     return tqdm(
         total=total,
-        initial=done,
         unit="img",
         disable=not enabled,
         file=sys.stderr,

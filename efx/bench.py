@@ -139,13 +139,15 @@ def time_pipeline(
 ) -> float:
     """Images/s of `efx extract`'s streaming phase on `paths`, set-up included: read, decode,
     resize, model, HDF5 writer."""
-    from .api import stream
+    from .api import _Feed, stream
+    from .reuse import embed_all
 
     output = os.path.join(work, "pipeline.h5")
     attrs = {"feature_dim": loaded.feature_dim}
     writer = writers.open_writer("hdf5", output, attrs, inputs=paths)
     start = time.perf_counter()
-    embedded, _ = stream(paths, "hdf5", options, loaded, writer, _NoBar(), LocalEngine())
+    feed = _Feed(LocalEngine(), options, loaded)
+    embedded, _ = stream(paths, embed_all(len(paths)), [], writer, _NoBar(), feed)
     writer.close()
     images_per_second = embedded / (time.perf_counter() - start)
     os.remove(output)

@@ -202,6 +202,25 @@ verbose_option = click.option(
     "afresh if OUTPUT does not exist yet; does nothing if it is complete.",
 )
 @click.option(
+    "--update",
+    is_flag=True,
+    help="Bring an existing OUTPUT in line with SOURCE now: keep the rows of unchanged files, "
+    "reuse those of moved or copied ones, embed only new and edited files, drop deleted ones. "
+    "Nothing changed: no model load. Starts OUTPUT if missing; continues an interrupted update.",
+)
+@click.option(
+    "--checksum",
+    is_flag=True,
+    help="With --update: compare every file's bytes (SHA-256) instead of trusting an unchanged "
+    "size and modification time, as rsync --checksum does. Reads every file.",
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="With --update: try unchanged files that failed before again (by default a failure "
+    "is kept until the file changes).",
+)
+@click.option(
     "--shard",
     "part",
     default=None,
@@ -242,6 +261,7 @@ def extract(
     \b
     Examples:
       efx extract photos/ embeddings.h5
+      efx extract photos/ embeddings.h5 --update      # later: only what changed
       efx extract --model b0 a.jpg b.png more/ out.h5
       find /data -name '*.jpg' -print0 | efx extract -0 - shards/
       efx extract --json --quiet photos/ out.h5 | jq .images_per_second
@@ -260,7 +280,7 @@ def extract(
                 on_note=None if quiet else _note, verbose=verbose, **settings,
             )  # fmt: skip
     except Interrupted as stop:
-        _say_interrupted(stop, settings["resume"], "-" in sources)
+        _say_interrupted(stop, settings["resume"] or settings["update"], "-" in sources)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
@@ -278,11 +298,16 @@ def _say_interrupted(stop: Any, resume: bool, from_stdin: bool) -> None:
     """After Ctrl-C or SIGTERM: what is true of OUTPUT now, and the command that finishes it."""
     output = stop.output
     args = [arg for arg in sys.argv[1:] if arg != "--overwrite"]
-    if "--resume" not in args:
+    if "--resume" not in args and "--update" not in args:
         args.append("--resume")
     command = "efx " + " ".join(shlex.quote(arg) for arg in args)
     finish = f"To finish it{' (with the same paths on stdin)' if from_stdin else ''}:\n  {command}"
-    if stop.wrote:
+    if stop.wrote and stop.scratch:
+        said = (
+            f"interrupted. {output} is as it was; what was computed is kept in {stop.scratch}, "
+            f"which the same command continues from. {finish}"
+        )
+    elif stop.wrote:
         said = f"interrupted. What was computed is kept in {output}, marked incomplete. {finish}"
     elif resume and os.path.lexists(output):
         said = f"interrupted before anything was written: {output} is as it was. {finish}"
@@ -291,6 +316,25 @@ def _say_interrupted(stop: Any, resume: bool, from_stdin: bool) -> None:
     else:
         said = "interrupted before anything was written: no OUTPUT was created."
     click.echo(f"efx: {said}", err=True)
+
+
+def _changes(summary: Any) -> str:
+    """What an update (or a run that met the same bytes twice) did besides embedding."""
+    figures = [
+        (summary.kept, "kept"),
+        (summary.computed, f"embedded ({summary.new} new, {summary.changed} changed"
+         + (f", {summary.retried} retried" if summary.retried else "") + ")"),
+        (summary.reused, "reused (moved or copied)"),
+        (summary.removed, "removed"),
+    ]  # fmt: skip
+    if not (summary.kept or summary.removed or summary.changed or summary.retried):
+        if summary.reused:
+            return (
+                f"{summary.reused} image(s) repeat the bytes of another input: embedded once, "
+                "the row copied"
+            )
+        return ""
+    return "updated: " + ", ".join(f"{count} {what}" for count, what in figures)
 
 
 def _report(summary: Any) -> None:
@@ -303,6 +347,13 @@ def _report(summary: Any) -> None:
         echo(
             f"efx: {summary.output} is already complete ({summary.embedded} embedded, "
             f"{summary.failed} failed): nothing to do"
+        )
+        return
+    if summary.up_to_date:
+        echo(
+            f"efx: {summary.output} is up to date ({summary.embedded} embedded, "
+            f"{summary.failed} failed): nothing changed in {summary.images} files, no model "
+            f"loaded ({summary.seconds:.1f} s)"
         )
         return
     if summary.standin:
@@ -319,6 +370,15 @@ def _report(summary: Any) -> None:
             echo(f"  ... (all of them: efx info {summary.output})")
     if summary.resumed:
         echo(f"efx: resumed: {summary.resumed} images were already done")
+    changes = _changes(summary)
+    if changes:
+        echo(f"efx: {changes}")
+    if not summary.model_loaded:
+        echo(
+            f"efx: no image needed the model: {summary.embedded} embedded, {summary.failed} "
+            f"failed, in {summary.seconds:.1f} s -> {summary.output}"
+        )
+        return
     part = f" (part {summary.part})" if summary.part != "0/1" else ""
     echo(
         f"efx: embedded {summary.embedded} of {summary.images} images{part}, "
@@ -349,7 +409,11 @@ def info(output: str, as_json: bool) -> None:
         ("input", _input_settings(details)),
         ("compute", _compute(details)),
         ("failed", get("failed", 0)),
-        ("created", get("created")),
+        ("files", _file_facts(details)),
+        (
+            "created",
+            f"{get('created')}" + (f", updated {get('updated')}" if get("updated") else ""),
+        ),
         ("versions", f"efx {get('efx_version')}, tensorflow {get('tensorflow_version')}"),
     ]
     if get("part") and get("part") != "0/1":
@@ -362,6 +426,12 @@ def info(output: str, as_json: bool) -> None:
         click.echo(f"  failed: {failure['path']}: {failure['error']}")
     if details["failed"] > len(details["failures"]):
         click.echo(f"  ... and {details['failed'] - len(details['failures'])} more")
+
+
+def _file_facts(details: dict[str, Any]) -> str:
+    if details.get("file_facts"):
+        return "size, mtime and SHA-256 of each file recorded (for --update)"
+    return "not recorded (efx before 0.4): --update reads every file once to record them"
 
 
 def _compute(details: dict[str, Any]) -> str:

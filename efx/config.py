@@ -79,6 +79,9 @@ class Settings:
     shard_size: int = DEFAULT_SHARD_SIZE
     overwrite: bool = False
     resume: bool = False
+    update: bool = False  # bring OUTPUT in line with the sources: embed only what changed
+    checksum: bool = False  # --update: compare every file's bytes, not size and mtime
+    retry_failed: bool = False  # --update: try unchanged failures again
     part: str | None = None  # "I/N": only part I of N of the inputs
     null: bool = False  # stdin paths are NUL-separated
 
@@ -104,6 +107,15 @@ class Settings:
             )
         if self.resume and self.overwrite:
             raise EfxError("--resume continues OUTPUT and --overwrite replaces it: choose one")
+        if self.update and (self.resume or self.overwrite):
+            other = "--resume" if self.resume else "--overwrite"
+            raise EfxError(
+                f"--update brings OUTPUT in line with the sources (and continues an interrupted "
+                f"one): it cannot be combined with {other}"
+            )
+        for flag, value in (("--checksum", self.checksum), ("--retry-failed", self.retry_failed)):
+            if value and not self.update:
+                raise EfxError(f"{flag} is for --update. Received: {flag} without --update")
 
     def decode_options(self, image_size: int) -> DecodeOptions:
         return DecodeOptions(image_size, self.resize, self.exif, self.max_pixels)

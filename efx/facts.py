@@ -58,9 +58,7 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def hash_files(
-    paths: Sequence[str], on_done: Callable[[int], None] | None = None
-) -> list[Facts]:
+def hash_files(paths: Sequence[str], on_done: Callable[[int], None] | None = None) -> list[Facts]:
     """The facts of each file, hash included, in order: stat before hashing, so that a file
     written meanwhile is seen as changed by the next run rather than trusted."""
 

@@ -48,3 +48,43 @@ def scratch_folder(parent: str, prefix: str) -> Iterator[str]:
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def swap_in(new: str, output: str) -> None:
+    """Put `new` (a file or folder) at `output`, replacing what is there, so that at every
+    instant `output` is either the old one or the new one, whole; then remove the old one.
+
+    A file is renamed over. A folder cannot be (rename(2) refuses a non-empty target), so the
+    two are exchanged in one step with Linux's renameat2(RENAME_EXCHANGE); where that is missing
+    (another OS, a filesystem without it) the old folder is first renamed aside, and for that
+    moment OUTPUT is absent (a rerun of --update finds both and uses them).
+    """
+    if not os.path.isdir(new) or not os.path.isdir(output):
+        replace(new, output)
+        return
+    aside = new + ".old"  # the old one, renamed so that nothing takes it for a leftover
+    if _exchange(new, output):
+        os.replace(new, aside)
+        fsync_folder(os.path.dirname(os.path.abspath(output)))
+    else:
+        os.replace(output, aside)
+        replace(new, output)
+    shutil.rmtree(aside)
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), second)

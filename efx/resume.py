@@ -31,28 +31,40 @@ def select_part(paths: Sequence[str], index: int, count: int) -> list[str]:
 
 
 def check_settings(
-    output: str, stored: dict[str, Any], wanted: dict[str, Any], before: bool
+    output: str, stored: dict[str, Any], wanted: dict[str, Any], before: bool, update: bool = False
 ) -> None:
-    """Refuse to continue `output` with settings that would give other rows, naming each.
+    """Refuse to continue (or `update`) `output` with settings that would give other rows,
+    naming each.
 
     `before` the model loads, what was asked is compared with what was asked (the precision
     asked for, not the one that ran: OpenVINO may have fallen back to float32); after, what
-    ran with what ran (`SETTINGS`).
+    ran with what ran (`SETTINGS`). An update may change the number of inputs (that is its
+    point); a resumed part may not (the parts' boundaries would move).
     """
     if before:
-        keys = ["model_handle", "resize", "exif_orientation", "part"]
-        keys += ["inputs_total"] if wanted["part"] != "0/1" else []  # the parts' boundaries
-        keys += ["image_size"] if wanted.get("image_size") else []
+        keys = before_keys(wanted, update)
         keys += ["precision_requested"] if "precision_requested" in stored else []
     else:
         keys = list(SETTINGS)
     differences = mismatches(stored, wanted, keys)
     if differences:
+        verb = "update" if update else "resume"
         raise EfxError(
-            f"cannot resume {output}: it was made with other settings ("
+            f"cannot {verb} {output}: it was made with other settings ("
             + "; ".join(differences)
-            + "). Resume with the same settings, or start over with --overwrite."
+            + f"). {verb.capitalize()} with the same settings, or start over with --overwrite."
         )
+
+
+def before_keys(wanted: dict[str, Any], update: bool = False) -> list[str]:
+    """The settings asked for that must match what an earlier run asked for (see
+    check_settings); "precision_requested" where the earlier output records it."""
+    keys = ["model_handle", "resize", "exif_orientation", "part"]
+    if wanted["part"] != "0/1" and not update:
+        keys.append("inputs_total")
+    if wanted.get("image_size"):
+        keys.append("image_size")
+    return keys
 
 
 def mismatches(stored: dict[str, Any], wanted: dict[str, Any], keys: Sequence[str]) -> list[str]:

@@ -1,0 +1,274 @@
+"""Which inputs need the model, and which rows can be reused: decided per input, before the
+model loads, from each file's facts (efx.facts) and the rows of earlier outputs. Pure Python.
+
+For every input, in row order, one of:
+- COPY: a row of an earlier output (`Source`): the same file unchanged (kept), or the same bytes
+  at another path (moved or copied: reused);
+- FAILED: a failure of an earlier output, for the same bytes (not retried unless asked);
+- SAME_AS: the same bytes as an earlier input of this run, which is embedded once;
+- EMBED: for the model (new, changed, or retried);
+- UNSTORABLE: a failure known now (a path the format cannot store).
+
+"Unchanged" means: the same path with the same size and modification time as the stored row
+(the fast path, no read), or, when those differ or `checksum` asks, the same SHA-256.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import facts as facts_
+from .facts import UNKNOWN, Facts
+
+EMBED, COPY, FAILED, SAME_AS, UNSTORABLE = range(5)
+
+
+@dataclass
+class Source:
+    """An earlier output whose rows and failures may be reused: OUTPUT itself, or what a killed
+    update left beside it."""
+
+    output: str
+    paths: list[str]
+    facts: list[Facts]
+    failed: list[str]
+    failed_facts: list[Facts]
+    reasons: list[str]
+    # For rows whose facts are unknown (outputs of efx before 0.4): files last modified before
+    # this instant (the output's `created`) are trusted to be what was embedded.
+    trusted_before_ns: int | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)  # its settings and model
+
+
+@dataclass
+class Counts:
+    kept: int = 0  # unchanged files: their rows and failures copied
+    new: int = 0  # embedded: paths no earlier output holds
+    changed: int = 0  # embedded: paths whose bytes changed
+    retried: int = 0  # embedded: failures tried again (--retry-failed, or unreadable before)
+    reused: int = 0  # moved or copied files (and repeats within the run): rows copied
+    removed: int = 0  # rows and failures of OUTPUT whose files are gone
+
+
+@dataclass
+class Work:
+    """What a run does for each input (arrays indexed by the input's position)."""
+
+    kind: np.ndarray  # int8: EMBED, COPY, FAILED, SAME_AS, UNSTORABLE
+    source: np.ndarray  # COPY, FAILED: which Source
+    index: np.ndarray  # COPY: its row; FAILED: its failure; SAME_AS: the position embedded
+    facts: list[Facts]  # what each file is now (stored with its row)
+    reasons: dict[int, str]  # FAILED and UNSTORABLE positions: why
+    counts: Counts = field(default_factory=Counts)
+
+    @property
+    def to_embed(self) -> np.ndarray:
+        return np.flatnonzero(self.kind == EMBED)
+
+    def unchanged(self, source: Source) -> bool:
+        """Whether `source` already is exactly this run's output: every input copied from it,
+        row for row and failure for failure, in its order, with the same facts."""
+        rows = self.kind == COPY
+        failed = self.kind == FAILED
+        n_rows, n_failed = int(rows.sum()), int(failed.sum())
+        return (
+            bool(np.all(rows | failed))
+            and bool(np.all(self.source == 0))
+            and (n_rows, n_failed) == (len(source.paths), len(source.failed))
+            and np.array_equal(self.index[rows], np.arange(n_rows))
+            and np.array_equal(self.index[failed], np.arange(n_failed))
+            and [self.facts[i] for i in np.flatnonzero(rows)] == source.facts
+            and [self.facts[i] for i in np.flatnonzero(failed)] == source.failed_facts
+        )
+
+
+def embed_all(count: int) -> Work:
+    """Every input for the model, repeats included (efx bench measures the model's work)."""
+    return Work(
+        kind=np.full(count, EMBED, np.int8),
+        source=np.full(count, -1, np.int32),
+        index=np.full(count, -1, np.int64),
+        facts=[UNKNOWN] * count,
+        reasons={},
+    )
+
+
+def plan(
+    paths: Sequence[str],
+    sources: Sequence[Source],
+    *,
+    unstorable: dict[int, str],
+    checksum: bool = False,
+    retry_failed: bool = False,
+    hash_files: Callable[[Sequence[str]], list[Facts]] = facts_.hash_files,
+) -> Work:
+    """Decide, for each of `paths`, how its row is made (see the module's docstring).
+
+    One `stat` per input; a file is read (hashed) only when no stored row matches its path,
+    size and modification time (or with `checksum`, always): a new, edited, touched, moved or
+    copied file. Identical bytes are embedded once, whatever their paths.
+    """
+    work = embed_all(len(paths))
+    work.reasons.update(unstorable)
+    by_path: dict[str, list[tuple[int, bool, int]]] = {}  # path -> (source, failure?, index)
+    for number, source in enumerate(sources):
+        for i, path in enumerate(source.paths):
+            by_path.setdefault(path, []).append((number, False, i))
+        for i, path in enumerate(source.failed):
+            by_path.setdefault(path, []).append((number, True, i))
+
+    def stored(entry: tuple[int, bool, int]) -> Facts:
+        number, failure, i = entry
+        source = sources[number]
+        return source.failed_facts[i] if failure else source.facts[i]
+
+    # 1. The fast path: the same path, size and modification time as a stored row or failure.
+    to_hash: list[int] = []
+    trusted: dict[int, tuple[int, bool, int]] = {}  # rows of old outputs, trusted by date
+    for position, path in enumerate(paths):
+        now = facts_.stat(path)
+        work.facts[position] = now
+        if position in unstorable:
+            work.kind[position] = UNSTORABLE
+            continue
+        entries = by_path.get(path, [])
+        same = [] if checksum else [e for e in entries if facts_.same_file(stored(e), now)]
+        if same and not (same[0][1] and retry_failed):
+            _take(work, position, same[0], stored(same[0]))
+            work.counts.kept += 1
+            continue
+        old = None if checksum else _trusted_by_date(entries, sources, now)
+        if old is not None:
+            trusted[position] = old
+        to_hash.append(position)
+
+    # 2. Read the others once, in parallel, and match their bytes.
+    hashed = hash_files([paths[p] for p in to_hash]) if to_hash else []
+    by_digest: dict[str, tuple[int, bool, int]] = {}
+    if to_hash:
+        for number in reversed(range(len(sources))):  # the first source wins; rows over failures
+            source = sources[number]
+            for i, found in reversed(list(enumerate(source.failed_facts))):
+                if found.sha256:
+                    by_digest[found.sha256] = (number, True, i)
+            for i, found in reversed(list(enumerate(source.facts))):
+                if found.sha256:
+                    by_digest[found.sha256] = (number, False, i)
+    first: dict[str, int] = {}  # digest -> the position that embeds it in this run
+    for position, now in zip(to_hash, hashed, strict=True):
+        work.facts[position] = now
+        path = paths[position]
+        entries = by_path.get(path, [])
+        if position in trusted:
+            _take(work, position, trusted[position], now)
+            work.counts.kept += 1
+            continue
+        digest = now.sha256
+        same_path = next((e for e in entries if digest and stored(e).sha256 == digest), None)
+        elsewhere = by_digest.get(digest) if digest else None
+        if same_path is not None and not (same_path[1] and retry_failed):
+            _take(work, position, same_path, now)  # touched, or --checksum: the same bytes
+            work.counts.kept += 1
+        elif elsewhere is not None and not (elsewhere[1] and retry_failed):
+            _take(work, position, elsewhere, now)  # moved or copied
+            work.counts.reused += 1
+        elif digest and digest in first:
+            work.kind[position], work.index[position] = SAME_AS, first[digest]
+            work.counts.reused += 1
+        else:
+            if digest:
+                first[digest] = position
+            if not entries:
+                work.counts.new += 1
+            elif same_path is not None:  # the same bytes as a failure: --retry-failed
+                work.counts.retried += 1
+            else:
+                work.counts.changed += 1
+    for failed in np.flatnonzero(work.kind == FAILED):
+        number, i = int(work.source[failed]), int(work.index[failed])
+        work.reasons[int(failed)] = sources[number].reasons[i]
+    if sources:
+        work.counts.removed = _removed(work, sources[0], set(paths))
+    return work
+
+
+def _trusted_by_date(
+    entries: list[tuple[int, bool, int]], sources: Sequence[Source], now: Facts
+) -> tuple[int, bool, int] | None:
+    """A row of an output of efx before 0.4 (no facts) at this path, if the file has not been
+    modified since that output was started: it is what was embedded."""
+    for entry in entries:
+        number, failure, i = entry
+        source = sources[number]
+        since = source.trusted_before_ns
+        old = not failure and since is not None and source.facts[i] == UNKNOWN
+        if old and 0 <= now.mtime_ns < since:  # type: ignore[operator]
+            return entry
+    return None
+
+
+def _take(work: Work, position: int, entry: tuple[int, bool, int], now: Facts) -> None:
+    number, failure, i = entry
+    work.kind[position] = FAILED if failure else COPY
+    work.source[position], work.index[position] = number, i
+    work.facts[position] = now
+
+
+def _removed(work: Work, output: Source, inputs: set[str]) -> int:
+    """OUTPUT's rows and failures whose file is gone: neither at its path nor reused."""
+    used_rows = set(work.index[(work.kind == COPY) & (work.source == 0)].tolist())
+    used_failures = set(work.index[(work.kind == FAILED) & (work.source == 0)].tolist())
+    gone = sum(
+        1 for i, path in enumerate(output.paths) if path not in inputs and i not in used_rows
+    )
+    return gone + sum(
+        1 for i, path in enumerate(output.failed) if path not in inputs and i not in used_failures
+    )
+
+
+def trusted_before(attrs: dict[str, object]) -> int | None:
+    """The instant an output of efx before 0.4 was started, in ns since the epoch: its files
+    last modified before then are what it embedded (one modified later may not be)."""
+    from datetime import datetime
+
+    created = attrs.get("created")
+    try:
+        return int(datetime.fromisoformat(str(created)).timestamp()) * 1_000_000_000
+    except ValueError:
+        return None
+
+
+def leftovers(output: str, old: bool = False) -> list[str]:
+    """What killed updates left beside OUTPUT (`OUTPUT.updating-N`), oldest first; with `old`,
+    also what a kill during the swap's clean-up left (`OUTPUT.updating-N.old`, never read)."""
+    output = os.path.normpath(output)
+    folder, name = os.path.split(os.path.abspath(output))
+    prefix = name + ".updating-"
+    numbered = []
+    for entry in os.listdir(folder):
+        number = entry[len(prefix) :].removesuffix(".old" if old else "")
+        if entry.startswith(prefix) and number.isdigit():
+            numbered.append((int(number), entry))
+    return [os.path.join(os.path.dirname(output), entry) for _, entry in sorted(numbered)]
+
+
+def remove_leftovers(output: str) -> None:
+    """Once OUTPUT is up to date, what killed updates left beside it is no longer needed."""
+    for leftover in leftovers(output, old=True):
+        if os.path.isdir(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif os.path.lexists(leftover):
+            os.remove(leftover)
+
+
+def scratch_name(output: str) -> str:
+    """Where an update writes the new OUTPUT before swapping it in: a name no leftover has."""
+    taken = leftovers(output)
+    last = int(taken[-1].rsplit("-", 1)[1]) if taken else 0
+    return f"{os.path.normpath(output)}.updating-{last + 1}"
