@@ -1,0 +1,358 @@
+"""--update: an output follows a changing folder of real photos. After every kind of change
+(new, edited in place, moved, copied, deleted, a broken file replaced) the updated output must
+equal a fresh run over the folder as it is now, and the model must have seen only what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import EFX, SLOW_CALL_SECONDS, assert_user_error, run_cli, sample
+
+import efx
+from efx import writers
+
+SIZE = 48
+OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
+HOUR_NS = 3600 * 10**9
+
+
+def write_photo(path: str, seed: int) -> None:
+    """A real photo (a crop of a sample), different bytes for every seed."""
+    rng = random.Random(seed)
+    image = sample(("chelsea.png", "coffee.jpg", "space/astronaut.jpg")[seed % 3])
+    left, top = rng.randrange(0, 150), rng.randrange(0, 150)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image.crop((left, top, left + 160, top + 120)).save(path, quality=90)
+
+
+@pytest.fixture
+def tree(tmp_path) -> str:
+    """12 photos in three folders, and a broken file; dated an hour ago, as an existing
+    library is (an edit made during a test then always has a later mtime)."""
+    root = str(tmp_path / "photos")
+    for i in range(12):
+        write_photo(os.path.join(root, "abc"[i % 3], f"img-{i:02d}.jpg"), i)
+    with open(os.path.join(root, "b", "broken.jpg"), "wb") as file:
+        file.write(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    for folder, _, names in os.walk(root):
+        for name in names:
+            age_an_hour(os.path.join(folder, name))
+    return root
+
+
+def age_an_hour(path: str) -> None:
+    then = time.time_ns() - HOUR_NS
+    os.utime(path, ns=(then, then))
+
+
+def output_in(tmp_path, fmt: str, name: str = "out") -> str:
+    return str(tmp_path / (f"{name}.h5" if fmt == "hdf5" else name))
+
+
+def extract(root: str, output: str, model: str, **options) -> efx.Summary:
+    return efx.extract(root, output, model=model, image_size=SIZE, batch_size=2, **options)
+
+
+def assert_equals_fresh_run(output: str, root: str, model: str, tmp_path, fmt: str) -> None:
+    """The same rows, order, failures, file facts and (to float rounding) embeddings as one
+    fresh run over `root` as it is now; complete."""
+    fresh = output_in(tmp_path, fmt, "fresh")
+    if os.path.exists(fresh):
+        shutil.rmtree(fresh) if os.path.isdir(fresh) else os.remove(fresh)
+    extract(root, fresh, model)
+    paths, rows = efx.load(output)
+    fresh_paths, fresh_rows = efx.load(fresh)
+    assert paths == fresh_paths
+    np.testing.assert_allclose(rows, fresh_rows, rtol=0, atol=1e-6)
+    assert writers.read_failures(output) == writers.read_failures(fresh)
+    updated, expected = writers.read_state(output, True), writers.read_state(fresh, True)
+    assert updated["facts"] == expected["facts"]
+    assert updated["failed_facts"] == expected["failed_facts"]
+    assert efx.info(output)["complete"] is True
+
+
+def leftovers(output: str) -> list[str]:
+    folder = os.path.dirname(output)
+    return [n for n in os.listdir(folder) if n.startswith(os.path.basename(output) + ".")]
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+def test_every_kind_of_change_gives_a_fresh_runs_output_and_the_model_sees_only_what_changed(
+    fmt, tree, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, fmt)
+    first = extract(tree, output, tiny_model)
+    assert (first.embedded, first.failed, first.computed) == (12, 1, 13)
+    write_photo(os.path.join(tree, "a", "000-new.jpg"), 100)  # new, sorted first
+    write_photo(os.path.join(tree, "c", "zzz-new.jpg"), 101)  # new, sorted last
+    write_photo(os.path.join(tree, "b", "img-04.jpg"), 104)  # edited in place
+    shutil.move(os.path.join(tree, "a", "img-03.jpg"), os.path.join(tree, "c", "moved.jpg"))
+    shutil.copy2(os.path.join(tree, "b", "img-01.jpg"), os.path.join(tree, "a", "copy.jpg"))
+    os.remove(os.path.join(tree, "c", "img-05.jpg"))  # deleted
+    os.replace(os.path.join(tree, "a", "img-06.jpg"), os.path.join(tree, "b", "broken.jpg"))
+    os.utime(os.path.join(tree, "b", "img-07.jpg"))  # touched: same bytes, newer mtime
+
+    summary = extract(tree, output, tiny_model, update=True)
+
+    # broken.jpg now holds img-06's bytes: a move over a failure (reused, not embedded).
+    assert summary.computed == 3 and (summary.new, summary.changed) == (2, 1)
+    assert summary.reused == 3  # moved.jpg, copy.jpg, broken.jpg (img-06 moved over it)
+    assert summary.kept == 8  # img-07 among them: touched, so hashed, and the same bytes
+    assert summary.removed == 1  # img-05 (img-03 and img-06 moved: their rows live on)
+    assert (summary.embedded, summary.failed, summary.model_loaded) == (14, 0, True)
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, fmt)
+    assert leftovers(output) == []
+
+
+def test_nothing_changed_loads_no_model_imports_no_tensorflow_and_touches_nothing(
+    tree, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, "hdf5")
+    extract(tree, output, tiny_model)
+    before = (os.stat(output).st_mtime_ns, Path(output).read_bytes())
+    code = (
+        "import efx, json, sys; s = efx.extract(sys.argv[1], sys.argv[2], model=sys.argv[3], "
+        "image_size=48, update=True); "
+        "print(json.dumps([s.to_dict(), 'tensorflow' in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, tree, output, tiny_model], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    summary, tensorflow_imported = json.loads(done.stdout)
+    assert summary["up_to_date"] and not summary["model_loaded"] and not tensorflow_imported
+    assert (summary["kept"], summary["computed"], summary["embedded"]) == (13, 0, 12)
+    assert (os.stat(output).st_mtime_ns, Path(output).read_bytes()) == before
+
+    result = run_cli("extract", tree, output, "-m", tiny_model, "--image-size", "48", "--update")
+    assert result.exit_code == 0, result.output
+    assert "is up to date (12 embedded, 1 failed): nothing changed in 13 files" in result.output
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+def test_moves_and_deletions_alone_need_no_model(fmt, tree, tiny_model, tmp_path):
+    output = output_in(tmp_path, fmt)
+    extract(tree, output, tiny_model)
+    shutil.move(os.path.join(tree, "a"), os.path.join(tree, "renamed"))  # a folder renamed
+    os.remove(os.path.join(tree, "b", "img-01.jpg"))
+    summary = extract(tree, output, tiny_model, update=True)
+    assert not summary.model_loaded and summary.computed == 0
+    assert (summary.reused, summary.removed, summary.kept) == (4, 1, 8)
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, fmt)
+
+
+def test_checksum_finds_an_edit_that_kept_size_and_mtime(tree, tiny_model, tmp_path):
+    """The fast path trusts size + mtime (as rsync does); --checksum reads every file."""
+    output = output_in(tmp_path, "hdf5")
+    extract(tree, output, tiny_model)
+    path = os.path.join(tree, "c", "img-02.jpg")
+    stat = os.stat(path)
+    with open(path, "r+b") as file:  # one byte of the picture's data changed, in place
+        data = bytearray(file.read())
+        at = next(i for i in range(len(data) * 2 // 3, len(data)) if data[i] < 0xEF)
+        data[at] ^= 0x10
+        file.seek(0)
+        file.write(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the date put back
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    trusted = extract(tree, output, tiny_model, update=True)
+    assert trusted.up_to_date and trusted.computed == 0  # size and mtime say: unchanged
+    checked = extract(tree, output, tiny_model, update=True, checksum=True)
+    assert (checked.changed, checked.computed, checked.kept) == (1, 1, 12)
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, "hdf5")
+
+
+def test_an_unchanged_failure_is_kept_until_retry_failed_or_the_file_changes(
+    tree, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, "hdf5")
+    extract(tree, output, tiny_model)
+    write_photo(os.path.join(tree, "a", "new.jpg"), 50)
+    kept = extract(tree, output, tiny_model, update=True)
+    assert (kept.computed, kept.new, kept.failed) == (1, 1, 1)  # broken.jpg not retried
+    retried = extract(tree, output, tiny_model, update=True, retry_failed=True)
+    assert (retried.computed, retried.retried, retried.failed) == (1, 1, 1)
+    assert writers.read_failures(output) == [
+        {"path": os.path.join(tree, "b", "broken.jpg"), "error": "truncated or corrupt JPEG"}
+    ]
+    write_photo(os.path.join(tree, "b", "broken.jpg"), 51)  # fixed by replacing the file
+    fixed = extract(tree, output, tiny_model, update=True)
+    assert (fixed.computed, fixed.changed, fixed.failed, fixed.embedded) == (1, 1, 0, 14)
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, "hdf5")
+
+
+def test_identical_bytes_are_embedded_once_in_an_ordinary_run(tree, tiny_model, tmp_path):
+    for i in range(3):
+        shutil.copy(os.path.join(tree, "a", "img-00.jpg"), os.path.join(tree, f"dup-{i}.jpg"))
+    shutil.copy(os.path.join(tree, "b", "broken.jpg"), os.path.join(tree, "broken-too.jpg"))
+    output = output_in(tmp_path, "hdf5")
+    summary = extract(tree, output, tiny_model)
+    assert (summary.images, summary.computed, summary.reused) == (17, 13, 4)
+    paths, rows = efx.load(output)
+    copies = [paths.index(os.path.join(tree, f"dup-{i}.jpg")) for i in range(3)]
+    original = paths.index(os.path.join(tree, "a", "img-00.jpg"))
+    for row in copies:
+        np.testing.assert_array_equal(rows[row], rows[original])
+    assert [f["error"] for f in writers.read_failures(output)] == ["truncated or corrupt JPEG"] * 2
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+def test_killed_update_leaves_output_intact_and_the_rerun_reuses_its_rows(
+    fmt, tree, slow_model, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, fmt)
+    args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
+    args.append("tensorflow")  # the slow model's sleep does not convert to OpenVINO
+    assert subprocess.run([EFX, "extract", *args, "-q"]).returncode == 0
+    before = efx.load(output)
+    for i in range(6):
+        write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 200 + i)
+    update = subprocess.Popen([EFX, "extract", *args, "--update", "-q"], stderr=subprocess.PIPE)
+    scratch = output + ".updating-1"
+    deadline = time.monotonic() + 60
+    while update.poll() is None:  # until the update has committed two new rows
+        assert time.monotonic() < deadline
+        try:
+            if efx.info(scratch)["count"] >= 14:
+                break
+        except (efx.EfxError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.05)
+    update.send_signal(signal.SIGKILL)
+    update.wait()
+    paths, rows = efx.load(output)  # OUTPUT is exactly as it was
+    assert paths == before[0]
+    np.testing.assert_array_equal(rows, before[1])
+    assert os.path.exists(scratch)
+
+    done = subprocess.run(
+        [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["computed"] <= 4 and summary["computed"] + summary["kept"] == 19
+    assert leftovers(output) == []
+    assert_equals_fresh_run(output, tree, slow_model, tmp_path, fmt)
+
+
+def test_ctrl_c_during_an_update_says_output_is_as_it_was(tree, slow_model, tmp_path):
+    output = output_in(tmp_path, "hdf5")
+    args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
+    args.append("tensorflow")
+    assert subprocess.run([EFX, "extract", *args, "-q"]).returncode == 0
+    for i in range(4):
+        write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 300 + i)
+    update = subprocess.Popen(
+        [EFX, "extract", *args, "--update", "-q"], stderr=subprocess.PIPE, text=True
+    )
+    scratch = output + ".updating-1"
+    deadline = time.monotonic() + 60
+    while not os.path.exists(scratch):
+        assert time.monotonic() < deadline and update.poll() is None
+        time.sleep(0.05)
+    time.sleep(2 * SLOW_CALL_SECONDS)
+    update.send_signal(signal.SIGINT)
+    _, stderr = update.communicate(timeout=60)
+    assert update.returncode == 130, stderr
+    assert f"{output} is as it was; what was computed is kept in {scratch}" in stderr
+    assert "--update" in stderr.splitlines()[-1] and "--resume" not in stderr
+    assert len(efx.load(output)[0]) == 12 and not any("new-" in p for p in efx.load(output)[0])
+
+
+def test_update_refuses_other_settings_and_combinations_and_starts_a_missing_output(
+    tree, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, "hdf5")
+    started = extract(tree, output, tiny_model, update=True)  # no OUTPUT yet: a first run
+    assert (started.new, started.computed, started.embedded) == (13, 13, 12)
+    result = run_cli("extract", tree, output, "-m", tiny_model, "--image-size", "64", "--update")
+    assert_user_error(result, "cannot update")
+    assert "image_size: 48 there, 64 here" in result.output
+    result = run_cli("extract", tree, output, "-m", tiny_model, "--update", "--overwrite")
+    assert_user_error(result, "cannot be combined with --overwrite")
+    result = run_cli("extract", tree, output, "-m", tiny_model, "--retry-failed")
+    assert_user_error(result, "--retry-failed is for --update")
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+def test_an_output_of_efx_0_3_is_updated_by_reading_files_once(fmt, tree, tiny_model, tmp_path):
+    output = output_in(tmp_path, fmt)
+    extract(tree, output, tiny_model)
+    strip_file_facts(output, fmt)  # as efx 0.3 wrote it
+    assert efx.info(output)["file_facts"] is False
+    write_photo(os.path.join(tree, "a", "img-00.jpg"), 400)  # edited since: a newer mtime
+    notes: list[str] = []
+    summary = efx.extract(
+        tree, output, model=tiny_model, image_size=SIZE, batch_size=2, update=True,
+        on_note=notes.append,
+    )  # fmt: skip
+    assert any("did not record each file's size, date and checksum" in n for n in notes)
+    # Rows of files not modified since the output was created are kept; the edited one and
+    # the failure (no record of its bytes) are done again.
+    assert (summary.kept, summary.changed, summary.computed) == (11, 2, 2)
+    assert efx.info(output)["file_facts"] is True
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, fmt)
+
+
+def strip_file_facts(output: str, fmt: str) -> None:
+    if fmt == "hdf5":
+        with h5py.File(output, "r+") as file:
+            for group in (file, file["failures"]):
+                for name in ("file_sizes", "file_mtimes_ns", "file_sha256"):
+                    del group[name]
+            file.attrs["efx_version"] = "0.3.0"
+        return
+    with open(os.path.join(output, "manifest.json")) as file:
+        manifest = json.load(file)
+    for shard in manifest["shards"]:
+        os.remove(os.path.join(output, shard.pop("files")))
+    manifest["efx_version"] = "0.3.0"
+    with open(os.path.join(output, "manifest.json"), "w") as file:
+        json.dump(manifest, file)
+    with open(os.path.join(output, "failures.jsonl")) as file:
+        failures = [json.loads(line) for line in file]
+    with open(os.path.join(output, "failures.jsonl"), "w") as file:
+        for failure in failures:
+            file.write(json.dumps({"path": failure["path"], "error": failure["error"]}) + "\n")
+
+
+def test_shard_parts_update_independently_and_still_merge(tree, tiny_model, tmp_path):
+    parts = [str(tmp_path / f"part-{i}.h5") for i in range(2)]
+    for i, part in enumerate(parts):
+        extract(tree, part, tiny_model, part=f"{i}/2")
+    write_photo(os.path.join(tree, "a", "000-new.jpg"), 500)  # shifts the parts' boundary
+    os.remove(os.path.join(tree, "c", "img-11.jpg"))
+    for i, part in enumerate(parts):
+        summary = extract(tree, part, tiny_model, part=f"{i}/2", update=True)
+        assert summary.computed <= 2  # the new file, and one that crossed the boundary
+    merged = str(tmp_path / "merged.h5")
+    efx.merge(parts, merged)
+    assert_equals_fresh_run(merged, tree, tiny_model, tmp_path, "hdf5")
+
+
+def test_update_with_the_tensorflow_backend_and_through_the_command_line(
+    tree, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, "npy")
+    base = ["extract", tree, output, "-m", tiny_model, "--image-size", "48", "--backend"]
+    assert run_cli(*base, "tensorflow").exit_code == 0
+    write_photo(os.path.join(tree, "b", "new.jpg"), 600)
+    result = run_cli(*base, "tensorflow", "--update", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["backend"], summary["computed"], summary["kept"]) == ("tensorflow", 1, 13)
+    assert "updated: 13 kept, 1 embedded (1 new, 0 changed)" in result.stderr
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, "npy")
