@@ -56,7 +56,8 @@ def cpu() -> str:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
         if line.startswith("Model name:"):
             name = line.split(":", 1)[1].strip()
-            flags = open("/proc/cpuinfo").read()
+            with open("/proc/cpuinfo") as file:
+                flags = file.read()
             extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
             return f"{name} ({os.cpu_count()} cores; {', '.join(extras) or 'AVX2 only'})"
     return "unknown CPU"

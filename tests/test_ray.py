@@ -82,6 +82,28 @@ def test_ray_engine_resumes_what_another_run_started(ray_instance, tiny_model, m
     assert_same_output(whole, partial)
 
 
+def test_ray_engine_updates_what_the_local_engine_wrote(
+    ray_instance, tiny_model, mixed_dir, tmp_path
+):
+    """--update with Ray: an edited photo and a copy of it sorted first: the model (in Ray
+    actors) embeds those bytes once; the result equals a fresh local run."""
+    import shutil
+
+    root, _ = mixed_dir
+    output = str(tmp_path / "out")
+    options = {"model": tiny_model, "image_size": 64, "batch_size": 4}
+    efx.extract(root, output, **options)
+    photo = next(p for p in efx.load(output)[0] if p.endswith(".jpg"))
+    with open(photo, "ab") as file:  # new bytes (after the JPEG's end): another file to embed
+        file.write(b"\0")
+    shutil.copy(photo, os.path.join(root, "0-new.jpg"))
+    summary = efx.extract(root, output, engine="ray", update=True, **options)
+    assert (summary.engine, summary.computed, summary.new, summary.reused) == ("ray", 1, 1, 1)
+    fresh = str(tmp_path / "fresh")
+    efx.extract(root, fresh, **options)
+    assert_same_output(fresh, output)
+
+
 def test_a_model_error_on_a_ray_worker_reads_as_locally(ray_instance, tmp_path):
     import tensorflow as tf
 
