@@ -126,7 +126,8 @@ def extract(
     if settings.update and _up_to_date(plan):
         reuse.remove_leftovers(output)
         return _summary(plan, settings, None, (0, 0), [started, started, time.monotonic()])
-    needs_model = len(plan.work.to_embed) > 0
+    # The model is loaded for inputs to embed, or to describe an output no earlier one can.
+    needs_model = len(plan.work.to_embed) > 0 or "feature_dim" not in _earlier_attrs(plan)
     with process.sigterm_stops(), process.tensorflow_options_restored():
         clock = [started]  # started, model loaded, finished
         engine: Engine | None = None
@@ -414,7 +415,7 @@ _MODEL_ATTRS = (
 def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> dict[str, Any]:
     """Everything the output records of the run."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    earlier = plan.sources[0].attrs if plan.sources else {}
+    earlier = _earlier_attrs(plan)
     attrs: dict[str, Any] = {
         **_planned_attrs(plan, settings),
         "efx_version": _version(),
@@ -436,6 +437,13 @@ def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> dict[s
         "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
         "engine": settings.engine,
     }
+
+
+def _earlier_attrs(plan: Plan) -> dict[str, Any]:
+    """What the output whose rows this run copies (or continues) records."""
+    if plan.sources:
+        return plan.sources[0].attrs
+    return plan.state["attrs"] if plan.state is not None else {}
 
 
 def _existing_state(output: str, fmt: str, verb: str) -> dict[str, Any] | None:
