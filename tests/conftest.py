@@ -141,9 +141,10 @@ def good_dir(tmp_path):
     return str(root), rels
 
 
-def save_tiny_model(folder: str, sleep_seconds: float = 0.0) -> str:
-    """A tiny TF2 SavedModel with the module's interface: float32 [n, h, w, 3] -> [n, 16];
-    with `sleep_seconds`, each call first sleeps that long (a tf.data sleep: no CPU)."""
+def save_tiny_model(folder: str, sleep_seconds: float = 0.0, dim: int = TINY_DIM) -> str:
+    """A tiny TF2 SavedModel with the module's interface: float32 [n, h, w, 3] -> [n, dim]
+    (16: TINY_DIM); with `sleep_seconds`, each call first sleeps that long (a tf.data sleep:
+    no CPU)."""
     import tensorflow as tf
 
     def sleep() -> tf.Tensor:
@@ -160,7 +161,7 @@ def save_tiny_model(folder: str, sleep_seconds: float = 0.0) -> str:
     class Tiny(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.kernel = tf.Variable(tf.random.stateless_normal([5, 5, 3, TINY_DIM], seed=[1, 2]))
+            self.kernel = tf.Variable(tf.random.stateless_normal([5, 5, 3, dim], seed=[1, 2]))
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
         def __call__(self, images):

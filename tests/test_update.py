@@ -356,3 +356,33 @@ def test_update_with_the_tensorflow_backend_and_through_the_command_line(
     assert (summary["backend"], summary["computed"], summary["kept"]) == ("tensorflow", 1, 13)
     assert "updated: 13 kept, 1 embedded (1 new, 0 changed)" in result.stderr
     assert_equals_fresh_run(output, tree, tiny_model, tmp_path, "npy")
+
+
+def test_update_continues_a_killed_run_and_keeps_every_row_it_wrote(tree, slow_model, tmp_path):
+    """Unlike --resume, which keeps the longest prefix, --update keeps every row: a new photo
+    sorted first costs one embedding, not a rerun of everything after it."""
+    output = output_in(tmp_path, "hdf5")
+    args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
+    args.append("tensorflow")
+    run = subprocess.Popen([EFX, "extract", *args, "-q"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while run.poll() is None:
+        assert time.monotonic() < deadline
+        try:
+            if efx.info(output)["count"] >= 4:
+                break
+        except (efx.EfxError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    done = efx.info(output)["count"] + efx.info(output)["failed"]
+    assert 4 <= done < 13
+    write_photo(os.path.join(tree, "000-new.jpg"), 700)  # sorted before everything
+    result = subprocess.run(
+        [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["kept"], summary["computed"]) == (done, 14 - done)
+    assert_equals_fresh_run(output, tree, slow_model, tmp_path, "hdf5")
