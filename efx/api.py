@@ -549,7 +549,10 @@ def stream(
                     writer.fail(paths[position], reason, work.facts[position])
                 for position in repeated.intersection(range(start, stop)):
                     kept = reasons.get(position)
-                    held[position] = kept if kept is not None else embeddings[position - start]
+                    # A copy: a view would keep this whole step's array alive.
+                    held[position] = (
+                        kept if kept is not None else embeddings[position - start].copy()
+                    )
                 rows, failed = rows + int(ok.sum()), failed + len(reasons)
                 writer.flush(sync=sync.due(stop - start))
                 bar.update(int((work.kind[start:stop] == reuse.EMBED).sum()))

@@ -386,3 +386,40 @@ def test_update_continues_a_killed_run_and_keeps_every_row_it_wrote(tree, slow_m
     summary = json.loads(result.stdout)
     assert (summary["kept"], summary["computed"]) == (done, 14 - done)
     assert_equals_fresh_run(output, tree, slow_model, tmp_path, "hdf5")
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_swap_in_replaces_a_folder_or_file_and_leaves_nothing_behind(
+    exchange, tmp_path, monkeypatch
+):
+    from efx import files
+
+    if not exchange:  # as on a filesystem or OS without RENAME_EXCHANGE
+        monkeypatch.setattr(files, "_exchange", lambda first, second: False)
+    old, new = tmp_path / "out", tmp_path / "out.updating-1"
+    old.mkdir()
+    (old / "manifest.json").write_text("old")
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    files.swap_in(str(new), str(old))
+    assert (old / "manifest.json").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    (tmp_path / "a.h5").write_text("old")
+    (tmp_path / "a.h5.updating-3").write_text("new")
+    files.swap_in(str(tmp_path / "a.h5.updating-3"), str(tmp_path / "a.h5"))
+    assert (tmp_path / "a.h5").read_text() == "new" and not (tmp_path / "a.h5.updating-3").exists()
+
+
+def test_leftovers_are_numbered_and_new_work_takes_the_next_number(tmp_path):
+    from efx import reuse
+
+    output = str(tmp_path / "out")
+    for name in ("out.updating-2", "out.updating-10", "out.updating-9.old", "out.updatingx"):
+        (tmp_path / name).mkdir()
+    assert [os.path.basename(p) for p in reuse.leftovers(output + "/")] == [
+        "out.updating-2",
+        "out.updating-10",
+    ]
+    assert reuse.scratch_name(output + "/") == output + ".updating-11"
+    reuse.remove_leftovers(output)
+    assert sorted(os.listdir(tmp_path)) == ["out.updatingx"]
