@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import EfxError
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 if TYPE_CHECKING:
     from .api import Summary, extract, info, load
