@@ -253,3 +253,34 @@ def test_superblock_checksum_and_crash_flags_match_what_hdf5_itself_writes(tmp_p
         file.write(b"\x01\x02\x03\x04")
     with pytest.raises(efx.EfxError, match="superblock is damaged"):
         superblock.clear_crash_flags(killed)
+
+
+def test_hdf5_being_extended_is_read_but_a_truncated_finished_file_is_refused(tmp_path):
+    """While a SWMR writer extends the file, its superblock can record an end past the bytes
+    on disk for a moment: plain HDF5 says "truncated file" (seen by `efx info` during a run).
+    With the writer's flags set that is a file being written, read in SWMR mode; without
+    them, a damaged file."""
+    from efx.writers import superblock
+
+    output = str(tmp_path / "out.h5")
+    writer = writers.open_writer("hdf5", output, ATTRS)
+    writer.write(*rows(0, 3), facts_of(0, 3))
+    writer.close()
+    with open(output, "r+b") as file:  # the superblock as a writer mid-extension leaves it
+        block = bytearray(file.read(48))
+        block[11] = 0x05  # opened for writing, in SWMR mode
+        end = int.from_bytes(block[28:36], "little")
+        block[28:36] = (end + 4096).to_bytes(8, "little")
+        block[44:48] = superblock.lookup3(bytes(block[:44])).to_bytes(4, "little")
+        file.seek(0)
+        file.write(block)
+    assert superblock.held_open(output)
+    assert efx.info(output)["count"] == 3 and writers.read(output)[0] == rows(0, 3)[0]
+
+    finished = str(tmp_path / "finished.h5")
+    writer = writers.open_writer("hdf5", finished, ATTRS)
+    writer.write(*rows(0, 3))
+    writer.close()
+    os.truncate(finished, os.path.getsize(finished) - 100)
+    with pytest.raises(efx.EfxError, match="truncated file"):
+        efx.info(finished)

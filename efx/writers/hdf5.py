@@ -354,7 +354,10 @@ def _open_file(output: str) -> h5py.File:
     except BlockingIOError:
         raise
     except OSError as error:
-        if "already open for write" not in str(error):
+        # A file being appended to can end, for a moment, before the end its superblock
+        # records ("truncated file"); SWMR mode reads it. A finished file that does is damaged.
+        being_written = "truncated file" in str(error) and superblock.held_open(output)
+        if "already open for write" not in str(error) and not being_written:
             raise
     return h5py.File(output, "r", swmr=True)
 

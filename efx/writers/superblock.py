@@ -95,3 +95,13 @@ def check(output: str) -> None:
     ours = len(block) == 48 and block[:8] == SIGNATURE and block[8] in (2, 3)
     if ours and not checksum_ok(block):
         raise EfxError(f"cannot read {output}: its HDF5 superblock is damaged")
+
+
+def held_open(output: str) -> bool:
+    """Whether the superblock says a writer has the file open, or had it when it was killed
+    (its consistency flags are set): such a file may end, for a moment, before the end its
+    superblock records, while the writer extends it."""
+    with open(output, "rb") as file:
+        block = file.read(48)
+    ours = len(block) == 48 and block[:8] == SIGNATURE and block[8] in (2, 3)
+    return ours and checksum_ok(block) and block[_FLAGS] != 0
