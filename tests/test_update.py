@@ -83,6 +83,22 @@ def assert_equals_fresh_run(output: str, root: str, model: str, tmp_path, fmt: s
     assert efx.info(output)["complete"] is True
 
 
+def kill_once_it_holds(rows: int, output: str, command: list[str]) -> None:
+    """Run `command`, and kill -9 it once `output` holds `rows` committed rows."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while process.poll() is None:
+        assert time.monotonic() < deadline
+        try:
+            if efx.info(output)["count"] >= rows:
+                break
+        except (efx.EfxError, OSError, KeyError, ValueError):  # not there yet
+            pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def leftovers(output: str) -> list[str]:
     folder = os.path.dirname(output)
     return [n for n in os.listdir(folder) if n.startswith(os.path.basename(output) + ".")]
@@ -220,19 +236,8 @@ def test_killed_update_leaves_output_intact_and_the_rerun_reuses_its_rows(
     before = efx.load(output)
     for i in range(6):
         write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 200 + i)
-    update = subprocess.Popen([EFX, "extract", *args, "--update", "-q"], stderr=subprocess.PIPE)
     scratch = output + ".updating-1"
-    deadline = time.monotonic() + 60
-    while update.poll() is None:  # until the update has committed two new rows
-        assert time.monotonic() < deadline
-        try:
-            if efx.info(scratch)["count"] >= 14:
-                break
-        except (efx.EfxError, OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.05)
-    update.send_signal(signal.SIGKILL)
-    update.wait()
+    kill_once_it_holds(14, scratch, [EFX, "extract", *args, "--update", "-q"])  # 2 new rows
     paths, rows = efx.load(output)  # OUTPUT is exactly as it was
     assert paths == before[0]
     np.testing.assert_array_equal(rows, before[1])
@@ -364,18 +369,7 @@ def test_update_continues_a_killed_run_and_keeps_every_row_it_wrote(tree, slow_m
     output = output_in(tmp_path, "hdf5")
     args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
     args.append("tensorflow")
-    run = subprocess.Popen([EFX, "extract", *args, "-q"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while run.poll() is None:
-        assert time.monotonic() < deadline
-        try:
-            if efx.info(output)["count"] >= 4:
-                break
-        except (efx.EfxError, OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.05)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    kill_once_it_holds(4, output, [EFX, "extract", *args, "-q"])
     done = efx.info(output)["count"] + efx.info(output)["failed"]
     assert 4 <= done < 13
     write_photo(os.path.join(tree, "000-new.jpg"), 700)  # sorted before everything
