@@ -353,7 +353,7 @@ def _report(summary: Any) -> None:
         echo(
             f"efx: {summary.output} is up to date ({summary.embedded} embedded, "
             f"{summary.failed} failed): nothing changed in {summary.images} files, no model "
-            f"loaded ({summary.seconds:.1f} s)"
+            f"loaded ({summary.seconds:.2f} s)"
         )
         return
     if summary.standin:

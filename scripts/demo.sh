@@ -9,6 +9,11 @@ OUT=demo-out
 STANDIN=.cache/standin-b6
 mkdir -p "$OUT"
 
+again() {  # the same run with --update: nothing changed, so no model load and no rewrite
+    echo "== efx extract samples/ $1 --update $2"
+    "$EFX" extract samples/ "$1" --update $2 || exit 1
+}
+
 look() {  # what the embeddings say: the nearest photos, near-duplicates, as pages
     echo "== efx similar $1 samples/coffee.jpg -k 3 --html $OUT/similar.html"
     "$EFX" similar "$1" samples/coffee.jpg -k 3 --html "$OUT/similar.html" || exit 1
@@ -19,6 +24,7 @@ look() {  # what the embeddings say: the nearest photos, near-duplicates, as pag
 echo "== efx extract samples/ $OUT/samples.h5  (default model: TF-Hub EfficientNet-B6)"
 if "$EFX" extract samples/ "$OUT/samples.h5" --overwrite; then
     "$EFX" info "$OUT/samples.h5"
+    again "$OUT/samples.h5" ""
     look "$OUT/samples.h5"
     exit 0
 fi
@@ -38,4 +44,5 @@ echo "== efx extract samples/ $OUT/samples-STANDIN.h5 --model $STANDIN"
 "$EFX" extract samples/ "$OUT/samples-STANDIN.h5" --model "$STANDIN" --overwrite || exit 1
 echo "== efx info $OUT/samples-STANDIN.h5"
 "$EFX" info "$OUT/samples-STANDIN.h5"
+again "$OUT/samples-STANDIN.h5" "--model $STANDIN"
 look "$OUT/samples-STANDIN.h5"
