@@ -119,38 +119,51 @@ def extract(
     """
     started = time.monotonic()
     settings = Settings(**options)
-    plan = plan_run(sources, output, settings, stdin, progress, on_note)
-    if settings.resume and plan.state is not None and plan.state["complete"]:
-        return _already_complete(plan)
-    assert plan.work is not None
-    if settings.update and _up_to_date(plan):
-        reuse.remove_leftovers(output)
-        return _summary(plan, settings, None, (0, 0), [started, started, time.monotonic()])
-    # The model is loaded for inputs to embed, or to describe an output no earlier one can.
-    needs_model = len(plan.work.to_embed) > 0 or "feature_dim" not in _earlier_attrs(plan)
-    with process.sigterm_stops(), process.tensorflow_options_restored():
-        clock = [started]  # started, model loaded, finished
-        engine: Engine | None = None
-        loaded: LoadedModel | None = None
-        try:
-            if needs_model:
-                if progress:  # the load takes seconds to minutes (a first run downloads): say so
-                    print(f"efx: loading {plan.spec.handle} ...", file=sys.stderr, flush=True)
-                engine = open_engine(settings, verbose)
-                try:
-                    loaded = _load(engine, plan, settings, on_note)
-                except KeyboardInterrupt:
-                    raise process.Interrupted(output, wrote=False) from None
-            clock.append(time.monotonic())
-            counts = _write(plan, settings, loaded, engine, progress)
-        finally:
-            if engine is not None:
-                engine.close()
-    if settings.update:
-        files.swap_in(plan.target, output)
-        reuse.remove_leftovers(output)
-    clock.append(time.monotonic())
-    return _summary(plan, settings, loaded, counts, clock)
+    with _one_update_at_a_time(output, settings):
+        plan = plan_run(sources, output, settings, stdin, progress, on_note)
+        if settings.resume and plan.state is not None and plan.state["complete"]:
+            return _already_complete(plan)
+        assert plan.work is not None
+        if settings.update and _up_to_date(plan):
+            reuse.remove_leftovers(output)
+            return _summary(plan, settings, None, (0, 0), [started, started, time.monotonic()])
+        # The model is loaded for inputs to embed, or to describe an output no earlier one can.
+        needs_model = len(plan.work.to_embed) > 0 or "feature_dim" not in _earlier_attrs(plan)
+        with process.sigterm_stops(), process.tensorflow_options_restored():
+            clock = [started]  # started, model loaded, finished
+            engine: Engine | None = None
+            loaded: LoadedModel | None = None
+            try:
+                if needs_model:
+                    # The load takes seconds to minutes (a first run downloads): say so.
+                    if progress:
+                        print(f"efx: loading {plan.spec.handle} ...", file=sys.stderr, flush=True)
+                    engine = open_engine(settings, verbose)
+                    try:
+                        loaded = _load(engine, plan, settings, on_note)
+                    except KeyboardInterrupt:
+                        raise process.Interrupted(output, wrote=False) from None
+                clock.append(time.monotonic())
+                counts = _write(plan, settings, loaded, engine, progress)
+            finally:
+                if engine is not None:
+                    engine.close()
+        if settings.update:
+            files.swap_in(plan.target, output)
+            reuse.remove_leftovers(output)
+        clock.append(time.monotonic())
+        return _summary(plan, settings, loaded, counts, clock)
+
+
+def _one_update_at_a_time(
+    output: str, settings: Settings
+) -> contextlib.AbstractContextManager[Any]:
+    """An update holds `OUTPUT.updating.lock` while it runs: a second update of the same OUTPUT
+    (a nightly job meeting a manual run) would take the first one's work for a leftover."""
+    if not settings.update or not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        return contextlib.nullcontext()  # (a missing folder is reported by plan_run)
+    busy = f"another efx --update of {output} is running; try again once it has finished"
+    return files.held_exclusively(f"{os.path.normpath(output)}.updating.lock", busy)
 
 
 def _summary(

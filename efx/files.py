@@ -88,3 +88,34 @@ def _exchange(first: str, second: str) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
         return False
     raise OSError(code, os.strerror(code), second)
+
+
+@contextlib.contextmanager
+def held_exclusively(path: str, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if needed, removed after) for the
+    block, or raise EfxError(`busy`) if another process holds it. After locking, the path is
+    checked to still name the locked file: a holder that finished may have just removed it."""
+    import fcntl
+
+    from .errors import EfxError
+
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise EfxError(busy) from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(descriptor).st_ino:
+            break
+        os.close(descriptor)  # removed (and maybe made anew) meanwhile: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        os.close(descriptor)

@@ -432,3 +432,17 @@ def test_a_file_that_changes_while_it_is_embedded_is_stored_without_its_hash(tre
     stored = _Step(paths, work, 0, 2, None).facts(np.arange(2))
     assert stored[0] == work.facts[0]
     assert stored[1].sha256 == "" and stored[1].size == work.facts[1].size
+
+
+def test_a_second_update_of_the_same_output_is_refused_while_one_runs(tree, tiny_model, tmp_path):
+    from efx import files
+
+    output = output_in(tmp_path, "hdf5")
+    extract(tree, output, tiny_model)
+    with files.held_exclusively(output + ".updating.lock", "held"):  # as a running update does
+        result = run_cli(
+            "extract", tree, output, "-m", tiny_model, "--image-size", "48", "--update"
+        )
+        assert_user_error(result, f"another efx --update of {output} is running")
+    assert extract(tree, output, tiny_model, update=True).up_to_date
+    assert leftovers(output) == []  # the lock file goes with the update
