@@ -232,7 +232,7 @@ def _append_facts(group: h5py.Group, facts: Sequence[Facts]) -> None:
 def _create_facts(group: h5py.Group, rows: int = 0) -> None:
     """The facts datasets of a group (root or failures), `rows` of them unknown (an output of
     efx before 0.4 gets them when --resume reopens it)."""
-    chunk = 1 << 14
+    chunk = 1 << 12  # 256 KiB of hashes, as the paths' chunks: small outputs stay small
     for name, dtype in zip(FACTS, _FACT_TYPES, strict=True):
         unknown = b"" if name == "file_sha256" else -1
         group.create_dataset(

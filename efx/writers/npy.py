@@ -240,7 +240,7 @@ class NpyWriter:
         write_atomically(self._path(self._open["paths"]), b"".join(line + b"\n" for line in kept))
         self._paths_file = open(self._path(self._open["paths"]), "ab")  # noqa: SIM115
         # The shard's facts, cut to the rows kept (unknown for a shard of efx before 0.4).
-        facts = _read_facts(self._output, {**self._open, "files": self._open["files"]}, rows)
+        facts = _read_facts(self._output, self._open, rows)
         write_atomically(self._path(self._open["files"]), _fact_lines(facts))
         self._facts_file = open(self._path(self._open["files"]), "ab")  # noqa: SIM115
         self._embeddings_file = open(self._path(self._open["embeddings"]), "r+b")  # noqa: SIM115
