@@ -72,13 +72,15 @@ class Work:
         return np.flatnonzero(self.kind == EMBED)
 
     def unchanged(self, source: Source) -> bool:
-        """Whether `source` already is exactly this run's output: every input copied from it,
-        row for row and failure for failure, in its order, with the same facts."""
+        """Whether `source` already is exactly this run's output: every input kept from it (at
+        its own path: a moved file is copied, not kept), row for row and failure for failure,
+        in its order, with the same facts."""
         rows = self.kind == COPY
         failed = self.kind == FAILED
         n_rows, n_failed = int(rows.sum()), int(failed.sum())
         return (
-            bool(np.all(rows | failed))
+            self.counts.kept == len(self.kind)
+            and bool(np.all(rows | failed))
             and bool(np.all(self.source == 0))
             and (n_rows, n_failed) == (len(source.paths), len(source.failed))
             and np.array_equal(self.index[rows], np.arange(n_rows))

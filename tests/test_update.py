@@ -446,3 +446,15 @@ def test_a_second_update_of_the_same_output_is_refused_while_one_runs(tree, tiny
         assert_user_error(result, f"another efx --update of {output} is running")
     assert extract(tree, output, tiny_model, update=True).up_to_date
     assert leftovers(output) == []  # the lock file goes with the update
+
+
+def test_a_move_that_keeps_the_row_order_is_still_a_change(tree, tiny_model, tmp_path):
+    """c/ renamed d/: every row in the same place, same bytes and dates, only the paths differ.
+    (Once taken for "up to date", leaving the old paths in OUTPUT.)"""
+    output = output_in(tmp_path, "npy")
+    extract(tree, output, tiny_model)
+    os.rename(os.path.join(tree, "c"), os.path.join(tree, "d"))
+    summary = extract(tree, output, tiny_model, update=True)
+    assert not summary.up_to_date and not summary.model_loaded
+    assert (summary.reused, summary.kept, summary.computed) == (4, 9, 0)
+    assert_equals_fresh_run(output, tree, tiny_model, tmp_path, "npy")
