@@ -126,7 +126,10 @@ def extract(
         assert plan.work is not None
         if settings.update and _up_to_date(plan):
             reuse.remove_leftovers(output)
-            return _summary(plan, settings, None, (0, 0), [started, started, time.monotonic()])
+            assert plan.state is not None
+            kept = (len(plan.state["paths"]), len(plan.state["failed"]))
+            clock = [started, started, time.monotonic()]
+            return _summary(plan, settings, None, kept, clock, up_to_date=True)
         # The model is loaded for inputs to embed, or to describe an output no earlier one can.
         needs_model = len(plan.work.to_embed) > 0 or "feature_dim" not in _earlier_attrs(plan)
         with process.sigterm_stops(), process.tensorflow_options_restored():
@@ -172,6 +175,7 @@ def _summary(
     loaded: LoadedModel | None,
     counts: tuple[int, int],
     clock: list[float],
+    up_to_date: bool = False,
 ) -> Summary:
     started, loaded_at, finished = clock
     rows, failed = counts
@@ -180,8 +184,6 @@ def _summary(
     streaming = finished - loaded_at
     computed = len(work.to_embed)
     attrs = _attrs(plan, settings, loaded)
-    if _up_to_date(plan) and plan.state is not None:
-        rows, failed = len(plan.state["paths"]), len(plan.state["failed"])
     return Summary(
         output=plan.output,
         format=plan.format,
@@ -207,7 +209,7 @@ def _summary(
         computed=computed,
         **{name: getattr(work.counts, name) for name in _COUNTS},
         model_loaded=loaded is not None,
-        up_to_date=settings.update and _up_to_date(plan),
+        up_to_date=up_to_date,
     )
 
 

@@ -437,12 +437,10 @@ def read(output: str) -> tuple[list[str], np.ndarray]:
 
 def rows(output: str, indices: list[int]) -> np.ndarray:
     """The embeddings of the rows at `indices` (in that order)."""
-    wanted = sorted(set(indices))
 
     def pick(file: h5py.File) -> np.ndarray:
-        picked = np.asarray(file["embeddings"][wanted], dtype=np.float32)  # increasing order
-        where = {row: i for i, row in enumerate(wanted)}
-        return picked[[where[i] for i in indices]]
+        data = file["embeddings"]
+        return _take(lambda start, stop: data[start:stop], data, np.asarray(indices, np.int64))
 
     return _read(output, pick) if indices else np.zeros((0, 0), np.float32)
 

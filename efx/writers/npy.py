@@ -332,18 +332,13 @@ def iter_rows(output: str, block: int = 0) -> Iterator[tuple[list[str], np.ndarr
 
 def rows(output: str, indices: list[int]) -> np.ndarray:
     """The embeddings of the rows at `indices` (in that order), reading only their shards."""
-    found = {}
-    start = 0
-    wanted = sorted(set(indices))
-    for shard in _manifest(output)["shards"]:
-        count = int(shard["rows"])
-        inside = [i for i in wanted if start <= i < start + count]
-        if inside:
-            block = np.load(os.path.join(output, shard["embeddings"]), mmap_mode="r")
-            for i in inside:
-                found[i] = np.array(block[i - start], dtype=np.float32)
-        start += count
-    return np.stack([found[i] for i in indices]) if indices else np.zeros((0, 0), np.float32)
+    if not indices:
+        return np.zeros((0, 0), np.float32)
+    reader = RowReader(output)
+    try:
+        return reader.take(np.asarray(indices, np.int64))
+    finally:
+        reader.close()
 
 
 class RowReader:

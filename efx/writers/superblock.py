@@ -87,13 +87,20 @@ def checksum_ok(block: bytes) -> bool:
     return lookup3(block[:44]) == int.from_bytes(block[_CHECKSUM], "little")
 
 
-def check(output: str) -> None:
-    """Refuse a file whose superblock (version 2 or 3) fails its checksum, before HDF5 opens
-    it: in SWMR mode HDF5 retries a failed checksum for about two minutes before giving up."""
+def _version_2_or_3(output: str) -> bytes | None:
+    """The first 48 bytes of the file if they start a superblock of version 2 or 3 (the ones
+    efx writes), else None."""
     with open(output, "rb") as file:
         block = file.read(48)
     ours = len(block) == 48 and block[:8] == SIGNATURE and block[8] in (2, 3)
-    if ours and not checksum_ok(block):
+    return block if ours else None
+
+
+def check(output: str) -> None:
+    """Refuse a file whose superblock (version 2 or 3) fails its checksum, before HDF5 opens
+    it: in SWMR mode HDF5 retries a failed checksum for about two minutes before giving up."""
+    block = _version_2_or_3(output)
+    if block is not None and not checksum_ok(block):
         raise EfxError(f"cannot read {output}: its HDF5 superblock is damaged")
 
 
@@ -101,7 +108,5 @@ def held_open(output: str) -> bool:
     """Whether the superblock says a writer has the file open, or had it when it was killed
     (its consistency flags are set): such a file may end, for a moment, before the end its
     superblock records, while the writer extends it."""
-    with open(output, "rb") as file:
-        block = file.read(48)
-    ours = len(block) == 48 and block[:8] == SIGNATURE and block[8] in (2, 3)
-    return ours and checksum_ok(block) and block[_FLAGS] != 0
+    block = _version_2_or_3(output)
+    return block is not None and checksum_ok(block) and block[_FLAGS] != 0
