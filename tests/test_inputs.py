@@ -112,6 +112,92 @@ def palette_with_transparency() -> Image.Image:
     return image
 
 
+def exif_bytes(orientation: int) -> bytes:
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    return tags.tobytes()
+
+
+def sideways(orientation: int) -> Image.Image:
+    """The cat stored the way a camera with this EXIF orientation stores it."""
+    stored = {
+        3: Image.Transpose.ROTATE_180,
+        6: Image.Transpose.ROTATE_90,
+        8: Image.Transpose.ROTATE_270,
+    }
+    return cat().transpose(stored[orientation])
+
+
+def jpeg_exif_after_large_segments(orientation: int) -> bytes:
+    """A JPEG whose EXIF APP1 follows 72 KB of XMP (APP1) and ICC (APP2) segments, as photo
+    editors write them: the EXIF block starts past the first 64 KiB."""
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    plain = saved(sideways(orientation), "JPEG", quality=90)
+    app0 = struct.unpack(">H", plain[4:6])[0] + 2  # Pillow's JFIF segment stays first
+    xmp = b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta>" + b" " * 60000 + b"</x:xmpmeta>"
+    icc = b"ICC_PROFILE\0\x01\x01" + bytes(12000)
+    extra = segment(0xE1, xmp) + segment(0xE2, icc) + segment(0xE1, exif_bytes(orientation))
+    data = plain[: 2 + app0] + extra + plain[2 + app0 :]
+    assert data.index(b"Exif\0\0") > 65536
+    return data
+
+
+def gif_with_offset_frame() -> bytes:
+    """A GIF whose only frame (120x80) sits at +40+30 on a 200x140 logical screen: the rest of
+    the screen is background, as GIF optimisers write."""
+    data = bytearray(saved(cat().resize((120, 80)).quantize(64), "GIF"))
+    data[6:10] = struct.pack("<HH", 200, 140)
+    at = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[at] == 0x21:  # extension blocks
+        at += 2
+        while data[at]:
+            at += data[at] + 1
+        at += 1
+    data[at + 1 : at + 5] = struct.pack("<HH", 40, 30)
+    return bytes(data)
+
+
+def logo(kind: str) -> bytes:
+    """A palette logo on a transparent background whose palette colour (index 0) is white."""
+    image = Image.new("P", (160, 96), 0)
+    image.putpalette([255, 255, 255, 220, 20, 20, 20, 40, 220] + [0] * 759)
+    image.paste(1, (16, 12, 70, 60))
+    image.paste(2, (90, 40, 150, 90))
+    return saved(image, kind, transparency=0)
+
+
+def rle_bmp(bits: int) -> bytes:
+    """A BI_RLE8 or BI_RLE4 BMP of the cat in 16 colours, runs and end-of-line codes as Paint
+    writes them (Pillow writes none)."""
+    quantized = cat().quantize(16)
+    indices = np.asarray(quantized, np.uint8)
+    height, width = indices.shape
+    encoded = bytearray()
+    for row in indices[::-1]:  # bottom-up
+        x = 0
+        while x < width:
+            n = 1
+            while x + n < width and n < 255 and row[x + n] == row[x]:
+                n += 1
+            encoded += bytes([n, row[x] if bits == 8 else row[x] * 17])  # RLE4: both nibbles
+            x += n
+        encoded += b"\0\0"  # end of line
+    encoded += b"\0\1"  # end of bitmap
+    colors = np.asarray(quantized.getpalette()[:48], np.uint8).reshape(16, 3)
+    table = np.concatenate([colors[:, ::-1], np.zeros((16, 1), np.uint8)], axis=1).tobytes()
+    compression = 1 if bits == 8 else 2
+    header = struct.pack(
+        "<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(encoded), 2835, 2835, 16, 0
+    )
+    offset = 14 + len(header) + len(table)
+    return (
+        b"BM" + struct.pack("<IHHI", offset + len(encoded), 0, 0, offset) + header + table + encoded
+    )
+
+
 # name -> bytes, for inputs that are valid: efx must see what Pillow (turning by EXIF) sees.
 ODD_BUT_VALID: dict[str, Callable[[], bytes]] = {
     **{f"exif-{o}.jpg": (lambda o=o: exif_jpeg(o)) for o in range(1, 9)},
@@ -140,6 +226,21 @@ ODD_BUT_VALID: dict[str, Callable[[], bytes]] = {
     "bitfields-565.bmp": lambda: bitfields_bmp(cat(), 16, (0xF800, 0x07E0, 0x001F)),
     "bitfields-32.bmp": lambda: bitfields_bmp(coffee(), 32, (0xFF0000, 0x00FF00, 0x0000FF)),
     "png-named.jpg": lambda: saved(cat(), "PNG"),
+    # Orientation wherever a format carries it (Pillow's exif_transpose reads all three).
+    **{
+        f"exif-{o}.{fmt.lower()}": (
+            lambda o=o, fmt=fmt: saved(sideways(o), fmt, exif=exif_bytes(o))
+        )
+        for o in (3, 6, 8)
+        for fmt in ("PNG", "WEBP")
+    },
+    "exif-6-after-72kb-of-xmp.jpg": lambda: jpeg_exif_after_large_segments(6),
+    # Composition: a GIF's transparent pixels keep their palette colour; a frame smaller than
+    # the screen is placed on it.
+    "transparent-logo.gif": lambda: logo("GIF"),
+    "offset-frame.gif": gif_with_offset_frame,
+    "rle8.bmp": lambda: rle_bmp(8),
+    "rle4.bmp": lambda: rle_bmp(4),
     "jpeg-named.png": lambda: saved(coffee(), "JPEG", quality=90),
 }
 
@@ -155,6 +256,52 @@ def test_odd_but_valid_inputs_decode_as_pillow_shows_them(tmp_path, name):
     np.testing.assert_allclose(
         decode_file(str(path)), pillow_input(str(path), SIZE), rtol=0, atol=tolerance
     )
+
+
+def test_a_picture_embeds_the_same_whichever_container_holds_it(tmp_path):
+    # The same palette logo with a transparent background, as a GIF and as a PNG with tRNS:
+    # both give the palette colour where the pixels are transparent (Pillow's convert("RGB")).
+    (tmp_path / "logo.gif").write_bytes(logo("GIF"))
+    (tmp_path / "logo.png").write_bytes(logo("PNG"))
+    gif, png = decode_file(str(tmp_path / "logo.gif")), decode_file(str(tmp_path / "logo.png"))
+    np.testing.assert_allclose(gif, png, atol=1e-6)
+    assert gif[0, 0].tolist() == [1.0, 1.0, 1.0]  # white background, not black
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_no_exif_leaves_every_format_as_stored(tmp_path, fmt):
+    path = tmp_path / f"sideways.{fmt.lower()}"
+    path.write_bytes(saved(sideways(6), fmt, exif=exif_bytes(6)))
+    stored = tmp_path / f"stored.{fmt.lower()}"
+    stored.write_bytes(saved(sideways(6), fmt))
+    np.testing.assert_allclose(
+        decode_file(str(path), exif=False), decode_file(str(stored)), atol=2e-5
+    )
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
+@pytest.mark.parametrize("width, height", [(2000, 1), (1, 2000), (1, 1), (3000, 2), (5, 20000)])
+def test_every_aspect_ratio_embeds_in_every_resize_mode(tmp_path, resize, width, height):
+    ramp = np.linspace(64, 255, width * height).astype(np.uint8).reshape(height, width)
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp // 2], axis=-1)).save(path)
+    image = decode_file(str(path), resize=resize)
+    assert image.shape == (SIZE, SIZE, 3) and image.max() > 0.1
+    if resize == "pad":  # fitted as Pillow would: the long side fills, the short one keeps >= 1
+        scale = SIZE / max(width, height)
+        fitted = (max(1, int(width * scale)), max(1, int(height * scale)))
+        expected = np.zeros((SIZE, SIZE, 3), np.float32)
+        rgb = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+        inner = np.stack(
+            [
+                np.asarray(Image.fromarray(rgb[:, :, c], "F").resize(fitted, Image.BILINEAR))
+                for c in range(3)
+            ],
+            axis=-1,
+        )
+        top, left = (SIZE - fitted[1]) // 2, (SIZE - fitted[0]) // 2
+        expected[top : top + fitted[1], left : left + fitted[0]] = inner
+        np.testing.assert_allclose(image, expected, atol=2e-5)
 
 
 def test_sideways_phone_photo_with_orientation_tag_matches_the_upright_photo(tmp_path):
@@ -209,6 +356,22 @@ def png_bomb(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def gif_frame_bomb(side: int) -> bytes:
+    """A GIF whose logical screen says 1x1 and whose frame says side x side (real LZW data: a
+    decoder that trusts the frame allocates and fills side**2 bytes)."""
+    data = bytearray(saved(Image.new("P", (side, side), 0), "GIF"))
+    data[6:10] = struct.pack("<HH", 1, 1)
+    return bytes(data)
+
+
+def bmp_holding_jpeg() -> bytes:
+    """A BMP whose pixels are a JPEG (BI_JPEG, compression 4: for printers; nothing decodes it)."""
+    jpeg = saved(cat(), "JPEG")
+    header = struct.pack("<IiiHHIIiiII", 40, 451, 300, 1, 0, 4, len(jpeg), 2835, 2835, 0, 0)
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(jpeg), 0, 0, offset) + header + jpeg
+
+
 def jpeg_claiming(width: int, height: int) -> bytes:
     """A small real JPEG whose frame header claims width x height (decoders fill in grey)."""
     data = bytearray(saved(coffee().resize((64, 48)), "JPEG"))
@@ -237,6 +400,8 @@ def write_bad_inputs(root: Path) -> dict[str, str]:
         "bomb.png": (png_bomb(20000), too_large.format("20000x20000")),
         "bomb.jpg": (jpeg_claiming(12000, 12000), too_large.format("12000x12000")),
         "bomb.gif": (gif_bomb, too_large.format("65535x65535")),
+        "frame-bomb.gif": (gif_frame_bomb(10000), too_large.format("10000x10000")),
+        "embedded-jpeg.bmp": (bmp_holding_jpeg(), "unsupported BMP compression (JPEG)"),
     }
     for name, (data, _) in files.items():
         (root / name).write_bytes(data)
@@ -337,7 +502,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
-def test_decompression_bomb_neither_allocates_nor_stops_the_run(tmp_path, tiny_model):
+@pytest.mark.parametrize(
+    "name, bomb",
+    [
+        ("2b.png", lambda: png_bomb(20000)),  # 0.4 GB as 8-bit, 1.6 GB as floats
+        ("2b.gif", lambda: gif_frame_bomb(20000)),  # "1x1" screen, 20000x20000 frame: 7 GB
+    ],
+)
+def test_decompression_bomb_neither_allocates_nor_stops_the_run(tmp_path, tiny_model, name, bomb):
     def peak_mib(folder: Path) -> int:
         out = subprocess.run(
             [sys.executable, "-c", PEAK_RSS, str(folder), str(folder) + ".h5", tiny_model],
@@ -355,7 +527,7 @@ def test_decompression_bomb_neither_allocates_nor_stops_the_run(tmp_path, tiny_m
     bombed.mkdir()
     for index in range(4):
         (bombed / f"{index}.jpg").write_bytes(saved(cat(), "JPEG"))
-    (bombed / "2b.png").write_bytes(png_bomb(20000))  # 0.4 GB as 8-bit, 1.6 GB as floats
+    (bombed / name).write_bytes(bomb())
     baseline, with_bomb = peak_mib(plain), peak_mib(bombed)
     assert efx.load(str(bombed) + ".h5")[1].shape[0] == 4
     assert with_bomb < baseline + 150, (baseline, with_bomb)

@@ -4,6 +4,7 @@ re-decodes a failed file to say why."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..config import DecodeOptions
-from .image import decode_image
-from .reasons import decode_reason, os_reason, read_head
+from .image import decode_image, decode_picture, resize
+from .reasons import decode_reason, os_reason, read_head, sniff_format
 
 
 def _graph_only(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,6 +75,23 @@ def file_decoder(options: DecodeOptions) -> Callable[[bytes], np.ndarray | None]
     return one
 
 
+@functools.lru_cache(maxsize=4)
+def _stages(options: DecodeOptions) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The decode and resize stages of `decode_image`, traced as the pipeline runs them (in a
+    graph: Pillow's errors arrive as TensorFlow's, with the same messages), once per options."""
+    decode = tf.function(
+        lambda data: decode_picture(data, options),
+        input_signature=[tf.TensorSpec([], tf.string)],
+        autograph=False,
+    )
+    fit = tf.function(
+        lambda picture: resize(picture, options),
+        input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
+        autograph=False,
+    )
+    return decode, fit
+
+
 def failure_reason(path: str, options: DecodeOptions) -> str:
     """Why `path` cannot be embedded: the pipeline's decode run again eagerly, its error in words.
 
@@ -86,8 +104,17 @@ def failure_reason(path: str, options: DecodeOptions) -> str:
         return os_reason(error)
     if not head:
         return "empty file"
+    decode, fit = _stages(options)
     try:
-        decode_image(tf.io.read_file(os.fsencode(path)), options)
+        picture = decode(tf.io.read_file(os.fsencode(path)))
     except tf.errors.OpError as error:
         return decode_reason(error.message, head)
+    try:  # the file is valid: what failed is efx's own work on it, never "corrupt"
+        fit(picture)
+    except tf.errors.OpError as error:
+        height, width = picture.shape[:2]
+        return (
+            f"a valid {width}x{height} {sniff_format(head) or 'image'} that efx failed to "
+            f"resize ({error.message.splitlines()[0]}): please report this"
+        )
     return "could not be read during the run (it decodes now: was it being written?)"

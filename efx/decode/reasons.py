@@ -4,17 +4,32 @@ translated, and a file's format told from its first bytes. Pure Python: no Tenso
 from __future__ import annotations
 
 import re
+import struct
+
+from ..files import NotRegularFile, open_input
 
 JPEG_MAGIC = b"\xff\xd8\xff"  # the file signatures decode_image tells formats by
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+HEAD_BYTES = 64  # enough for every header field a reason reads (BMP compression: bytes 30-33)
+
+# BMP compression field values TensorFlow and Pillow do not decode (BITMAPINFOHEADER).
+_BMP_COMPRESSIONS = {4: "JPEG", 5: "PNG", 11: "CMYK", 12: "CMYK RLE8", 13: "CMYK RLE4"}
+
+
 def read_head(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read(32)
+    """The first bytes of `path`; OSError (NotRegularFile for a pipe, device or socket, which is
+    never read) if it cannot be read."""
+    with open_input(path) as file:
+        return file.read(HEAD_BYTES)
 
 
 def os_reason(error: OSError) -> str:
+    if isinstance(error, NotRegularFile):
+        if error.kind == "folder":
+            return "is a folder, not an image file"
+        return f"not an image file: a {error.kind}"
     if isinstance(error, FileNotFoundError):
         return "file not found (removed, or a broken symlink)"
     if isinstance(error, PermissionError):
@@ -35,6 +50,10 @@ def decode_reason(message: str, head: bytes) -> str:
         if kind in (None, "text", "HTML/XML/SVG text", "PDF"):
             return f"not an image ({kind or 'unknown'} file)"
         return f"unsupported format: {kind}"
+    if kind == "BMP" and len(head) >= 34:
+        compression = struct.unpack_from("<I", head, 30)[0]
+        if compression in _BMP_COMPRESSIONS:
+            return f"unsupported BMP compression ({_BMP_COMPRESSIONS[compression]})"
     if kind in ("JPEG", "PNG", "GIF", "BMP", "WebP"):
         return f"truncated or corrupt {kind}"
     return "cannot decode: " + message.split("[Op:")[0].split("}}")[-1].strip()
