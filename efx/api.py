@@ -120,7 +120,8 @@ def extract(
     started = time.monotonic()
     settings = Settings(**options)
     with _one_update_at_a_time(output, settings):
-        plan = plan_run(sources, output, settings, stdin, progress, on_note)
+        with process.sigterm_stops():  # Ctrl-C and SIGTERM stop the walk and the reading alike
+            plan = plan_run(sources, output, settings, stdin, progress, on_note)
         if settings.resume and plan.state is not None and plan.state["complete"]:
             return _already_complete(plan)
         assert plan.work is not None
@@ -145,7 +146,8 @@ def extract(
                     try:
                         loaded = _load(engine, plan, settings, on_note)
                     except KeyboardInterrupt:
-                        raise process.Interrupted(output, wrote=False) from None
+                        phase = "loading the model"
+                        raise process.Interrupted(output, wrote=False, phase=phase) from None
                 clock.append(time.monotonic())
                 counts = _write(plan, settings, loaded, engine, progress)
             finally:
@@ -238,7 +240,8 @@ def plan_run(
         writers.check_output(output, fmt, settings.overwrite or state is not None)
     spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
     check_precision(settings.precision, settings.backend)
-    everything = find_images(sources, stdin=stdin, null=settings.null)
+    with _phase(output, "listing the images"):
+        everything = find_images(sources, stdin=stdin, null=settings.null)
     if not everything:
         raise EfxError(
             f"no images found in {', '.join(sources)} "
@@ -260,15 +263,25 @@ def plan_run(
     earlier = _sources(plan, settings, on_note) if settings.update else []
     todo = plan.paths[plan.done :]
     unstorable = {i: why for i, p in enumerate(todo) if (why := writers.unstorable(fmt, p))}
-    work = reuse.plan(
-        todo, earlier, unstorable=unstorable, checksum=settings.checksum,
-        retry_failed=settings.retry_failed, hash_files=_hashing(progress),
-    )  # fmt: skip
+    with _phase(output, "reading the files"):
+        work = reuse.plan(
+            todo, earlier, unstorable=unstorable, checksum=settings.checksum,
+            retry_failed=settings.retry_failed, hash_files=_hashing(progress),
+        )  # fmt: skip
     target = reuse.scratch_name(output) if settings.update else output
     return replace(
         plan, work=work, sources=earlier, target=target,
         checked_seconds=time.monotonic() - started,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _phase(output: str, doing: str) -> Iterator[None]:
+    """A Ctrl-C (or SIGTERM) during planning: nothing was written; say what was under way."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise process.Interrupted(output, wrote=False, phase=doing) from None
 
 
 def _hashing(progress: bool) -> Callable[[Sequence[str]], list[Facts]]:
@@ -649,7 +662,7 @@ class _Step:
                 reasons[start + int(i)] = first
             else:
                 blocks[int(i)] = first
-        for known in np.flatnonzero((kind == reuse.FAILED) | (kind == reuse.UNSTORABLE)):
+        for known in np.flatnonzero((kind == reuse.FAILED) | (kind == reuse.REFUSED)):
             reasons[start + int(known)] = work.reasons[start + int(known)]
         dim = next(iter(blocks.values())).shape[-1] if blocks else 0
         embeddings = np.zeros((stop - start, dim), np.float32)

@@ -309,12 +309,14 @@ def _say_interrupted(stop: Any, resume: bool, from_stdin: bool) -> None:
         )
     elif stop.wrote:
         said = f"interrupted. What was computed is kept in {output}, marked incomplete. {finish}"
-    elif resume and os.path.lexists(output):
-        said = f"interrupted before anything was written: {output} is as it was. {finish}"
-    elif os.path.lexists(output):
-        said = f"interrupted before anything was written: {output} is as it was."
     else:
-        said = "interrupted before anything was written: no OUTPUT was created."
+        when = f"while {stop.phase}" if stop.phase else "before anything was written"
+        if resume and os.path.lexists(output):
+            said = f"interrupted {when}: nothing was written, {output} is as it was. {finish}"
+        elif os.path.lexists(output):
+            said = f"interrupted {when}: nothing was written, {output} is as it was."
+        else:
+            said = f"interrupted {when}: nothing was written, no OUTPUT was created."
     click.echo(f"efx: {said}", err=True)
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat as stat_
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
+
+from . import files
 
 # Files are hashed by this many threads: hashlib releases the GIL, and reads overlap.
 HASH_THREADS = max(2, min(8, os.cpu_count() or 2))
@@ -33,11 +36,19 @@ UNKNOWN = Facts(-1, -1, "")
 
 def stat(path: str) -> Facts:
     """Size and modification time (no hash yet); UNKNOWN if the file cannot be stat'ed."""
+    return inspect(path)[0]
+
+
+def inspect(path: str) -> tuple[Facts, str | None]:
+    """`stat`, and why the path can never be an image file when it is a named pipe, device or
+    socket (None otherwise): such a path is never opened (reading a pipe waits forever)."""
     try:
         found = os.stat(path)
     except OSError:
-        return UNKNOWN
-    return Facts(found.st_size, found.st_mtime_ns, "")
+        return UNKNOWN, None  # missing or unreadable: the decoder's reason says which
+    if stat_.S_ISREG(found.st_mode) or stat_.S_ISDIR(found.st_mode):
+        return Facts(found.st_size, found.st_mtime_ns, ""), None
+    return UNKNOWN, f"not an image file: a {files.file_kind(found.st_mode)}"
 
 
 def same_file(stored: Facts, now: Facts) -> bool:
@@ -50,7 +61,7 @@ def sha256(path: str) -> str:
     """The SHA-256 of the file's bytes, as hex; "" if it cannot be read."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb", buffering=0) as file:
+        with files.open_input(path) as file:
             while chunk := file.read(_READ_BYTES):
                 digest.update(chunk)
     except OSError:
@@ -68,9 +79,14 @@ def hash_files(paths: Sequence[str], on_done: Callable[[int], None] | None = Non
         return facts._replace(sha256=digest) if digest and facts.size >= 0 else UNKNOWN
 
     found = []
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
+    pool = ThreadPoolExecutor(HASH_THREADS)
+    try:
         for facts in pool.map(one, paths):  # in order; progress told from this thread
             found.append(facts)
             if on_done is not None:
                 on_done(1)
+    finally:
+        # On Ctrl-C, the files not yet started are dropped at once (each started one is a
+        # regular file: it ends); a normal end has nothing left to wait for.
+        pool.shutdown(wait=False, cancel_futures=True)
     return found

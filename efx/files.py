@@ -1,5 +1,6 @@
 """Writing files so that a kill (or, with `sync`, a power loss) leaves either the old version or
 the new one whole: written beside the target, then renamed over it. One helper for every stage.
+And reading input files without ever blocking on one that is not a file (`open_input`).
 """
 
 from __future__ import annotations
@@ -7,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 
 
 def write_atomically(path: str, data: bytes, sync: bool = True) -> None:
@@ -119,3 +122,38 @@ def held_exclusively(path: str, busy: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.remove(path)
         os.close(descriptor)
+
+
+def open_input(path: str) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (after symlinks); OSError otherwise,
+    without blocking: a named pipe, device or socket called `x.jpg` is never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class NotRegularFile(OSError):
+    """A path that is a named pipe, device, socket or folder: not an image file."""
+
+    def __init__(self, path: str, mode: int) -> None:
+        super().__init__(f"not a regular file ({file_kind(mode)})")
+        self.path = path
+        self.kind = file_kind(mode)
+
+
+def file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "special file")

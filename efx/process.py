@@ -28,13 +28,16 @@ class Interrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C or SIGTERM. A KeyboardInterrupt, so that library callers who
     handle those still do; `wrote` says whether OUTPUT was opened (and is now marked incomplete)
     or is as it was before the run; for --update, `scratch` names the new output being written
-    (OUTPUT is as it was)."""
+    (OUTPUT is as it was); `phase` says what was under way when nothing was written yet."""
 
-    def __init__(self, output: str, wrote: bool, scratch: str | None = None) -> None:
+    def __init__(
+        self, output: str, wrote: bool, scratch: str | None = None, phase: str = ""
+    ) -> None:
         super().__init__(output)
         self.output = output
         self.wrote = wrote
         self.scratch = scratch  # --update: where the rows computed so far are (OUTPUT is as it was)
+        self.phase = phase  # what was under way, for the message: "reading the files" ...
 
 
 def _in_main_thread() -> bool:

@@ -7,7 +7,8 @@ For every input, in row order, one of:
 - FAILED: a failure of an earlier output, for the same bytes (not retried unless asked);
 - SAME_AS: the same bytes as an earlier input of this run, which is embedded once;
 - EMBED: for the model (new, changed, or retried);
-- UNSTORABLE: a failure known now (a path the format cannot store).
+- REFUSED: a failure known before anything is read: a path the format cannot store, or one
+  that is not a file (a named pipe, device or socket: never opened).
 
 "Unchanged" means: the same path with the same size and modification time as the stored row
 (the fast path, no read), or, when those differ or `checksum` asks, the same SHA-256.
@@ -26,7 +27,7 @@ import numpy as np
 from . import facts as facts_
 from .facts import UNKNOWN, Facts
 
-EMBED, COPY, FAILED, SAME_AS, UNSTORABLE = range(5)
+EMBED, COPY, FAILED, SAME_AS, REFUSED = range(5)
 
 
 @dataclass
@@ -60,11 +61,11 @@ class Counts:
 class Work:
     """What a run does for each input (arrays indexed by the input's position)."""
 
-    kind: np.ndarray  # int8: EMBED, COPY, FAILED, SAME_AS, UNSTORABLE
+    kind: np.ndarray  # int8: EMBED, COPY, FAILED, SAME_AS, REFUSED
     source: np.ndarray  # COPY, FAILED: which Source
     index: np.ndarray  # COPY: its row; FAILED: its failure; SAME_AS: the position embedded
     facts: list[Facts]  # what each file is now (stored with its row)
-    reasons: dict[int, str]  # FAILED and UNSTORABLE positions: why
+    reasons: dict[int, str]  # FAILED and REFUSED positions: why
     counts: Counts = field(default_factory=Counts)
 
     @property
@@ -134,10 +135,12 @@ def plan(
     to_hash: list[int] = []
     trusted: dict[int, tuple[int, bool, int]] = {}  # rows of old outputs, trusted by date
     for position, path in enumerate(paths):
-        now = facts_.stat(path)
+        now, not_a_file = facts_.inspect(path)
         work.facts[position] = now
-        if position in unstorable:
-            work.kind[position] = UNSTORABLE
+        if not_a_file is not None:
+            work.reasons[position] = not_a_file
+        if position in work.reasons:
+            work.kind[position] = REFUSED
             continue
         entries = by_path.get(path, [])
         same = [] if checksum else [e for e in entries if facts_.same_file(stored(e), now)]

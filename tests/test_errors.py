@@ -78,7 +78,8 @@ def test_ctrl_c_while_the_model_loads_says_nothing_was_written(stalled, tmp_path
     output = tmp_path / "o.h5"
     result = interrupt_while_loading(stalled, "extract", "-m", stalled.url, SAMPLES, str(output))
     assert result.returncode == 130, result.stderr
-    assert "efx: interrupted before anything was written: no OUTPUT was created." in result.stderr
+    said = "efx: interrupted while loading the model: nothing was written, no OUTPUT was created."
+    assert said in result.stderr
     assert "--resume" not in result.stderr and "kept in" not in result.stderr
     assert "Traceback" not in result.stderr
     assert not output.exists()
@@ -94,7 +95,8 @@ def test_ctrl_c_while_the_model_loads_leaves_an_output_to_overwrite_as_it_was(
         stalled, "extract", "--overwrite", "-m", stalled.url, SAMPLES, output
     )
     assert result.returncode == 130, result.stderr
-    assert f"efx: interrupted before anything was written: {output} is as it was." in result.stderr
+    said = f"efx: interrupted while loading the model: nothing was written, {output} is as it was."
+    assert said in result.stderr
     assert efx.load(output)[0] == before and efx.info(output)["complete"] is True
 
 
