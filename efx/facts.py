@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat as stat_
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -57,13 +58,16 @@ def same_file(stored: Facts, now: Facts) -> bool:
     return stored.size >= 0 and stored.sha256 != "" and stored[:2] == now[:2]
 
 
-def sha256(path: str) -> str:
-    """The SHA-256 of the file's bytes, as hex; "" if it cannot be read."""
+def sha256(path: str, stop: threading.Event | None = None) -> str:
+    """The SHA-256 of the file's bytes, as hex; "" if it cannot be read (or `stop` is set
+    before it is read to the end: a Ctrl-C does not wait for a large file)."""
     digest = hashlib.sha256()
     try:
         with files.open_input(path) as file:
             while chunk := file.read(_READ_BYTES):
                 digest.update(chunk)
+                if stop is not None and stop.is_set():
+                    return ""
     except OSError:
         return ""
     return digest.hexdigest()
@@ -73,9 +77,11 @@ def hash_files(paths: Sequence[str], on_done: Callable[[int], None] | None = Non
     """The facts of each file, hash included, in order: stat before hashing, so that a file
     written meanwhile is seen as changed by the next run rather than trusted."""
 
+    stop = threading.Event()
+
     def one(path: str) -> Facts:
         facts = stat(path)
-        digest = sha256(path)
+        digest = sha256(path, stop)
         return facts._replace(sha256=digest) if digest and facts.size >= 0 else UNKNOWN
 
     found = []
@@ -86,7 +92,8 @@ def hash_files(paths: Sequence[str], on_done: Callable[[int], None] | None = Non
             if on_done is not None:
                 on_done(1)
     finally:
-        # On Ctrl-C, the files not yet started are dropped at once (each started one is a
-        # regular file: it ends); a normal end has nothing left to wait for.
+        # On Ctrl-C, the files not yet started are dropped and the ones being read stop at
+        # their next MiB; a normal end has nothing left to wait for.
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
     return found

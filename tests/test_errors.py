@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -193,3 +195,48 @@ def test_merge_refuses_parts_that_hold_the_same_input(tmp_path):
     assert result.returncode == 1
     assert result.stderr == f"efx: {parts[0]} and {parts[1]} overlap: both hold b.jpg\n"
     assert not (tmp_path / "all.h5").exists()
+
+
+def test_a_named_pipe_or_device_named_like_an_image_is_a_failure_not_a_hang(tmp_path, tiny_model):
+    # A capture tool's FIFO called b_incoming.jpg: opening it would wait for a writer forever.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(os.path.join(SAMPLES, "coffee.jpg"), folder / "a.jpg")
+    os.mkfifo(folder / "b_incoming.jpg")
+    os.symlink("/dev/zero", folder / "c_device.jpg")
+    output = str(tmp_path / "out.h5")
+    for flags in ([], ["--update"]):  # a first run, then an update: both stat before reading
+        result = run_efx("extract", str(folder), output, "-m", tiny_model, *flags, timeout=120)
+        assert result.returncode == 0, result.stderr
+    info = efx.info(output)
+    assert (info["count"], info["failed"]) == (1, 2)
+    state = writers.read_state(output, facts=True)
+    reasons = dict(zip(state["failed"], state["reasons"], strict=True))
+    assert reasons == {
+        str(folder / "b_incoming.jpg"): "not an image file: a named pipe",
+        str(folder / "c_device.jpg"): "not an image file: a character device",
+    }
+
+
+def test_ctrl_c_while_reading_the_files_stops_at_once_and_says_so(tmp_path, tiny_model):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with open(folder / "huge.jpg", "wb") as file:  # sparse: no disk, but minutes of hashing
+        file.truncate(1 << 40)
+    output = tmp_path / "out.h5"
+    process = subprocess.Popen(
+        [EFX, "extract", str(folder), str(output), "-m", tiny_model],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    try:
+        time.sleep(3)  # imports take about a second; then the hashing of 1 TiB begins
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    said = "efx: interrupted while reading the files: nothing was written, no OUTPUT was created."
+    assert said in stderr
+    assert "Traceback" not in stderr and not output.exists()
