@@ -7,7 +7,6 @@ answer at once.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import sys
@@ -26,6 +25,7 @@ from .config import (
     RESIZE_MODES,
 )
 from .errors import EfxError
+from .names import escape, to_json
 from .process import native_logs_hidden
 
 EXIT_INTERRUPTED = 130
@@ -283,7 +283,7 @@ def extract(
         _say_interrupted(stop, settings["resume"] or settings["update"], "-" in sources)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
-        click.echo(json.dumps(summary.to_dict()))
+        click.echo(to_json(summary.to_dict()))
     if not quiet:
         _report(summary)
     if strict and summary.failed:
@@ -367,7 +367,7 @@ def _report(summary: Any) -> None:
         failures = info(summary.output)["failures"]
         echo(f"efx: {summary.failed} image(s) could not be embedded:")
         for failure in failures[:10]:
-            echo(f"  {failure['path']}: {failure['error']}")
+            echo(f"  {escape(failure['path'])}: {failure['error']}")
         if summary.failed > 10:
             echo(f"  ... (all of them: efx info {summary.output})")
     if summary.resumed:
@@ -400,7 +400,7 @@ def info(output: str, as_json: bool) -> None:
 
     details = describe(output)
     if as_json:
-        click.echo(json.dumps(details, ensure_ascii=False))
+        click.echo(to_json(details))
         return
     get = details.get
     rows = [
@@ -425,7 +425,7 @@ def info(output: str, as_json: bool) -> None:
     for key, value in rows:
         click.echo(f"{key + ':':<12}{value}")
     for failure in details["failures"]:
-        click.echo(f"  failed: {failure['path']}: {failure['error']}")
+        click.echo(f"  failed: {escape(failure['path'])}: {failure['error']}")
     if details["failed"] > len(details["failures"]):
         click.echo(f"  ... and {details['failed'] - len(details['failures'])} more")
 
@@ -491,21 +491,19 @@ def similar(
     with native_logs_hidden(verbose):
         results = run_similar(output, queries, k, verbose=verbose)
     if as_json:
-        click.echo(json.dumps(results, ensure_ascii=False))
+        click.echo(to_json(results))
     else:
         for result in results:
             for hit in result["hits"]:
                 gone = "" if hit["exists"] else "\tmissing"
-                click.echo(
-                    f"{result['query']}\t{hit['rank']}\t{hit['path']}\t{hit['similarity']:.4f}"
-                    + gone
-                )
+                query, path = escape(result["query"]), escape(hit["path"])
+                click.echo(f"{query}\t{hit['rank']}\t{path}\t{hit['similarity']:.4f}{gone}")
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.similar_page(results, output, warning)
     )
     failed = [r for r in results if r["error"]]
     for result in failed:
-        click.echo(f"efx: {result['query']}: {result['error']}", err=True)
+        click.echo(f"efx: {escape(result['query'])}: {result['error']}", err=True)
     if failed:
         sys.exit(1)
 
@@ -543,12 +541,13 @@ def duplicates(
     _check_sheet(html_path)
     report = run_duplicates(output, threshold, progress=not quiet and sys.stderr.isatty())
     if as_json:
-        click.echo(json.dumps(report, ensure_ascii=False))
+        click.echo(to_json(report))
     else:
         for number, group in enumerate(report["groups"], start=1):
             for member in group["members"]:
                 gone = "" if member["exists"] else "\tmissing"
-                click.echo(f"{number}\t{member['similarity']:.4f}\t{member['path']}{gone}")
+                path = escape(member["path"])
+                click.echo(f"{number}\t{member['similarity']:.4f}\t{path}{gone}")
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.duplicates_page(report, output, warning)
     )
@@ -611,7 +610,7 @@ def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **opt
 
     summary = run_merge(parts, output, **options)
     if as_json:
-        click.echo(json.dumps(summary.to_dict()))
+        click.echo(to_json(summary.to_dict()))
     if not quiet:
         click.echo(
             f"efx: merged {summary.parts} parts: {summary.embedded} embedded, "
@@ -696,7 +695,7 @@ def bench(
             rounds=rounds, stdin=sys.stdin.buffer if "-" in sources else None, progress=progress,
         )  # fmt: skip
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        click.echo(to_json(report.to_dict()))
         return
     _print_bench(report)
 

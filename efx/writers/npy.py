@@ -18,6 +18,7 @@ from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from ..facts import UNKNOWN, Facts
 from ..files import write_atomically
+from ..names import to_json
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
@@ -141,12 +142,8 @@ class NpyWriter:
                 self._finish_shard()
 
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
-        record = {
-            "path": path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-            "error": reason,
-            **(facts or UNKNOWN)._asdict(),
-        }
-        self._failures.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        record = {"path": path, "error": reason, **(facts or UNKNOWN)._asdict()}
+        self._failures.write((to_json(record) + "\n").encode("utf-8"))  # any name, exactly
         self._failed += 1
 
     def flush(self, sync: bool = False) -> None:
@@ -225,7 +222,7 @@ class NpyWriter:
                     if key in shard and os.path.exists(self._path(shard[key])):
                         os.remove(self._path(shard[key]))
         kept = _failure_records(self._output)[:failures]
-        lines = b"".join((json.dumps(f, ensure_ascii=False) + "\n").encode() for f in kept)
+        lines = b"".join((to_json(f) + "\n").encode() for f in kept)
         # Replaced, not truncated and rewritten: a reader (or a kill) in between would find
         # fewer failures than the manifest promises.
         write_atomically(self._path(FAILURES), lines)
