@@ -7,10 +7,10 @@ from __future__ import annotations
 import fcntl
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import threading
 import time
 
