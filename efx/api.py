@@ -113,13 +113,17 @@ def extract(
     engine, ray_address, shard_size, overwrite, resume, update, checksum, retry_failed,
     part ("I/N"), null.
     `on_note(text)` hears what the user should know as soon as it is known (say, OpenVINO could
-    not be used); `verbose` lets the engine's own logs through; `progress` shows a bar on stderr.
+    not be used); `verbose` lets TensorFlow's own C++ log lines through to stderr (hidden
+    otherwise, by pointing file descriptor 2 at /dev/null during the call; Python's sys.stderr
+    keeps the real one); `progress` shows a bar on stderr.
     Raises EfxError for anything the user can fix, and `efx.Interrupted` (a
     KeyboardInterrupt) on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
     started = time.monotonic()
     settings = Settings(**options)
-    with _one_update_at_a_time(output, settings):
+    # TensorFlow's C++ lines (CUDA probes, oneDNN, libpng warnings) stay off stderr unless
+    # `verbose`, as they do for the command: the same redirection, for this call only.
+    with process.native_logs_hidden(verbose), _one_update_at_a_time(output, settings):
         with process.sigterm_stops():  # Ctrl-C and SIGTERM stop the walk and the reading alike
             plan = plan_run(sources, output, settings, stdin, progress, on_note)
         if settings.resume and plan.state is not None and plan.state["complete"]:

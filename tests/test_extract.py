@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 from conftest import (
     KERAS_DIM,
+    REPO,
+    SAMPLES,
     TINY_DIM,
     pillow_input,
     run_cli,
@@ -318,3 +322,31 @@ def test_a_library_call_leaves_the_process_as_it_found_it(good_dir, tiny_model, 
     )  # fmt: skip
     assert summary.precision == precision
     assert state() == before
+
+
+LIBRARY_CALL = """
+import sys
+import efx
+efx.extract(sys.argv[1], sys.argv[2], model=sys.argv[3], image_size=32, verbose=sys.argv[4] == "1")
+print("efx returned", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_library_is_as_quiet_as_the_command_unless_verbose(tmp_path, tiny_model, verbose):
+    # A PNG whose ICC profile libpng warns about: TensorFlow logs "PNG warning: iCCP ..." from
+    # C++, straight to file descriptor 2, like its CUDA probes ("Could not find cuda drivers").
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(os.path.join(SAMPLES, "chelsea.png")).save(folder / "x.png", icc_profile=b"bad" * 9)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the default
+    result = subprocess.run(
+        [sys.executable, "-c", LIBRARY_CALL, str(folder), str(tmp_path / "o.h5"), tiny_model,
+         "1" if verbose else "0"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    if verbose:
+        assert "PNG warning: iCCP" in result.stderr
+    else:
+        assert result.stderr == "efx returned\n"
