@@ -1,8 +1,8 @@
 """Contact sheets: one self-contained HTML page of what `efx similar` or `efx duplicates` found,
 with small thumbnails made here and embedded in the page (it works when moved or mailed).
 
-Pillow (the `efx[search]` extra) makes the thumbnails: it reads every format efx embeds and
-turns photos upright by their EXIF tag, as a viewer shows them.
+Pillow makes the thumbnails: it reads every format efx embeds and turns photos upright by their
+EXIF tag (JPEG, PNG, WebP), as a viewer shows them and as efx embeds them.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import base64
 import html
 import io
 import os
+import warnings
 from typing import Any
 
+from . import files
+from .config import DEFAULT_MAX_PIXELS
 from .errors import EfxError
 
-INSTALL_HINT = "pip install 'efx[search]'"
+INSTALL_HINT = "pip install pillow"
 THUMBNAIL_PX = 160
 MAX_SECTIONS = 200  # queries or groups on one page: about 2-3 MB, opens at once
 MAX_CARDS = 48  # images per section; the rest are counted
@@ -78,7 +81,16 @@ def thumbnail(path: str) -> str | None:
     """A small JPEG of the image at `path` as a data: URL, or None if it cannot be read."""
     image_module, ops = _pillow()
     try:
-        with image_module.open(path) as image:
+        # Only a regular file is opened (a named pipe would wait forever), and nothing larger
+        # than efx embeds is decoded: Pillow sizes a GIF by its frames, as efx does.
+        with (
+            warnings.catch_warnings(),
+            files.open_input(path) as file,
+            image_module.open(file) as image,
+        ):
+            warnings.simplefilter("error", image_module.DecompressionBombWarning)
+            if image.size[0] * image.size[1] > DEFAULT_MAX_PIXELS:
+                return None
             image.draft("RGB", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))  # JPEG: decode smaller
             upright = ops.exif_transpose(image)
             if upright.mode.startswith("I"):  # 16-bit gray: RGB would clip it to white
@@ -87,7 +99,9 @@ def thumbnail(path: str) -> str | None:
             upright.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
             buffer = io.BytesIO()
             upright.save(buffer, "JPEG", quality=75)
-    except (OSError, ValueError, image_module.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, image_module.DecompressionBombError):
+        return None
+    except image_module.DecompressionBombWarning:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
