@@ -21,7 +21,7 @@ import numpy as np
 from . import facts as facts_
 from . import files, process, reuse, writers
 from . import resume as resume_
-from .config import DecodeOptions, Settings
+from .config import DEFAULT_SHARD_SIZE, DecodeOptions, Settings
 from .discover import check_sources, find_images
 from .engine import Batch, Engine, open_engine
 from .errors import EfxError
@@ -129,12 +129,18 @@ def extract(
         if settings.resume and plan.state is not None and plan.state["complete"]:
             return _already_complete(plan)
         assert plan.work is not None
-        if settings.update and _up_to_date(plan):
-            reuse.remove_leftovers(output)
+        if settings.update and _same_rows(plan):
+            # Every row and failure stays, in place: at most the files' dates changed (touched,
+            # copied back, restored from a backup). Record those in place; copy nothing.
             assert plan.state is not None
+            up_to_date = plan.work.unchanged(plan.sources[0])
+            if not up_to_date:
+                with process.sigterm_stops():
+                    _refresh_facts(plan)
+            reuse.remove_leftovers(output)
             kept = (len(plan.state["paths"]), len(plan.state["failed"]))
             clock = [started, started, time.monotonic()]
-            return _summary(plan, settings, None, kept, clock, up_to_date=True)
+            return _summary(plan, settings, None, kept, clock, up_to_date=up_to_date)
         # The model is loaded for inputs to embed, or to describe an output no earlier one can.
         needs_model = len(plan.work.to_embed) > 0 or "feature_dim" not in _earlier_attrs(plan)
         with process.sigterm_stops(), process.tensorflow_options_restored():
@@ -345,20 +351,37 @@ def _source(
     )  # fmt: skip
 
 
-def _up_to_date(plan: Plan) -> bool:
-    """OUTPUT already is what this update would write: complete, the same inputs with the same
-    facts, in the same order, and the same part boundaries."""
+def _same_rows(plan: Plan) -> bool:
+    """OUTPUT already holds what this update would write, at most with other file dates:
+    complete, the same inputs, in the same order, each kept at its own path, and the same part
+    boundaries."""
     state, work = plan.state, plan.work
     if state is None or work is None or not state["complete"] or not plan.sources:
         return False
-    if plan.sources[0].output != plan.output:
+    if plan.sources[0].output != plan.output or not state.get("has_facts"):
         return False
     attrs = state["attrs"]
     same_inputs = (attrs.get("inputs_total"), attrs.get("part_inputs")) == (
         plan.inputs_total,
         len(plan.paths),
     )
-    return same_inputs and work.unchanged(plan.sources[0])
+    return same_inputs and work.unchanged(plan.sources[0], facts=False)
+
+
+def _refresh_facts(plan: Plan) -> None:
+    """Record the new facts of an output's own rows and failures (see `_same_rows`)."""
+    assert plan.work is not None
+    work = plan.work
+    rows = [work.facts[i] for i in np.flatnonzero(work.kind == reuse.COPY)]
+    failures = [work.facts[i] for i in np.flatnonzero(work.kind == reuse.FAILED)]
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        writers.refresh_facts(plan.output, rows, failures, updated=now)
+    except OSError as error:
+        raise EfxError(
+            f"updating the file dates in {plan.output} failed: {error.strerror or error}. "
+            "Its rows are as they were; run the same command again."
+        ) from error
 
 
 def _load(
@@ -388,7 +411,7 @@ def _write(
     try:
         writer = writers.open_writer(
             plan.format, plan.target, _attrs(plan, settings, loaded),
-            inputs=plan.paths, shard_size=settings.shard_size,
+            inputs=plan.paths, shard_size=_shard_size(plan, settings),
             keep=plan.keep if resuming else None,
         )  # fmt: skip
     except OSError as error:
@@ -420,6 +443,13 @@ def _write(
         _abort(writer)
         raise
     return counts
+
+
+def _shard_size(plan: Plan, settings: Settings) -> int:
+    """Rows per .npy shard: as asked, else the layout of the output this run continues or
+    updates (an update rewrites OUTPUT: a nightly job must not reshard it), else the default."""
+    earlier = plan.state.get("shard_size") if plan.state is not None else None
+    return settings.shard_size or earlier or DEFAULT_SHARD_SIZE
 
 
 def _planned_attrs(plan: Plan, settings: Settings) -> dict[str, Any]:

@@ -123,8 +123,9 @@ output_options = _options(
         help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
     ),
     click.option(
-        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, metavar="N",
-        help="Rows per .npy shard.",
+        "--shard-size", type=int, default=None, metavar="N",
+        help=f"Rows per .npy shard. Default: {DEFAULT_SHARD_SIZE}; --update and --resume keep "
+        "OUTPUT's own.",
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT."),
 )  # fmt: skip

@@ -76,7 +76,7 @@ class Settings:
     backend: str = "auto"
     engine: str = "local"
     ray_address: str | None = None
-    shard_size: int = DEFAULT_SHARD_SIZE
+    shard_size: int | None = None  # None: OUTPUT's own (--update, --resume), else 10,000
     overwrite: bool = False
     resume: bool = False
     update: bool = False  # bring OUTPUT in line with the sources: embed only what changed

@@ -52,7 +52,7 @@ def merge(
     output: str,
     *,
     format: str | None = None,  # noqa: A002 - mirrors --format
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,  # None: DEFAULT_SHARD_SIZE
     overwrite: bool = False,
 ) -> MergeSummary:
     """Combine the outputs of `--shard I/N` runs (either format) into `output` (either format):
@@ -71,7 +71,7 @@ def merge(
     try:
         writer = writers.open_writer(
             fmt, output, _merged_attrs([described[p] for p in ordered]),
-            inputs=inputs, shard_size=shard_size,
+            inputs=inputs, shard_size=shard_size or DEFAULT_SHARD_SIZE,
         )  # fmt: skip
     except OSError as error:
         raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error

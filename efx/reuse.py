@@ -72,10 +72,10 @@ class Work:
     def to_embed(self) -> np.ndarray:
         return np.flatnonzero(self.kind == EMBED)
 
-    def unchanged(self, source: Source) -> bool:
+    def unchanged(self, source: Source, facts: bool = True) -> bool:
         """Whether `source` already is exactly this run's output: every input kept from it (at
         its own path: a moved file is copied, not kept), row for row and failure for failure,
-        in its order, with the same facts."""
+        in its order, with the same facts (or, without `facts`, perhaps other dates)."""
         rows = self.kind == COPY
         failed = self.kind == FAILED
         n_rows, n_failed = int(rows.sum()), int(failed.sum())
@@ -86,7 +86,12 @@ class Work:
             and (n_rows, n_failed) == (len(source.paths), len(source.failed))
             and np.array_equal(self.index[rows], np.arange(n_rows))
             and np.array_equal(self.index[failed], np.arange(n_failed))
-            and [self.facts[i] for i in np.flatnonzero(rows)] == source.facts
+            and (not facts or self._same_facts(source, rows, failed))
+        )
+
+    def _same_facts(self, source: Source, rows: np.ndarray, failed: np.ndarray) -> bool:
+        return (
+            [self.facts[i] for i in np.flatnonzero(rows)] == source.facts
             and [self.facts[i] for i in np.flatnonzero(failed)] == source.failed_facts
         )
 

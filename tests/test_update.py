@@ -21,7 +21,7 @@ import pytest
 from conftest import EFX, SLOW_CALL_SECONDS, assert_user_error, run_cli, sample
 
 import efx
-from efx import writers
+from efx import reuse, writers
 
 SIZE = 48
 OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
@@ -458,3 +458,47 @@ def test_a_move_that_keeps_the_row_order_is_still_a_change(tree, tiny_model, tmp
     assert not summary.up_to_date and not summary.model_loaded
     assert (summary.reused, summary.kept, summary.computed) == (4, 9, 0)
     assert_equals_fresh_run(output, tree, tiny_model, tmp_path, "npy")
+
+
+@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+def test_a_touch_records_the_new_dates_in_place_without_rewriting_the_rows(
+    fmt, tree, tiny_model, tmp_path
+):
+    output = output_in(tmp_path, fmt)
+    efx.extract(tree, output, model=tiny_model, image_size=SIZE)
+    before = efx.load(output)
+    rows_file = output if fmt == "hdf5" else os.path.join(output, "embeddings-00000.npy")
+    inode = os.stat(rows_file).st_ino
+    touched = [os.path.join(tree, "a", "img-00.jpg"), os.path.join(tree, "b", "broken.jpg")]
+    for path in touched:
+        os.utime(path)  # the same bytes, a new date (touch, a restore, a sync tool)
+    summary = efx.extract(tree, output, model=tiny_model, image_size=SIZE, update=True)
+    assert (summary.kept, summary.computed, summary.model_loaded) == (13, 0, False)
+    assert not summary.up_to_date  # the output changed: its dates
+    assert os.stat(rows_file).st_ino == inode  # rows not copied: the same file, in place
+    assert reuse.leftovers(output, old=True) == []
+    after = efx.load(output)
+    assert after[0] == before[0] and np.array_equal(after[1], before[1])
+    state = writers.read_state(output, facts=True)
+    names = state["paths"] + state["failed"]
+    dated = dict(zip(names, state["facts"] + state["failed_facts"], strict=True))
+    for path in touched:
+        assert dated[path].mtime_ns == os.stat(path).st_mtime_ns and dated[path].sha256
+    assert efx.info(output)["complete"] and "updated" in efx.info(output)
+    again = efx.extract(tree, output, model=tiny_model, image_size=SIZE, update=True)
+    assert again.up_to_date  # the recorded dates are the files' dates now
+
+
+def test_an_update_keeps_the_outputs_own_shard_size_unless_asked(tree, tiny_model, tmp_path):
+    output = output_in(tmp_path, "npy")
+    efx.extract(tree, output, model=tiny_model, image_size=SIZE, shard_size=4)
+    write_photo(os.path.join(tree, "c", "new.jpg"), 99)
+    efx.extract(tree, output, model=tiny_model, image_size=SIZE, update=True)
+    with open(os.path.join(output, "manifest.json")) as file:
+        manifest = json.load(file)
+    assert manifest["shard_size"] == 4
+    assert [s["rows"] for s in manifest["shards"]] == [4, 4, 4, 1]  # 13 rows, one failure
+    write_photo(os.path.join(tree, "c", "newer.jpg"), 98)
+    efx.extract(tree, output, model=tiny_model, image_size=SIZE, update=True, shard_size=10)
+    with open(os.path.join(output, "manifest.json")) as file:
+        assert [s["rows"] for s in json.load(file)["shards"]] == [10, 4]

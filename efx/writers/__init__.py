@@ -117,6 +117,14 @@ def read_failures(output: str) -> list[dict[str, str]]:
     return failures
 
 
+def refresh_facts(
+    output: str, rows: Sequence[Facts], failures: Sequence[Facts], updated: str
+) -> None:
+    """Replace the recorded facts of OUTPUT's rows and failures (same count, same order) in
+    place, and its `updated` attribute; the embeddings are not touched."""
+    _MODULES[detect_format(output)].refresh_facts(output, rows, failures, updated)
+
+
 def unstorable(fmt: str, path: str) -> str | None:
     """Why format `fmt` cannot store `path` as a row, or None."""
     return _MODULES[fmt].unstorable(path)  # type: ignore[no-any-return]

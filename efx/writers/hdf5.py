@@ -229,6 +229,28 @@ def _append_facts(group: h5py.Group, facts: Sequence[Facts]) -> None:
         _append(group[name], np.array(values, dtype=group[name].dtype))
 
 
+def refresh_facts(
+    output: str, rows: Sequence[Facts], failures: Sequence[Facts], updated: str
+) -> None:
+    """Record new facts of the same rows and failures in place (an update that found only
+    touched files: the same bytes with a new date), without rewriting the embeddings. The
+    datasets keep their size and chunks, so only their values are written: a kill leaves every
+    row with either its old facts or its new ones, both true of the same bytes."""
+    with _as_os_error():
+        file = _when_unlocked(output, lambda: _reopen(output))
+        with file:
+            if "updated" not in file.attrs:  # new attributes only before SWMR mode
+                file.attrs["updated"] = updated
+            file.flush()
+            file.swmr_mode = True  # the metadata stays ordered as for every other write
+            for group, facts in ((file, rows), (file["failures"], failures)):
+                if facts and _facts(group, len(facts)) != list(facts):
+                    for name, values in zip(FACTS, zip(*facts, strict=True), strict=True):
+                        group[name][: len(facts)] = np.array(values, dtype=group[name].dtype)
+            file.attrs["updated"] = updated
+        _fsync(output)
+
+
 def _create_facts(group: h5py.Group, rows: int = 0) -> None:
     """The facts datasets of a group (root or failures), `rows` of them unknown (an output of
     efx before 0.4 gets them when --resume reopens it)."""

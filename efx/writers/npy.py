@@ -282,6 +282,34 @@ def _fact_lines(facts: Sequence[Facts]) -> bytes:
     return "".join(f"{f.size}\t{f.mtime_ns}\t{f.sha256}\n" for f in facts).encode("ascii")
 
 
+def refresh_facts(
+    output: str, rows: Sequence[Facts], failures: Sequence[Facts], updated: str
+) -> None:
+    """Record new facts of the same rows and failures in place (an update that found only
+    touched files: the same bytes with a new date), without rewriting the embeddings. Each
+    file is replaced atomically, the manifest last: a kill leaves every row with either its old
+    facts or its new ones, both true of the same bytes."""
+    manifest = _manifest(output)
+    start = 0
+    for shard in manifest["shards"]:
+        count = int(shard["rows"])
+        if _read_facts(output, shard, count) != list(rows[start : start + count]):
+            write_atomically(
+                os.path.join(output, shard["files"]), _fact_lines(rows[start : start + count])
+            )
+        start += count
+    records = _failure_records(output)
+    if [_failure_facts(record) for record in records] != list(failures):
+        lines = b"".join(
+            (to_json({**record, **found._asdict()}) + "\n").encode("utf-8")
+            for record, found in zip(records, failures, strict=True)
+        )
+        write_atomically(os.path.join(output, FAILURES), lines)
+    manifest["updated"] = updated
+    data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    write_atomically(os.path.join(output, MANIFEST), data)
+
+
 def _read_facts(output: str, shard: dict[str, Any], rows: int) -> list[Facts]:
     """The first `rows` facts of a shard; unknown where its files-NNNNN.tsv is missing or
     shorter (a shard of efx before 0.4)."""
@@ -418,6 +446,7 @@ def read_state(output: str, facts: bool = False) -> dict[str, Any]:
         "paths": paths,
         "failed": [failure["path"] for failure in failures],
         "complete": bool(manifest.get("complete", False)),
+        "shard_size": int(manifest.get("shard_size", DEFAULT_SHARD_SIZE)),
     }
     if facts:
         state["facts"] = row_facts
