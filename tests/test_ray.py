@@ -161,3 +161,41 @@ def test_an_unreachable_or_malformed_ray_address_fails_in_seconds(address, messa
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(message), result.stderr
     assert not os.path.exists(tmp_path / "o.h5")
+
+
+def test_ray_workers_decode_the_odd_files_as_the_local_engine(ray_instance, tiny_model, tmp_path):
+    # The kinds fixed in the decode function reach Ray's actors too: Pillow's GIF and RLE BMP
+    # inside the graph, orientation from PNG/WebP/late JPEG EXIF, a thin strip padded, a frame
+    # bomb refused, a named pipe never opened.
+    from test_inputs import ODD_BUT_VALID, gif_frame_bomb
+
+    root = tmp_path / "odd"
+    root.mkdir()
+    names = [
+        "transparent-logo.gif", "offset-frame.gif", "rle8.bmp", "rle4.bmp", "exif-6.png",
+        "exif-8.webp", "exif-6-after-72kb-of-xmp.jpg", "animated.webp",
+    ]  # fmt: skip
+    for name in names:
+        (root / name).write_bytes(ODD_BUT_VALID[name]())
+    (root / "strip.png").write_bytes(_strip_png())
+    (root / "frame-bomb.gif").write_bytes(gif_frame_bomb(10000))
+    os.mkfifo(root / "pipe.jpg")
+    outputs = {}
+    for engine in ("local", "ray"):
+        outputs[engine] = str(tmp_path / f"{engine}.h5")
+        summary = efx.extract(
+            str(root), outputs[engine], model=tiny_model, image_size=48, resize="pad",
+            engine=engine,
+        )  # fmt: skip
+        assert (summary.embedded, summary.failed) == (len(names) + 1, 2)
+    assert_same_output(outputs["local"], outputs["ray"])
+
+
+def _strip_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1), "orange").save(buffer, "PNG")
+    return buffer.getvalue()
