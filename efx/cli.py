@@ -159,8 +159,8 @@ verbose_option = click.option(
     "exif",
     flag_value=False,
     default=True,
-    help="Ignore the EXIF orientation tag of JPEGs (by default a photo stored sideways with a "
-    "rotation tag is embedded upright, as viewers show it).",
+    help="Ignore the EXIF orientation tag of JPEG, PNG and WebP files (by default a photo "
+    "stored sideways with a rotation tag is embedded upright, as viewers show it).",
 )
 @click.option(
     "--max-pixels",
