@@ -123,7 +123,8 @@ def extract(
     settings = Settings(**options)
     # TensorFlow's C++ lines (CUDA probes, oneDNN, libpng warnings) stay off stderr unless
     # `verbose`, as they do for the command: the same redirection, for this call only.
-    with process.native_logs_hidden(verbose), _one_update_at_a_time(output, settings):
+    hidden = process.native_logs_hidden(verbose, whole_process=False)
+    with hidden, _one_update_at_a_time(output, settings):
         with process.sigterm_stops():  # Ctrl-C and SIGTERM stop the walk and the reading alike
             plan = plan_run(sources, output, settings, stdin, progress, on_note)
         if settings.resume and plan.state is not None and plan.state["complete"]:

@@ -146,18 +146,22 @@ def _grappler_options() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def native_logs_hidden(verbose: bool) -> Iterator[None]:
+def native_logs_hidden(verbose: bool, whole_process: bool = True) -> Iterator[None]:
     """Keep TensorFlow's C++ chatter (oneDNN, CUDA, libjpeg notices) off the terminal.
 
     Those lines go straight to file descriptor 2, so the only way to hide them is to point fd 2
     at /dev/null and give Python's sys.stderr a duplicate of the real stderr for efx's own
     output (messages, progress bar, tracebacks of real bugs). Everything comes back afterwards.
+    `whole_process` (the command) also sets TF_CPP_MIN_LOG_LEVEL=3 before TensorFlow is
+    imported, for lines logged after the redirection ends; a library call does not, since
+    TensorFlow reads it once, at import, and would then stay quiet for the caller's later calls.
     """
     if verbose:
         yield
         return
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if whole_process:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logger = logging.getLogger("tensorflow")
     logger_level = logger.level
     logger.setLevel(logging.ERROR)
