@@ -9,18 +9,19 @@ STANDIN ?= .cache/standin-b6
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray, Pillow and test tools
+install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray, pyarrow and test tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,search]"
+	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,arrow]"
 	touch $(STAMP)
 
-browser:  ## Chromium for the contact-sheet tests (Debian's package; needs root, or skip)
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-		>/dev/null) || echo "make: no Chromium: the contact-sheet browser test will skip"; }
+browser:  ## Chromium (contact-sheet tests) and jq (README recipes): Debian's packages; needs root
+	@{ command -v chromium && command -v jq; } >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium jq >/dev/null) \
+		|| echo "make: no Chromium or jq: the browser and jq recipe tests will skip"; }
 
 test: install browser  ## Run the whole test suite
 	$(VENV)/bin/pytest -n 2 --dist loadgroup --durations=10

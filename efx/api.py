@@ -8,6 +8,7 @@ writer -> summary. Everything before the model load runs without importing Tenso
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -121,6 +122,8 @@ def extract(
     """
     started = time.monotonic()
     settings = Settings(**options)
+    if output == writers.STDOUT:
+        _check_stream(settings)
     # TensorFlow's C++ lines (CUDA probes, oneDNN, libpng warnings) stay off stderr unless
     # `verbose`, as they do for the command: the same redirection, for this call only.
     hidden = process.native_logs_hidden(verbose, whole_process=False)
@@ -286,6 +289,22 @@ def plan_run(
     )  # fmt: skip
 
 
+def _check_stream(settings: Settings) -> None:
+    """What OUTPUT - (standard output) cannot do: whatever needs an output to read back."""
+    needs_file = {
+        "--resume": (settings.resume, "continues an output it reads back"),
+        "--update": (settings.update, "compares with an output it reads back"),
+        "--shard": (settings.part is not None, "writes parts that efx merge reads back"),
+        "--overwrite": (settings.overwrite, "replaces an output file"),
+    }
+    for flag, (given, why) in needs_file.items():
+        if given:
+            raise EfxError(
+                f"{flag} {why}: it needs an OUTPUT file, not - (standard output). "
+                f"Write to out.h5 or a folder instead."
+            )
+
+
 @contextlib.contextmanager
 def _phase(output: str, doing: str) -> Iterator[None]:
     """A Ctrl-C (or SIGTERM) during planning: nothing was written; say what was under way."""
@@ -423,6 +442,8 @@ def _write(
             feed = _Feed(engine, options, loaded)
             counts = stream(plan.paths[plan.done :], plan.work, plan.sources, writer, bar, feed)
         writer.close()
+    except BrokenPipeError:
+        raise  # OUTPUT - and its reader stopped reading: the caller ends quietly (the CLI: 141)
     except OSError as error:
         _abort(writer)
         if settings.update:
@@ -603,13 +624,18 @@ def stream(
                 step = _Step(paths, work, start, stop, computed)
                 embeddings, reasons = step.assemble(sources, readers, held, feed)
                 ok = step.ok(reasons)
-                if ok.any():
-                    positions = np.flatnonzero(ok) + start
-                    writer.write(
-                        [paths[p] for p in positions], embeddings[ok], step.facts(positions)
-                    )
-                for position, reason in sorted(reasons.items()):
-                    writer.fail(paths[position], reason, work.facts[position])
+                # In input order, runs of rows and failures alternating: a file format keeps
+                # them apart anyway, a stream (OUTPUT -) gives one record per input in order.
+                for first, last, good in _runs(ok):
+                    if good:
+                        positions = np.arange(start + first, start + last)
+                        writer.write(
+                            [paths[p] for p in positions], embeddings[first:last],
+                            step.facts(positions),
+                        )  # fmt: skip
+                        continue
+                    for position in range(start + first, start + last):
+                        writer.fail(paths[position], reasons[position], work.facts[position])
                 for position in repeated.intersection(range(start, stop)):
                     kept = reasons.get(position)
                     # A copy: a view would keep this whole step's array alive.
@@ -624,6 +650,13 @@ def stream(
         for reader in readers.values():
             reader.close()
     return rows, failed
+
+
+def _runs(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:
+    """[first, last) spans of equal flags, in order, with their flag."""
+    edges = [0, *(np.flatnonzero(np.diff(flags.astype(np.int8))) + 1).tolist(), len(flags)]
+    for first, last in itertools.pairwise(edges):
+        yield first, last, bool(flags[first])
 
 
 def _steps(

@@ -36,15 +36,50 @@ class _UserError(click.ClickException):
         click.echo(f"efx: {self.format_message()}", err=True)
 
 
+# A reader that stopped reading (`efx … | head -1`): as the shell reports a command stopped by
+# SIGPIPE (128 + 13). Whatever else the command was asked for (an --html page, an OUTPUT file)
+# is still written.
+EXIT_READER_GONE = 141
+_reader_gone = False
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except EfxError as error:
             raise _UserError(str(error)) from None
         except KeyboardInterrupt:  # extract says more (_say_interrupted); the others, this
             click.echo("efx: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # OUTPUT - (or a line) met a closed pipe: the run has stopped
+            _stdout_closed()
+            ctx.exit(EXIT_READER_GONE)
+        if _reader_gone:
+            ctx.exit(EXIT_READER_GONE)
+        return result
+
+
+def _print(text: str) -> None:
+    """A line on stdout. Once the reader has gone (`| head`), the rest is dropped quietly and
+    the command carries on with what else it was asked to do, then exits 141."""
+    global _reader_gone
+    if _reader_gone:
+        return
+    try:
+        click.echo(text)
+    except BrokenPipeError:
+        _reader_gone = True
+        _stdout_closed()
+
+
+def _stdout_closed() -> None:
+    """Point stdout at /dev/null, so that nothing flushed later (at exit) meets the closed pipe:
+    no "Exception ignored ... BrokenPipeError" line."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def run() -> None:
@@ -271,6 +306,11 @@ def extract(
     from .api import extract as run_extract
     from .process import Interrupted
 
+    if output == "-" and as_json:
+        raise EfxError(
+            "--json prints a summary on stdout, where OUTPUT - writes the rows: leave out "
+            "--json (the summary is on stderr), or write OUTPUT to a file"
+        )
     stdin = sys.stdin.buffer if "-" in sources else None
     if stdin is not None and stdin.isatty() and not quiet:
         click.echo("efx: reading image paths from stdin, one per line (end with Ctrl-D)", err=True)
@@ -284,7 +324,7 @@ def extract(
         _say_interrupted(stop, settings["resume"] or settings["update"], "-" in sources)
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
-        click.echo(to_json(summary.to_dict()))
+        _print(to_json(summary.to_dict()))
     if not quiet:
         _report(summary)
     if strict and summary.failed:
@@ -364,7 +404,11 @@ def _report(summary: Any) -> None:
             "efx: WARNING: the model is the offline STAND-IN (random weights); "
             "these embeddings are for testing and timing only, not real features"
         )
-    if summary.failed:
+    if summary.failed and summary.output == "-":
+        echo(
+            f"efx: {summary.failed} image(s) could not be embedded (their records on stdout say why)"
+        )
+    elif summary.failed:
         failures = info(summary.output)["failures"]
         echo(f"efx: {summary.failed} image(s) could not be embedded:")
         for failure in failures[:10]:
@@ -388,7 +432,8 @@ def _report(summary: Any) -> None:
         f"{summary.failed} failed, "
         f"in {summary.seconds:.1f} s (model load {summary.load_seconds:.1f} s, then "
         f"{summary.images_per_second:.2f} images/s, {summary.backend} {summary.precision} on "
-        f"{summary.device}{' via Ray' if summary.engine == 'ray' else ''}) -> {summary.output}"
+        f"{summary.device}{' via Ray' if summary.engine == 'ray' else ''}) -> "
+        + ("stdout" if summary.output == "-" else summary.output)
     )
 
 
@@ -401,7 +446,7 @@ def info(output: str, as_json: bool) -> None:
 
     details = describe(output)
     if as_json:
-        click.echo(to_json(details))
+        _print(to_json(details))
         return
     get = details.get
     rows = [
@@ -424,11 +469,11 @@ def info(output: str, as_json: bool) -> None:
             3, ("part", f"{get('part')} ({get('part_inputs')} of {get('inputs_total')} inputs)")
         )
     for key, value in rows:
-        click.echo(f"{key + ':':<12}{value}")
+        _print(f"{key + ':':<12}{value}")
     for failure in details["failures"]:
-        click.echo(f"  failed: {escape(failure['path'])}: {failure['error']}")
+        _print(f"  failed: {escape(failure['path'])}: {failure['error']}")
     if details["failed"] > len(details["failures"]):
-        click.echo(f"  ... and {details['failed'] - len(details['failures'])} more")
+        _print(f"  ... and {details['failed'] - len(details['failures'])} more")
 
 
 def _file_facts(details: dict[str, Any]) -> str:
@@ -492,13 +537,13 @@ def similar(
     with native_logs_hidden(verbose):
         results = run_similar(output, queries, k, verbose=verbose)
     if as_json:
-        click.echo(to_json(results))
+        _print(to_json(results))
     else:
         for result in results:
             for hit in result["hits"]:
                 gone = "" if hit["exists"] else "\tmissing"
                 query, path = escape(result["query"]), escape(hit["path"])
-                click.echo(f"{query}\t{hit['rank']}\t{path}\t{hit['similarity']:.4f}{gone}")
+                _print(f"{query}\t{hit['rank']}\t{path}\t{hit['similarity']:.4f}{gone}")
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.similar_page(results, output, warning)
     )
@@ -543,13 +588,13 @@ def duplicates(
     _check_sheet(html_path)
     report = run_duplicates(output, threshold, progress=not quiet and sys.stderr.isatty())
     if as_json:
-        click.echo(to_json(report))
+        _print(to_json(report))
     else:
         for number, group in enumerate(report["groups"], start=1):
             for member in group["members"]:
                 gone = "" if member["exists"] else "\tmissing"
                 path = escape(member["path"])
-                click.echo(f"{number}\t{member['similarity']:.4f}\t{path}{gone}")
+                _print(f"{number}\t{member['similarity']:.4f}\t{path}{gone}")
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.duplicates_page(report, output, warning)
     )
@@ -612,7 +657,7 @@ def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **opt
 
     summary = run_merge(parts, output, **options)
     if as_json:
-        click.echo(to_json(summary.to_dict()))
+        _print(to_json(summary.to_dict()))
     if not quiet:
         click.echo(
             f"efx: merged {summary.parts} parts: {summary.embedded} embedded, "
@@ -697,32 +742,30 @@ def bench(
             rounds=rounds, stdin=sys.stdin.buffer if "-" in sources else None, progress=progress,
         )  # fmt: skip
     if as_json:
-        click.echo(to_json(report.to_dict()))
+        _print(to_json(report.to_dict()))
         return
     _print_bench(report)
 
 
 def _print_bench(report: Any) -> None:
-    click.echo(f"model:        {report.model}")
-    click.echo(
+    _print(f"model:        {report.model}")
+    _print(
         f"device:       {report.device}, batch {report.batch_size}, "
         f"{report.image_size}x{report.image_size}"
     )
-    click.echo(f"images:       {report.images} ({report.source})")
-    click.echo("")
-    click.echo(f"{'backend':<12}{'precision':<11}{'model alone':>13}{'pipeline':>11}{'ratio':>8}")
+    _print(f"images:       {report.images} ({report.source})")
+    _print("")
+    _print(f"{'backend':<12}{'precision':<11}{'model alone':>13}{'pipeline':>11}{'ratio':>8}")
     for figures in report.results:
-        click.echo(
+        _print(
             f"{figures.backend:<12}{figures.precision:<11}{figures.model_alone:>13.2f}"
             f"{figures.pipeline:>11.2f}{figures.ratio:>8.3f}"
         )
-    click.echo(
-        "(images/s; model alone: ready tensors; pipeline: read, decode, resize, model, write)"
-    )
-    click.echo("")
-    click.echo(f"peak memory:  {report.peak_rss_mib:.0f} MiB (RSS, all backends loaded)")
+    _print("(images/s; model alone: ready tensors; pipeline: read, decode, resize, model, write)")
+    _print("")
+    _print(f"peak memory:  {report.peak_rss_mib:.0f} MiB (RSS, all backends loaded)")
     for note in report.notes:
-        click.echo(f"note:         {note}")
+        _print(f"note:         {note}")
 
 
 @main.command("make-standin")

@@ -33,7 +33,8 @@ BACKENDS = ("auto", "tensorflow", "openvino")
 # Ray Data (the same decode function and model code, run by Ray workers).
 ENGINES = ("local", "ray")
 
-FORMATS = ("hdf5", "npy")
+# hdf5 and npy: files; jsonl and arrow: records streamed to stdout (OUTPUT -).
+FORMATS = ("hdf5", "npy", "jsonl", "arrow")
 
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.

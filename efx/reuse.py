@@ -90,10 +90,9 @@ class Work:
         )
 
     def _same_facts(self, source: Source, rows: np.ndarray, failed: np.ndarray) -> bool:
-        return (
-            [self.facts[i] for i in np.flatnonzero(rows)] == source.facts
-            and [self.facts[i] for i in np.flatnonzero(failed)] == source.failed_facts
-        )
+        return [self.facts[i] for i in np.flatnonzero(rows)] == source.facts and [
+            self.facts[i] for i in np.flatnonzero(failed)
+        ] == source.failed_facts
 
 
 def embed_all(count: int) -> Work:

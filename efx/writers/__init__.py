@@ -29,10 +29,18 @@ import numpy as np
 from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from ..facts import Facts
-from . import hdf5, npy
+from . import hdf5, npy, stream
+from .stream import STDOUT
 
-WRITERS = {"hdf5": hdf5.Hdf5Writer, "npy": npy.NpyWriter}
+WRITERS = {
+    "hdf5": hdf5.Hdf5Writer,
+    "npy": npy.NpyWriter,
+    "jsonl": stream.JsonLinesWriter,
+    "arrow": stream.ArrowStreamWriter,
+}
 FORMATS = tuple(WRITERS)
+FILE_FORMATS = ("hdf5", "npy")  # an OUTPUT on disk
+STREAM_FORMATS = ("jsonl", "arrow")  # OUTPUT - (stdout)
 _MODULES = {"hdf5": hdf5, "npy": npy}
 
 
@@ -47,16 +55,31 @@ class Writer(Protocol):
 
 
 def format_for(output: str, override: str | None = None) -> str:
-    """The output format: --format if given, else HDF5 for .h5/.hdf5 paths, else .npy shards."""
+    """The output format: --format if given, else for OUTPUT - JSON Lines, for .h5/.hdf5 paths
+    HDF5, else .npy shards. A file format for -, or a stream format for a file, is refused."""
+    if override and override not in WRITERS:
+        raise EfxError(f"--format must be one of {', '.join(FORMATS)}. Received: {override!r}")
+    if output == STDOUT:
+        if override in FILE_FORMATS:
+            raise EfxError(
+                f"OUTPUT - is standard output, which takes --format {' or '.join(STREAM_FORMATS)}"
+                f". Received: --format {override}"
+            )
+        return override or "jsonl"
+    if override in STREAM_FORMATS:
+        raise EfxError(
+            f"--format {override} streams to standard output: give - as OUTPUT. "
+            f"Received: OUTPUT {output}"
+        )
     if override:
-        if override not in WRITERS:
-            raise EfxError(f"--format must be one of {', '.join(FORMATS)}. Received: {override!r}")
         return override
     return "hdf5" if output.lower().endswith((".h5", ".hdf5")) else "npy"
 
 
 def check_output(output: str, fmt: str, overwrite: bool) -> None:
     """Refuse, before any work, an output that exists (without --overwrite) or cannot be written."""
+    if fmt in STREAM_FORMATS:
+        return  # standard output: nothing to check
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise EfxError(f"the folder for OUTPUT does not exist: {parent}")
@@ -127,6 +150,8 @@ def refresh_facts(
 
 def unstorable(fmt: str, path: str) -> str | None:
     """Why format `fmt` cannot store `path` as a row, or None."""
+    if fmt in STREAM_FORMATS:
+        return None  # JSON and Arrow hold any name
     return _MODULES[fmt].unstorable(path)  # type: ignore[no-any-return]
 
 
