@@ -406,7 +406,8 @@ def _report(summary: Any) -> None:
         )
     if summary.failed and summary.output == "-":
         echo(
-            f"efx: {summary.failed} image(s) could not be embedded (their records on stdout say why)"
+            f"efx: {summary.failed} image(s) could not be embedded "
+            "(their records on stdout say why)"
         )
     elif summary.failed:
         failures = info(summary.output)["failures"]

