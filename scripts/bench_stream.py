@@ -106,7 +106,8 @@ def end_to_end(images: int, rounds: int, work: str) -> None:
     print(f"{'':30}{'images/s':>10}{'/ hdf5':>9}   (after the model load; medians of {rounds})")
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"{name:30}{rate:10.1f}{rate / base:9.3f}")
+        rounds_seen = ", ".join(f"{value:.1f}" for value in values)
+        print(f"{name:30}{rate:10.1f}{rate / base:9.3f}   ({rounds_seen})")
 
 
 def main() -> None:
