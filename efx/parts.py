@@ -94,7 +94,7 @@ def merge(
     except BaseException as error:
         with contextlib.suppress(Exception):  # a second failure must not hide the first
             writer.abort()
-        if isinstance(error, OSError):
+        if isinstance(error, OSError) and not isinstance(error, BrokenPipeError):
             raise EfxError(
                 f"writing {output} failed: {error.strerror or error} (disk full?)"
             ) from error

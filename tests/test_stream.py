@@ -11,7 +11,6 @@ import shutil
 import subprocess
 
 import numpy as np
-import pyarrow.ipc
 import pytest
 from conftest import EFX, REPO, SAMPLES, assert_user_error, run_cli, run_efx
 
@@ -53,11 +52,16 @@ def efx_status(result: subprocess.CompletedProcess) -> int:
     return int(re.findall(r"status=(\d+)", result.stderr)[-1])
 
 
-def test_json_lines_hold_one_record_per_input_in_order_exactly_as_a_file(
-    photos, reference, tiny_model
-):
+@pytest.fixture(scope="module")
+def jsonl(photos, tiny_model) -> subprocess.CompletedProcess:
+    """`efx extract photos/ -`, run once: its stdout is what the README's recipes read."""
     result = run_efx("extract", photos, "-", "-m", tiny_model, "--image-size", str(SIZE))
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_json_lines_hold_one_record_per_input_in_order_exactly_as_a_file(jsonl, photos, reference):
+    result = jsonl
     records = [json.loads(line) for line in result.stdout.splitlines()]
     paths, embeddings = reference
     assert [r["path"] for r in records if "error" not in r] == paths
@@ -68,25 +72,6 @@ def test_json_lines_hold_one_record_per_input_in_order_exactly_as_a_file(
     failure = records[names.index(BROKEN)]
     assert failure == {"path": os.path.join(photos, BROKEN), "error": "truncated or corrupt JPEG"}
     assert "-> stdout" in result.stderr and "1 image(s) could not be embedded" in result.stderr
-
-
-def test_arrow_stream_holds_the_same_rows_and_failures(photos, reference, tiny_model):
-    result = subprocess.run(
-        [EFX, "extract", photos, "-", "--format", "arrow", "-m", tiny_model,
-         "--image-size", str(SIZE), "-b", "2"],
-        capture_output=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    table = pyarrow.ipc.open_stream(result.stdout).read_all()
-    paths, embeddings = reference
-    errors = table.column("error").to_pylist()
-    assert table.num_rows == len(paths) + 1 and errors.count(None) == len(paths)
-    rows = table.filter(table.column("error").is_null())
-    assert rows.column("path").to_pylist() == paths
-    dim = rows.schema.field("embedding").type.list_size
-    got = rows.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
-    assert np.array_equal(got, embeddings)
-    assert table.schema.metadata[b"feature_dim"] == str(dim).encode()
 
 
 def readme_block(marker: str) -> str:
@@ -108,34 +93,52 @@ def workdir(photos, tiny_model, tmp_path, monkeypatch) -> str:
     return str(tmp_path)
 
 
-def test_the_readme_consumer_and_arrow_recipes_work_as_written(workdir, reference, monkeypatch):
+def test_the_readme_consumer_recipe_reads_the_stream(jsonl, workdir, reference):
+    # `efx extract photos/ - | python consumer.py`, with the stream efx wrote (run once).
     with open(os.path.join(workdir, "consumer.py"), "w", encoding="utf-8") as file:
         file.write(readme_block("for line in sys.stdin:"))
-    result = shell("efx extract photos/ - --image-size 32 | python consumer.py", cwd=workdir)
-    assert efx_status(result) == 0, result.stderr
+    result = subprocess.run(
+        ["python", "consumer.py"], input=jsonl.stdout, capture_output=True, text=True,
+        cwd=workdir, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
     assert result.stderr.count(f"({len(reference[1][0])},)") == len(reference[0])
-    assert f"skipped photos/{BROKEN}: truncated or corrupt JPEG" in result.stderr
+    broken = os.path.join(os.path.dirname(reference[0][0]), BROKEN)
+    assert f"skipped {broken}: truncated or corrupt JPEG" in result.stderr
 
+
+def test_the_readme_arrow_recipe_reads_the_same_rows_and_failures(workdir, reference, monkeypatch):
     scope: dict = {}
     monkeypatch.chdir(workdir)
     recipe = readme_block("pyarrow.ipc.open_stream")
     sized = recipe.replace('"arrow"]', '"arrow", "--image-size", "32"]')  # as the reference
     assert sized != recipe
     exec(sized, scope)
-    assert np.array_equal(scope["embeddings"], reference[1])
+    paths, embeddings = reference
+    assert np.array_equal(scope["embeddings"], embeddings)  # bit for bit
+    table = scope["table"]
+    errors = table.column("error").to_pylist()
+    assert table.num_rows == len(paths) + 1 and errors.count(None) == len(paths)
+    names = [os.path.basename(path) for path in table.column("path").to_pylist()]
+    assert errors[names.index(BROKEN)] == "truncated or corrupt JPEG"
+    folder = os.path.dirname(paths[0])
+    relative = [os.path.join("photos", os.path.relpath(p, folder)) for p in paths]
+    assert [os.path.normpath(p) for p in scope["rows"].column("path").to_pylist()] == relative
+    assert table.schema.metadata[b"feature_dim"] == str(embeddings.shape[1]).encode()
 
 
 @pytest.mark.skipif(
     shutil.which("jq") is None, reason="jq is not installed (make test installs it)"
 )
-def test_the_readme_jq_recipes_work_as_written(workdir, reference):
+def test_the_readme_jq_recipes_read_the_stream(jsonl, photos, reference):
     rows, failures = re.findall(r"\| (jq -[cr] '[^']*')", readme_block("jq -c"))
-    found = shell(f"efx extract photos/ - --image-size 32 | {rows}", cwd=workdir)
-    assert efx_status(found) == 0, found.stderr
+    found = subprocess.run(["bash", "-c", rows], input=jsonl.stdout, capture_output=True, text=True)
     dims = [json.loads(line)["dims"] for line in found.stdout.splitlines()]
     assert dims.count(len(reference[1][0])) == len(reference[0]) and dims.count(0) == 1
-    failed = shell(f"efx extract photos/ - --image-size 32 | {failures}", cwd=workdir)
-    assert failed.stdout == f"photos/{BROKEN}\ttruncated or corrupt JPEG\n"
+    failed = subprocess.run(
+        ["bash", "-c", failures], input=jsonl.stdout, capture_output=True, text=True
+    )
+    assert failed.stdout == f"{os.path.join(photos, BROKEN)}\ttruncated or corrupt JPEG\n"
 
 
 @pytest.mark.parametrize(
@@ -172,12 +175,12 @@ def made(photos, tiny_model, tmp_path_factory) -> str:
     "command",
     [
         "efx extract {photos} - -m {model} --image-size 32 -b 1",
-        "efx extract {photos} {tmp}/new.h5 -m {model} --image-size 32 --json",
         "efx info {made}/out.h5",
         "efx info {made}/out.h5 --json",
         "efx similar {made}/out.h5 {photos}/c_chelsea.png -k 5 --html {tmp}/page.html",
         "efx duplicates {made}/out.h5 --threshold 0.01 --html {tmp}/page.html",
         "efx merge {made}/part0.h5 {made}/part1.h5 {tmp}/merged.h5 --json",
+        "efx merge {made}/part0.h5 {made}/part1.h5 -",
         "efx bench {photos}/c_chelsea.png -m {model} --image-size 32 --rounds 1 "
         "--backend tensorflow",
     ],

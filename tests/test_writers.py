@@ -25,7 +25,7 @@ ATTRS = {
 OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
 
 
-@pytest.fixture(params=sorted(writers.WRITERS))
+@pytest.fixture(params=sorted(writers.FILE_FORMATS))  # streams: tests/test_stream.py
 def fmt(request):
     return request.param
 
