@@ -207,7 +207,7 @@ def test_a_named_pipe_or_device_named_like_an_image_is_a_failure_not_a_hang(tmp_
     output = str(tmp_path / "out.h5")
     result = run_efx("extract", str(folder), output, "-m", tiny_model, timeout=120)
     assert result.returncode == 0, result.stderr
-    # An update stats before it reads, too (in this process: a hang would show as a timeout).
+    # An update decides from the same stat: the pipe is refused again, never opened.
     efx.extract(str(folder), output, model=tiny_model, update=True)
     info = efx.info(output)
     assert (info["count"], info["failed"]) == (1, 2)
