@@ -289,7 +289,8 @@ def extract(
 
     SOURCE is a folder (searched recursively for .jpg .jpeg .png .gif .bmp .webp, in sorted
     order), an image file, or - to read paths from stdin, one per line. OUTPUT ending in .h5 or
-    .hdf5 is an HDF5 file; anything else is a folder of .npy shards.
+    .hdf5 is an HDF5 file; - streams the rows to stdout as they are computed (JSON Lines, or
+    --format arrow); anything else is a folder of .npy shards.
 
     Images that cannot be read or decoded are recorded as failures with a reason, and the run
     goes on. An existing OUTPUT is never replaced without --overwrite.
@@ -301,6 +302,7 @@ def extract(
       efx extract --model b0 a.jpg b.png more/ out.h5
       find /data -name '*.jpg' -print0 | efx extract -0 - shards/
       efx extract --json --quiet photos/ out.h5 | jq .images_per_second
+      efx extract photos/ - | jq -c '{path, n: (.embedding | length)}'
       efx extract --engine ray --ray-address auto /shared/photos /shared/out.h5
     """
     from .api import extract as run_extract
