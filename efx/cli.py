@@ -155,7 +155,8 @@ model_options = _options(
 output_options = _options(
     click.option(
         "--format", type=click.Choice(FORMATS), default=None,
-        help="Output format. Default: hdf5 if OUTPUT ends in .h5/.hdf5, else npy.",
+        help="Output format. Default: jsonl for OUTPUT - (stdout; or arrow), hdf5 if OUTPUT "
+        "ends in .h5/.hdf5, else npy.",
     ),
     click.option(
         "--shard-size", type=int, default=None, metavar="N",
