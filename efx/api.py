@@ -134,17 +134,7 @@ def extract(
             return _already_complete(plan)
         assert plan.work is not None
         if settings.update and _same_rows(plan):
-            # Every row and failure stays, in place: at most the files' dates changed (touched,
-            # copied back, restored from a backup). Record those in place; copy nothing.
-            assert plan.state is not None
-            up_to_date = plan.work.unchanged(plan.sources[0])
-            if not up_to_date:
-                with process.sigterm_stops():
-                    _refresh_facts(plan)
-            reuse.remove_leftovers(output)
-            kept = (len(plan.state["paths"]), len(plan.state["failed"]))
-            clock = [started, started, time.monotonic()]
-            return _summary(plan, settings, None, kept, clock, up_to_date=up_to_date)
+            return _update_in_place(plan, settings, started)
         # The model is loaded for inputs to embed, or to describe an output no earlier one can.
         needs_model = len(plan.work.to_embed) > 0 or "feature_dim" not in _earlier_attrs(plan)
         with process.sigterm_stops(), process.tensorflow_options_restored():
@@ -386,6 +376,21 @@ def _same_rows(plan: Plan) -> bool:
         len(plan.paths),
     )
     return same_inputs and work.unchanged(plan.sources[0], facts=False)
+
+
+def _update_in_place(plan: Plan, settings: Settings, started: float) -> Summary:
+    """An update whose every row and failure stays where it is: nothing to do, or at most the
+    files' dates changed (touched, copied back, restored from a backup): those are recorded in
+    place, nothing is copied, no model is loaded."""
+    assert plan.state is not None and plan.work is not None
+    up_to_date = plan.work.unchanged(plan.sources[0])
+    if not up_to_date:
+        with process.sigterm_stops():
+            _refresh_facts(plan)
+    reuse.remove_leftovers(plan.output)
+    kept = (len(plan.state["paths"]), len(plan.state["failed"]))
+    clock = [started, started, time.monotonic()]
+    return _summary(plan, settings, None, kept, clock, up_to_date=up_to_date)
 
 
 def _refresh_facts(plan: Plan) -> None:
@@ -654,6 +659,8 @@ def stream(
 
 def _runs(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:
     """[first, last) spans of equal flags, in order, with their flag."""
+    if not len(flags):
+        return
     edges = [0, *(np.flatnonzero(np.diff(flags.astype(np.int8))) + 1).tolist(), len(flags)]
     for first, last in itertools.pairwise(edges):
         yield first, last, bool(flags[first])
