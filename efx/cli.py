@@ -45,6 +45,8 @@ _reader_gone = False
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        global _reader_gone
+        _reader_gone = False  # one command's reader (the CLI runs in-process in tests)
         try:
             result = super().invoke(ctx)
         except EfxError as error:
