@@ -3,6 +3,7 @@ the same real images, broken ones included; outputs compared row by row."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,7 +164,9 @@ def test_an_unreachable_or_malformed_ray_address_fails_in_seconds(address, messa
     assert not os.path.exists(tmp_path / "o.h5")
 
 
-def test_ray_workers_decode_the_odd_files_as_the_local_engine(ray_instance, tiny_model, tmp_path):
+def test_ray_workers_decode_the_odd_files_as_the_local_engine(
+    ray_instance, tiny_model, tmp_path, capsysbinary
+):
     # The kinds fixed in the decode function reach Ray's actors too: Pillow's GIF and RLE BMP
     # inside the graph, orientation from PNG/WebP/late JPEG EXIF, a thin strip padded, a frame
     # bomb refused, a named pipe never opened.
@@ -189,6 +192,15 @@ def test_ray_workers_decode_the_odd_files_as_the_local_engine(ray_instance, tiny
         )  # fmt: skip
         assert (summary.embedded, summary.failed) == (len(names) + 1, 2)
     assert_same_output(outputs["local"], outputs["ray"])
+    # The same run streamed to stdout (OUTPUT -) from Ray: the local rows, in order.
+    capsysbinary.readouterr()
+    efx.extract(str(root), "-", model=tiny_model, image_size=48, resize="pad", engine="ray")
+    records = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+    paths, rows = efx.load(outputs["local"])
+    assert [r["path"] for r in records if "error" not in r] == paths
+    streamed = np.array([r["embedding"] for r in records if "error" not in r], np.float32)
+    np.testing.assert_allclose(streamed, rows, rtol=0, atol=1e-6)
+    assert sum("error" in r for r in records) == 2
 
 
 def _strip_png() -> bytes:
