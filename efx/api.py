@@ -293,6 +293,11 @@ def _check_stream(settings: Settings) -> None:
                 f"{flag} {why}: it needs an OUTPUT file, not - (standard output). "
                 f"Write to out.h5 or a folder instead."
             )
+    if getattr(sys.stdout, "buffer", None) is None:  # a notebook's stdout takes text only
+        raise EfxError(
+            "OUTPUT - writes the rows to standard output as bytes, and this one takes text "
+            "only (a notebook?): write OUTPUT to a file and read it with efx.load"
+        )
 
 
 @contextlib.contextmanager
