@@ -41,6 +41,7 @@ class _UserError(click.ClickException):
 # is still written.
 EXIT_READER_GONE = 141
 _reader_gone = False
+_PIECE = 1 << 16  # a Linux pipe's buffer
 
 
 class _Group(click.Group):
@@ -69,7 +70,12 @@ def _print(text: str) -> None:
     if _reader_gone:
         return
     try:
-        click.echo(text)
+        # In pieces no larger than a pipe's buffer: a single large write into a pipe whose
+        # reader has gone can end as a short write without an error (a --json of 150 KB into
+        # `head -c 50` exited 0); the next piece then fails as it should.
+        for start in range(0, len(text), _PIECE):
+            click.echo(text[start : start + _PIECE], nl=False)
+        click.echo("")
     except BrokenPipeError:
         _reader_gone = True
         _stdout_closed()
@@ -105,7 +111,8 @@ def run() -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="efx", prog_name="efx")
 def main() -> None:
-    """efx: image folders in, one EfficientNet embedding per image out (HDF5 or .npy shards).
+    """efx: image folders in, one EfficientNet embedding per image out (HDF5, .npy shards, or
+    a stream on stdout).
 
     \b
     Quick start:
@@ -114,6 +121,7 @@ def main() -> None:
       efx similar embeddings.h5 photos/cat.jpg      # the images nearest one
       efx duplicates embeddings.h5 --html d.html    # near-duplicates, as a page
       find . -name '*.jpg' -print0 | efx extract -0 - shards/
+      efx extract photos/ - | jq -c .path           # rows to stdout, as JSON Lines
 
     Run `efx COMMAND --help` for each command's options.
     """
@@ -290,10 +298,11 @@ def extract(
 ) -> None:
     """Embed every image of SOURCE... into OUTPUT, one row per image.
 
-    SOURCE is a folder (searched recursively for .jpg .jpeg .png .gif .bmp .webp, in sorted
-    order), an image file, or - to read paths from stdin, one per line. OUTPUT ending in .h5 or
-    .hdf5 is an HDF5 file; - streams the rows to stdout as they are computed (JSON Lines, or
-    --format arrow); anything else is a folder of .npy shards.
+    SOURCE is a folder (searched recursively for .jpg .jpeg .jpe .png .gif .bmp .webp, in
+    sorted order), an image file, or - to read paths from stdin, one per line. OUTPUT ending
+    in .h5 or .hdf5 is an HDF5 file; - streams the rows to stdout as they are computed (JSON
+    Lines, or --format arrow with efx[arrow]; --json, --resume, --update, --shard and
+    --overwrite need a file); anything else is a folder of .npy shards.
 
     Images that cannot be read or decoded are recorded as failures with a reason, and the run
     goes on. An existing OUTPUT is never replaced without --overwrite.
