@@ -46,6 +46,12 @@ def _escaped(character: str) -> str:
     return "".join(f"\\x{byte:02x}" for byte in raw)
 
 
+def readable(name: str) -> str:
+    """A name as text for people (a web page, a message): UTF-8 as it is, a byte that is not
+    UTF-8 as `\\xNN`. For display only: unlike `escape`, not reversible."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def unescape(field: str) -> str:
     """The name `escape` wrote: `unescape(escape(name)) == name` for every file name."""
     raw, _ = codecs.escape_decode(field.encode("utf-8", "surrogateescape"))

@@ -17,6 +17,7 @@ from typing import Any
 from . import files
 from .config import DEFAULT_MAX_PIXELS
 from .errors import EfxError
+from .names import readable
 
 INSTALL_HINT = "pip install pillow"
 THUMBNAIL_PX = 160
@@ -33,8 +34,8 @@ def similar_page(results: list[dict[str, Any]], output: str, warning: str | None
             _card(hit["path"], f"#{hit['rank']} &middot; {hit['similarity']:.3f}", hit["exists"])
             for hit in result["hits"][:MAX_CARDS]
         ]
-        note = f'<p class="error">{html.escape(result["error"])}</p>' if result["error"] else ""
-        title = f"Query: {html.escape(result['query'])}"
+        note = f'<p class="error">{_text(result["error"])}</p>' if result["error"] else ""
+        title = f"Query: {_text(result['query'])}"
         sections.append(_section(title, "".join(cards), note))
     summary = f"{len(results)} quer{'y' if len(results) == 1 else 'ies'}"
     return _page("efx similar", output, summary, sections, len(results), warning)
@@ -70,9 +71,9 @@ def check_target(path: str) -> None:
 
 
 def write_page(page: str, path: str) -> None:
+    """The page, whole or not at all (written beside `path`, then renamed over it)."""
     try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(page)
+        files.write_atomically(path, page.encode("utf-8"), sync=False)
     except OSError as error:
         raise EfxError(f"cannot write --html {path}: {error.strerror or error}") from error
 
@@ -106,6 +107,11 @@ def thumbnail(path: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _text(value: str) -> str:
+    """Any text for the page, names that are not UTF-8 included (their bytes as \\xNN)."""
+    return html.escape(readable(value))
+
+
 def _pillow() -> tuple[Any, Any]:
     try:
         from PIL import Image, ImageOps
@@ -116,7 +122,7 @@ def _pillow() -> tuple[Any, Any]:
 
 def _card(path: str, label: str, exists: bool) -> str:
     data = thumbnail(path) if exists else None
-    name = html.escape(path)
+    name = _text(path)
     if data is not None:
         picture = f'<img src="{data}" alt="{name}" loading="eager">'
     else:
@@ -124,7 +130,7 @@ def _card(path: str, label: str, exists: bool) -> str:
         picture = f'<div class="missing">{why}</div>'
     return (
         f'<figure class="card">{picture}<figcaption><span class="path" title="{name}">'
-        f'{html.escape(os.path.basename(path))}</span><span class="label">{label}</span>'
+        f'{_text(os.path.basename(path))}</span><span class="label">{label}</span>'
         "</figcaption></figure>"
     )
 
@@ -150,7 +156,7 @@ def _page(
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{command}: {html.escape(os.path.basename(output))}</title>
+<title>{command}: {_text(os.path.basename(output))}</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }}
 h1 {{ font-size: 20px; margin: 0 0 4px; }}
@@ -173,8 +179,8 @@ figcaption {{ display: flex; justify-content: space-between; gap: 6px; font-size
 .warning {{ background: #fff3cd; border: 1px solid #e0b100; padding: 8px; border-radius: 4px; }}
 </style></head>
 <body>
-<header><h1>{command}</h1><p>{html.escape(output)}: {summary}.{shown}</p>
-{f'<p class="warning">{html.escape(warning)}</p>' if warning else ""}</header>
+<header><h1>{command}</h1><p>{_text(output)}: {summary}.{shown}</p>
+{f'<p class="warning">{_text(warning)}</p>' if warning else ""}</header>
 {"".join(sections) or "<p>Nothing found.</p>"}
 <script>
 window.addEventListener("load", () => {{

@@ -133,3 +133,17 @@ def test_npy_failures_keep_a_name_that_is_not_utf8_for_update(odd_names, tiny_mo
         update=True,
     )  # fmt: skip
     assert (again.computed, again.kept, again.new) == (0, 7, 0)  # 6 rows, the broken file
+
+
+@pytest.mark.parametrize("command", ["duplicates", "similar"])
+def test_a_contact_sheet_shows_every_name(odd_names, command):
+    page = odd_names / f"{command}.html"
+    query = [str(odd_names / "photos" / NAMES[-1])] if command == "similar" else []
+    result = subprocess.run(
+        [EFX, command, str(odd_names / "out.h5"), *query, "--html", str(page)],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "caf\\xe9.png" in html and "日本の写真.png" in html and "beach\tcopy.png" in html
+    assert html.count("<img ") == len(NAMES)  # every one shown, the query's own included

@@ -26,7 +26,7 @@ import orjson
 
 from ..errors import EfxError
 from ..facts import Facts
-from ..names import to_json
+from ..names import readable, to_json
 
 STDOUT = "-"
 
@@ -104,12 +104,12 @@ class ArrowStreamWriter(_StreamWriter):
     def write(
         self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
     ) -> None:
-        self._paths += [_utf8(path) for path in paths]
+        self._paths += [readable(path) for path in paths]
         self._rows += list(embeddings.astype(np.float32))
         self._errors += [None] * len(paths)
 
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
-        self._paths.append(_utf8(path))
+        self._paths.append(readable(path))
         self._rows.append(np.full(self._dim, np.nan, np.float32))
         self._errors.append(reason)
 
@@ -132,11 +132,6 @@ class ArrowStreamWriter(_StreamWriter):
         self.flush()
         self._stream.close()  # the end-of-stream marker
         self._out.flush()
-
-
-def _utf8(path: str) -> str:
-    """A name as an Arrow string: a byte that is not UTF-8 written as \\xNN."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _pyarrow() -> Any:
