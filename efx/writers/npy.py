@@ -143,7 +143,7 @@ class NpyWriter:
 
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
         record = {"path": path, "error": reason, **(facts or UNKNOWN)._asdict()}
-        self._failures.write((to_json(record) + "\n").encode("utf-8"))  # any name, exactly
+        self._failures.write(_failure_line(record))
         self._failed += 1
 
     def flush(self, sync: bool = False) -> None:
@@ -222,7 +222,7 @@ class NpyWriter:
                     if key in shard and os.path.exists(self._path(shard[key])):
                         os.remove(self._path(shard[key]))
         kept = _failure_records(self._output)[:failures]
-        lines = b"".join((to_json(f) + "\n").encode() for f in kept)
+        lines = b"".join(_failure_line(f) for f in kept)
         # Replaced, not truncated and rewritten: a reader (or a kill) in between would find
         # fewer failures than the manifest promises.
         write_atomically(self._path(FAILURES), lines)
@@ -261,8 +261,16 @@ class NpyWriter:
             "shards": shards,
             "failures": FAILURES,
         }
-        data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        write_atomically(self._path(MANIFEST), data, sync)
+        write_atomically(self._path(MANIFEST), _manifest_bytes(manifest), sync)
+
+
+def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (to_json(manifest, indent=2) + "\n").encode("utf-8")
+
+
+def _failure_line(record: dict[str, Any]) -> bytes:
+    """One line of failures.jsonl: any name, exactly (efx.names.to_json), valid UTF-8."""
+    return (to_json(record) + "\n").encode("utf-8")
 
 
 def _lines(paths: list[str]) -> bytes:
@@ -301,13 +309,12 @@ def refresh_facts(
     records = _failure_records(output)
     if [_failure_facts(record) for record in records] != list(failures):
         lines = b"".join(
-            (to_json({**record, **found._asdict()}) + "\n").encode("utf-8")
+            _failure_line({**record, **found._asdict()})
             for record, found in zip(records, failures, strict=True)
         )
         write_atomically(os.path.join(output, FAILURES), lines)
     manifest["updated"] = updated
-    data = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    write_atomically(os.path.join(output, MANIFEST), data)
+    write_atomically(os.path.join(output, MANIFEST), _manifest_bytes(manifest))
 
 
 def _read_facts(output: str, shard: dict[str, Any], rows: int) -> list[Facts]:
