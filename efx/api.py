@@ -22,11 +22,13 @@ import numpy as np
 from . import facts as facts_
 from . import files, process, reuse, writers
 from . import resume as resume_
+from . import sources as sources_
 from .config import DEFAULT_SHARD_SIZE, DecodeOptions, Settings
-from .discover import check_sources, find_images
+from .discover import check_sources, find_files
 from .engine import Batch, Engine, open_engine
 from .errors import EfxError
 from .facts import Facts
+from .inputs import Input
 from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, check_precision, resolve_model
 
 # Rows reach the OS (and survive kill -9) after every batch; they are synced to the disk (and
@@ -85,7 +87,7 @@ class Plan:
     spec: ModelSpec
     part: str  # "I/N"
     inputs_total: int  # inputs of all the parts
-    paths: list[str]  # this run's inputs, in row order
+    paths: list[str]  # the keys of this run's inputs, in row order
     state: dict[str, Any] | None = None  # the output to continue (--resume) or update
     done: int = 0  # inputs that output already accounts for (--resume)
     keep: tuple[int, int] = (0, 0)  # its rows and failures that stay (--resume)
@@ -93,6 +95,7 @@ class Plan:
     sources: list[reuse.Source] = field(default_factory=list)  # rows that may be copied
     target: str = ""  # where rows are written: OUTPUT, or for --update OUTPUT.updating-N
     checked_seconds: float = 0.0  # planning: walk, stat, hashing
+    inputs: list[Input] = field(default_factory=list)  # this run's inputs (keys: `paths`)
 
 
 def extract(
@@ -245,28 +248,29 @@ def plan_run(
     spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
     check_precision(settings.precision, settings.backend)
     with _phase(output, "listing the images"):
-        everything = find_images(sources, stdin=stdin, null=settings.null)
+        everything = find_files(sources, stdin=stdin, null=settings.null)
     if not everything:
         raise EfxError(
-            f"no images found in {', '.join(sources)} "
-            "(folders are searched for .jpg .jpeg .png .gif .bmp .webp files)"
+            f"no images found in {', '.join(sources)} (folders are searched for .jpg .jpeg "
+            ".png .gif .bmp .webp files and for .tar .parquet .tfrecord shards)"
         )
     index, count = settings.part_of
-    plan = Plan(
-        output, fmt, spec, f"{index}/{count}", len(everything),
-        resume_.select_part(everything, index, count), state, target=output,
-    )  # fmt: skip
+    files_ = resume_.select_part(everything, index, count)  # whole files: shards stay whole
+    plan = Plan(output, fmt, spec, f"{index}/{count}", len(everything), [], state, target=output)
     if state is not None:
         planned = _planned_attrs(plan, settings)
         resume_.check_settings(output, state["attrs"], planned, True, settings.update)
+    earlier = _sources(plan, settings, on_note) if settings.update else []
+    with _phase(output, "reading the shards"):
+        inputs = _list_inputs(files_, settings, earlier[:1] if state else [], on_note, progress)
+    plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
     if settings.resume and state is not None:
         if state["complete"]:
             return plan
         done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
         plan = replace(plan, done=done, keep=(rows, failures))
-    earlier = _sources(plan, settings, on_note) if settings.update else []
-    todo = plan.paths[plan.done :]
-    unstorable = {i: why for i, p in enumerate(todo) if (why := writers.unstorable(fmt, p))}
+    todo = plan.inputs[plan.done :]
+    unstorable = {i: w for i, inp in enumerate(todo) if (w := writers.unstorable(fmt, inp.key))}
     with _phase(output, "reading the files"):
         work = reuse.plan(
             todo, earlier, unstorable=unstorable, checksum=settings.checksum,
@@ -277,6 +281,28 @@ def plan_run(
         plan, work=work, sources=earlier, target=target,
         checked_seconds=time.monotonic() - started,
     )  # fmt: skip
+
+
+def _list_inputs(
+    files_: list[tuple[str, bool]],
+    settings: Settings,
+    output: list[reuse.Source],
+    on_note: Callable[[str], None] | None,
+    progress: bool,
+) -> list[Input]:
+    """The inputs of `files_`: shards listed (and their images hashed) by efx.sources, those
+    that OUTPUT holds unchanged (--update) taken from it unread."""
+    from tqdm import tqdm
+
+    kept = reuse.kept_shards(
+        output[0] if output else None, settings.checksum, settings.retry_failed
+    )
+    options = sources_.ShardOptions(settings.image_column, settings.image_key)
+    with tqdm(
+        unit="shard", desc="efx: reading shards", disable=not progress, file=sys.stderr,
+        dynamic_ncols=True, leave=False, delay=1.0,
+    ) as bar:  # fmt: skip
+        return sources_.list_inputs(files_, options, kept, on_note, bar.update)
 
 
 def _check_stream(settings: Settings) -> None:
@@ -450,7 +476,7 @@ def _write(
         options = settings.decode_options(loaded.image_size) if loaded else None
         with _progress_bar(len(plan.work.to_embed), progress) as bar:
             feed = _Feed(engine, options, loaded)
-            counts = stream(plan.paths[plan.done :], plan.work, plan.sources, writer, bar, feed)
+            counts = stream(plan.inputs[plan.done :], plan.work, plan.sources, writer, bar, feed)
         writer.close()
     except BrokenPipeError:
         raise  # OUTPUT - and its reader stopped reading: the caller ends quietly (the CLI: 141)
@@ -596,21 +622,26 @@ class _Feed:
     options: DecodeOptions | None
     loaded: LoadedModel | None
 
-    def batches(self, paths: list[str]) -> Iterator[Batch]:
-        if not paths:
+    def batches(self, inputs: list[Input]) -> Iterator[Batch]:
+        if not inputs:
             return iter(())
         assert self.engine is not None and self.options is not None and self.loaded is not None
-        return self.engine.batches(paths, self.options, self.loaded)
+        return self.engine.batches(inputs, self.options, self.loaded)
 
-    def reason(self, path: str) -> str:
+    def reason(self, inp: Input) -> str:
         from .decode.pipeline import failure_reason  # imports TensorFlow: the engine already has
 
         assert self.options is not None
-        return failure_reason(path, self.options)
+        if inp.member is None:
+            return failure_reason(inp.path, self.options)
+        data = sources_.read_one(inp)
+        if isinstance(data, BaseException):
+            return sources_.read_reason(data)
+        return failure_reason(inp.key, self.options, data)
 
 
 def stream(
-    paths: list[str],
+    inputs: list[Input],
     work: reuse.Work,
     sources: list[reuse.Source],
     writer: writers.Writer,
@@ -622,7 +653,8 @@ def stream(
     Rows and failures are each written in input order (what --resume relies on), and
     committed after every step. Returns (rows, failures) written."""
     embed_at = work.to_embed
-    batches = feed.batches([paths[i] for i in embed_at])
+    paths = [inp.key for inp in inputs]
+    batches = feed.batches([inputs[i] for i in embed_at])
     readers: dict[int, writers.RowReader] = {}
     held: dict[int, np.ndarray | str] = {}  # embedded once, repeated later (SAME_AS)
     repeated = set(work.index[work.kind == reuse.SAME_AS].tolist())
@@ -631,7 +663,7 @@ def stream(
     try:
         with process.SignalsBetweenBatches(after_bar=not getattr(bar, "disable", True)) as signals:
             for start, stop, computed in _steps(len(paths), embed_at, batches):
-                step = _Step(paths, work, start, stop, computed)
+                step = _Step(inputs, work, start, stop, computed)
                 embeddings, reasons = step.assemble(sources, readers, held, feed)
                 ok = step.ok(reasons)
                 # In input order, runs of rows and failures alternating: a file format keeps
@@ -699,13 +731,13 @@ class _Step:
 
     def __init__(
         self,
-        paths: list[str],
+        inputs: list[Input],
         work: reuse.Work,
         start: int,
         stop: int,
         computed: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> None:
-        self.paths, self.work, self.start, self.stop = paths, work, start, stop
+        self.inputs, self.work, self.start, self.stop = inputs, work, start, stop
         self.computed = computed
 
     def assemble(
@@ -731,7 +763,7 @@ class _Step:
             for i, row in zip(positions[ok] - start, embeddings, strict=True):
                 blocks[int(i)] = row
             for position in positions[~ok]:
-                reasons[int(position)] = feed.reason(self.paths[position])
+                reasons[int(position)] = feed.reason(self.inputs[position])
         for i in np.flatnonzero(kind == reuse.SAME_AS):
             original = int(work.index[start + i])
             first: np.ndarray | str | None = held.get(original)
@@ -763,7 +795,7 @@ class _Step:
             planned = self.work.facts[position]
             if (
                 self.work.kind[position] == reuse.EMBED
-                and facts_.stat(self.paths[position])[:2] != planned[:2]
+                and facts_.stat(self.inputs[position].path)[:2] != planned[:2]
             ):
                 planned = planned._replace(sha256="")
             found.append(planned)

@@ -19,9 +19,10 @@ from typing import Any, BinaryIO
 
 from . import writers
 from .config import BACKENDS, DecodeOptions, Settings, check_positive
-from .discover import check_sources, find_images
+from .discover import check_sources, find_files
 from .engine import LocalEngine
 from .errors import EfxError
+from .inputs import Input, loose
 from .model import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -30,6 +31,7 @@ from .model import (
     load_model,
     resolve_model,
 )
+from .sources import ShardOptions, list_inputs
 
 
 @dataclass
@@ -86,7 +88,8 @@ def bench(
         check_sources(sources)
     spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
     check_precision(settings.precision, backend)
-    paths = find_images(sources, stdin=stdin) if sources else []
+    inputs = list_inputs(find_files(sources, stdin=stdin), ShardOptions()) if sources else []
+    paths: list[str] | list[Input] = inputs
     if sources and not paths:
         raise EfxError(f"no images found in {', '.join(sources)}")
     models, notes = _load_backends(spec, settings, backend)
@@ -119,7 +122,11 @@ def bench(
 
 
 def _rounds(
-    models: list[LoadedModel], paths: list[str], work: str, rounds: int, progress: Any
+    models: list[LoadedModel],
+    paths: list[str] | list[Input],
+    work: str,
+    rounds: int,
+    progress: Any,
 ) -> list[list[dict[str, float]]]:
     """Alternating rounds: each backend's model alone, then its pipeline, round after round."""
     options = DecodeOptions(models[0].image_size)
@@ -135,19 +142,20 @@ def _rounds(
 
 
 def time_pipeline(
-    loaded: LoadedModel, paths: list[str], options: DecodeOptions, work: str
+    loaded: LoadedModel, paths: list[str] | list[Input], options: DecodeOptions, work: str
 ) -> float:
-    """Images/s of `efx extract`'s streaming phase on `paths`, set-up included: read, decode,
-    resize, model, HDF5 writer."""
+    """Images/s of `efx extract`'s streaming phase on `paths` (image files, or inputs of any
+    source), set-up included: read, decode, resize, model, HDF5 writer."""
     from .api import _Feed, stream
     from .reuse import embed_all
 
     output = os.path.join(work, "pipeline.h5")
     attrs = {"feature_dim": loaded.feature_dim}
-    writer = writers.open_writer("hdf5", output, attrs, inputs=paths)
+    inputs = [loose(p) if isinstance(p, str) else p for p in paths]
+    writer = writers.open_writer("hdf5", output, attrs, inputs=[i.key for i in inputs])
     start = time.perf_counter()
     feed = _Feed(LocalEngine(), options, loaded)
-    embedded, _ = stream(paths, embed_all(len(paths)), [], writer, _NoBar(), feed)
+    embedded, _ = stream(inputs, embed_all(len(inputs)), [], writer, _NoBar(), feed)
     writer.close()
     images_per_second = embedded / (time.perf_counter() - start)
     os.remove(output)

@@ -272,8 +272,24 @@ verbose_option = click.option(
     "part",
     default=None,
     metavar="I/N",
-    help="Embed only part I of N (0 <= I < N), a contiguous block of the sorted inputs, for "
-    "N machines running the same command; combine the parts with efx merge.",
+    help="Embed only part I of N (0 <= I < N), a contiguous block of the sorted input files "
+    "(a shard is never split), for N machines running the same command; combine the parts "
+    "with efx merge.",
+)
+@click.option(
+    "--image-column",
+    default=None,
+    metavar="NAME",
+    help="Parquet shards: the column of image bytes (a binary column, or a struct with a "
+    "bytes field as Hugging Face's Image). Default: the only such column.",
+)
+@click.option(
+    "--image-key",
+    default=None,
+    metavar="NAME",
+    help="tar shards: the extension of each sample's image member (e.g. seg.png; default: the "
+    "first of jpg jpeg png webp gif bmp it has). TFRecord: the feature holding the image "
+    "(e.g. image/encoded; default: the only one that holds image files).",
 )
 @click.option(
     "-0",
@@ -298,8 +314,11 @@ def extract(
 ) -> None:
     """Embed every image of SOURCE... into OUTPUT, one row per image.
 
-    SOURCE is a folder (searched recursively for .jpg .jpeg .jpe .png .gif .bmp .webp, in
-    sorted order), an image file, or - to read paths from stdin, one per line. OUTPUT ending
+    SOURCE is a folder (searched recursively for .jpg .jpeg .jpe .png .gif .bmp .webp images
+    and .tar .tgz .parquet .tfrecord shards, in sorted order), an image file, a shard (a
+    WebDataset tar, a Parquet file with an image column, a TFRecord file of tf.train.Example:
+    told by content; each image in it is a row named SHARD/KEY), or - to read such paths from
+    stdin, one per line. OUTPUT ending
     in .h5 or .hdf5 is an HDF5 file; - streams the rows to stdout as they are computed (JSON
     Lines, or --format arrow with efx[arrow]; --json, --resume, --update, --shard and
     --overwrite need a file); anything else is a folder of .npy shards.
@@ -311,6 +330,7 @@ def extract(
     Examples:
       efx extract photos/ embeddings.h5
       efx extract photos/ embeddings.h5 --update      # later: only what changed
+      efx extract laion/ laion.h5                     # img2dataset's .tar shards
       efx extract --model b0 a.jpg b.png more/ out.h5
       find /data -name '*.jpg' -print0 | efx extract -0 - shards/
       efx extract --json --quiet photos/ out.h5 | jq .images_per_second

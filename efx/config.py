@@ -85,6 +85,8 @@ class Settings:
     retry_failed: bool = False  # --update: try unchanged failures again
     part: str | None = None  # "I/N": only part I of N of the inputs
     null: bool = False  # stdin paths are NUL-separated
+    image_column: str | None = None  # Parquet shards: the column of image bytes
+    image_key: str | None = None  # tar shards: the image member's extension; TFRecord: feature
 
     def __post_init__(self) -> None:
         check_positive("--batch-size", self.batch_size)

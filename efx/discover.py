@@ -1,8 +1,10 @@
-"""Sources (folders, files, `-` for stdin) to the ordered list of image paths. No TensorFlow."""
+"""Sources (folders, files, `-` for stdin) to the ordered list of files: images, and shards
+of images (efx.sources reads those). No TensorFlow."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
@@ -11,6 +13,12 @@ from .errors import EfxError
 # Extensions walked in folders (compared case-insensitively). Files named explicitly, on the
 # command line or on stdin, are taken whatever their extension: the decoder goes by content.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp"})
+
+# Shards a folder walk takes (efx.sources tells their kind by content); TFDS names its files
+# `NAME-SPLIT.tfrecord-00000-of-00016`.
+SHARD_NAME = re.compile(
+    r"\.(tar|tgz|tar\.gz|parquet|tfrecords?(\.gz)?|tfrecords?-\d+-of-\d+)$", re.I
+)
 
 STDIN = "-"
 
@@ -28,25 +36,34 @@ def check_sources(sources: Iterable[str]) -> None:
             raise EfxError(f"source not found: {source} ({kind})")
 
 
-def find_images(
+def find_files(
     sources: Iterable[str], stdin: BinaryIO | None = None, null: bool = False
-) -> list[str]:
-    """All image paths of `sources`, in the order rows will be written.
+) -> list[tuple[str, bool]]:
+    """Every file of `sources` as (path, found by walking a folder), in the order rows will be
+    written: images, and shards of images.
 
-    Sources keep the order given; a folder contributes its images sorted by relative path; `-`
-    contributes the paths read from `stdin` in the order read (one per line, or NUL-separated).
+    Sources keep the order given; a folder contributes its images and shards sorted by relative
+    path; `-` contributes the paths read from `stdin` in the order read (one per line, or
+    NUL-separated).
     """
-    paths: list[str] = []
+    found: list[tuple[str, bool]] = []
     for source in sources:
         if source == STDIN:
             if stdin is None:
                 raise EfxError("- (stdin) given as a SOURCE but no input stream is available")
-            paths.extend(read_path_list(stdin, null=null))
+            found.extend((path, False) for path in read_path_list(stdin, null=null))
         elif os.path.isdir(source):
-            paths.extend(os.path.join(source, rel) for rel in walk_images(source))
+            found.extend((os.path.join(source, rel), True) for rel in walk_images(source))
         else:
-            paths.append(source)
-    return paths
+            found.append((source, False))
+    return found
+
+
+def find_images(
+    sources: Iterable[str], stdin: BinaryIO | None = None, null: bool = False
+) -> list[str]:
+    """The paths of `find_files` (images and shards)."""
+    return [path for path, _ in find_files(sources, stdin, null)]
 
 
 def read_path_list(stream: BinaryIO, null: bool = False) -> list[str]:
@@ -63,7 +80,8 @@ def read_path_list(stream: BinaryIO, null: bool = False) -> list[str]:
 
 
 def walk_images(root: str) -> list[str]:
-    """Image files below `root` as sorted relative paths, following symlinks but not loops."""
+    """Image and shard files below `root` as sorted relative paths, following symlinks but not
+    loops."""
     found = list(_walk(root, "", set()))
     found.sort()
     return found
@@ -88,5 +106,7 @@ def _walk(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[str]:
             is_dir = False
         if is_dir:
             yield from _walk(root, child, seen)
-        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS or SHARD_NAME.search(
+            entry.name
+        ):
             yield child

@@ -1,18 +1,20 @@
-"""Engines: where decoding and the model run. Each loads the model and turns a list of paths into
-batches of (positions in the list, embeddings of the images that decoded, ok flags), in input
-order; `api.stream` writes them, whichever engine made them.
+"""Engines: where decoding and the model run. Each loads the model and turns a list of inputs
+(efx.inputs) into batches of (positions in the list, embeddings of the images that decoded, ok
+flags), in input order; `api.stream` writes them, whichever engine made them.
 
 local: the tf.data pipeline and the model in this process. ray: Ray Data actors (ray_engine.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from .config import DecodeOptions, Settings
+from .inputs import Input
 from .model import LoadedModel, ModelSpec, load_model
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions, embeddings of the ok, ok
@@ -21,7 +23,7 @@ Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions, embeddings of th
 class Engine(Protocol):
     def load_model(self, spec: ModelSpec, settings: Settings) -> LoadedModel: ...
     def batches(
-        self, paths: Sequence[str], options: DecodeOptions, loaded: LoadedModel
+        self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]: ...
     def close(self) -> None: ...
 
@@ -43,23 +45,39 @@ class LocalEngine:
         )
 
     def batches(
-        self, paths: Sequence[str], options: DecodeOptions, loaded: LoadedModel
+        self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]:
-        """The pipeline drops files that fail to decode; the gaps in its indices are those."""
+        """The pipeline drops inputs that fail to decode; the gaps in its indices are those.
+        Images inside shards reach it as bytes, read ahead by efx.sources; files of their own
+        are read by the pipeline's decoders."""
         from .decode import pipeline  # imports TensorFlow: only once there is work
 
-        if not paths:
+        if not inputs:
             return
+        paths = ["" if inp.member else inp.path for inp in inputs]
+        members = None
+        if any(inp.member for inp in inputs):
+            members = functools.partial(_member_bytes, inputs)
         expected = 0  # the next index not yet accounted for
-        for index, images in pipeline.image_batches(paths, options, loaded.batch_size):
+        batches = pipeline.image_batches(paths, options, loaded.batch_size, members)
+        for index, images in batches:
             index = index.numpy()
             positions = np.arange(expected, index[-1] + 1)
             expected = int(index[-1]) + 1
             yield positions, loaded.embed(images), np.isin(positions, index)
-        if expected < len(paths):  # the last files all failed
-            positions = np.arange(expected, len(paths))
+        if expected < len(inputs):  # the last inputs all failed
+            positions = np.arange(expected, len(inputs))
             empty = np.zeros([0, loaded.feature_dim], np.float32)
             yield positions, empty, np.zeros(len(positions), bool)
 
     def close(self) -> None:
         pass
+
+
+def _member_bytes(inputs: Sequence[Input]) -> Iterator[bytes]:
+    """The bytes of the images inside shards, in order; b"" for one that cannot be read (the
+    decoder then fails on it, and its failure's reason reads it again)."""
+    from . import sources
+
+    for data in sources.read_ahead(inputs):
+        yield b"" if isinstance(data, BaseException) else data

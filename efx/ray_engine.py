@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import DecodeOptions, Settings
 from .errors import EfxError
+from .inputs import Input, Member
 from .model import LoadedModel, ModelSpec
 
 INSTALL_HINT = "pip install 'efx[ray]'"
@@ -91,14 +92,15 @@ class RayEngine:
         return loaded
 
     def batches(
-        self, paths: Sequence[str], options: DecodeOptions, loaded: LoadedModel
+        self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(positions in `paths`, embeddings of the ok ones, ok) per batch, in input order."""
+        """(positions in `inputs`, embeddings of the ok ones, ok) per batch, in input order.
+        Workers read the inputs themselves (files, and images inside shards by their place in
+        the shard): no image's bytes pass through this process."""
         ray = self._ray
-        if not paths:
+        if not inputs:
             return
-        # Paths travel as bytes: names that are not valid UTF-8 survive (Arrow strings would not).
-        items = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]
+        items = [_item(i, inp) for i, inp in enumerate(inputs)]
         models = self.gpus or 1
         decoders = max(1, self.cpus - models)
         dataset = (
@@ -151,8 +153,18 @@ class _Decode:
         self._decode = file_decoder(options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .sources import read_inputs
+
         blank = np.zeros([self._size, self._size, 3], np.float32)
-        images = [self._decode(bytes(path)) for path in batch["path"]]
+        inputs = [_input(batch, i) for i in range(len(batch["index"]))]
+        datas = read_inputs(inputs)
+        images: list[np.ndarray | None] = []
+        for inp, data in zip(inputs, datas, strict=True):
+            if isinstance(data, BaseException):
+                images.append(None)  # the driver's failure_reason reads it again to say why
+                continue
+            path = b"" if inp.member else os.fsencode(inp.path)
+            images.append(self._decode(path, data))
         return {
             "index": batch["index"],
             "image": np.stack([blank if image is None else image for image in images]),
@@ -176,6 +188,23 @@ class _Embed:
         if ok.any():
             embeddings[ok] = self._model.embed(batch["image"][ok])
         return {"index": batch["index"], "embedding": embeddings, "ok": ok}
+
+
+def _item(index: int, inp: Input) -> dict[str, Any]:
+    """An input as a Ray Data row. Paths travel as bytes: names that are not valid UTF-8
+    survive (Arrow strings would not)."""
+    member = inp.member or Member("", 0, 0)
+    return {
+        "index": index, "path": os.fsencode(inp.path), "kind": member.kind, "at": member.at,
+        "size": member.size, "field": member.field,
+    }  # fmt: skip
+
+
+def _input(batch: dict[str, np.ndarray], i: int) -> Input:
+    path = os.fsdecode(bytes(batch["path"][i]))
+    kind = str(batch["kind"][i])
+    member = Member(kind, int(batch["at"][i]), int(batch["size"][i]), str(batch["field"][i]))
+    return Input(path, path, member if kind else None)
 
 
 def _check_reachable(address: str) -> None:

@@ -5,7 +5,7 @@ match, and how inputs split into parts for many machines. Pure Python, no Tensor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import EfxError
 
@@ -23,9 +23,12 @@ def numerics(attrs: dict[str, Any]) -> str:
     return f"{precision} ({attrs.get('backend', 'tensorflow')})"
 
 
-def select_part(paths: Sequence[str], index: int, count: int) -> list[str]:
-    """Part `index` of `count`: a contiguous block of the ordered inputs, so that the parts
-    concatenated in order are exactly the whole."""
+T = TypeVar("T")
+
+
+def select_part(paths: Sequence[T], index: int, count: int) -> list[T]:
+    """Part `index` of `count`: a contiguous block of the ordered files, so that the parts
+    concatenated in order are exactly the whole. A shard is one file: never split."""
     total = len(paths)
     return list(paths[total * index // count : total * (index + 1) // count])
 

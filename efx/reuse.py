@@ -16,6 +16,7 @@ For every input, in row order, one of:
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 
 from . import facts as facts_
 from .facts import UNKNOWN, Facts
+from .inputs import Input
 
 EMBED, COPY, FAILED, SAME_AS, REFUSED = range(5)
 
@@ -107,7 +109,7 @@ def embed_all(count: int) -> Work:
 
 
 def plan(
-    paths: Sequence[str],
+    inputs: Sequence[Input],
     sources: Sequence[Source],
     *,
     unstorable: dict[int, str],
@@ -115,74 +117,122 @@ def plan(
     retry_failed: bool = False,
     hash_files: Callable[[Sequence[str]], list[Facts]] = facts_.hash_files,
 ) -> Work:
-    """Decide, for each of `paths`, how its row is made (see the module's docstring).
+    """Decide, for each of `inputs`, how its row is made (see the module's docstring).
 
-    One `stat` per input; a file is read (hashed) only when no stored row matches its path,
-    size and modification time (or with `checksum`, always): a new, edited, touched, moved or
-    copied file. Identical bytes are embedded once, whatever their paths.
+    One `stat` per image file; a file is read (hashed) only when no stored row matches its
+    path, size and modification time (or with `checksum`, always): a new, edited, touched,
+    moved or copied file. Shard members come with their facts (efx.sources hashed them while
+    listing), and those of an unchanged shard with the row they keep. Identical bytes are
+    embedded once, whatever their keys.
     """
-    work = embed_all(len(paths))
+    work = embed_all(len(inputs))
     work.reasons.update(unstorable)
-    by_path: dict[str, list[tuple[int, bool, int]]] = {}  # path -> (source, failure?, index)
-    for number, source in enumerate(sources):
-        for i, path in enumerate(source.paths):
-            by_path.setdefault(path, []).append((number, False, i))
-        for i, path in enumerate(source.failed):
-            by_path.setdefault(path, []).append((number, True, i))
+    stored = _Stored(sources)
+    to_hash, trusted = _fast_path(work, inputs, stored, checksum, retry_failed)
+    loose = [p for p in to_hash if inputs[p].facts is None]
+    hashed = dict(
+        zip(loose, hash_files([inputs[p].path for p in loose]) if loose else [], strict=True)
+    )
+    found = [hashed[p] if p in hashed else inputs[p].facts or UNKNOWN for p in to_hash]
+    _match_bytes(work, inputs, stored, to_hash, found, trusted, retry_failed)
+    for failed in np.flatnonzero(work.kind == FAILED):
+        number, i = int(work.source[failed]), int(work.index[failed])
+        work.reasons[int(failed)] = sources[number].reasons[i]
+    if sources:
+        work.counts.removed = _removed(work, sources[0], {inp.key for inp in inputs})
+    return work
 
-    def stored(entry: tuple[int, bool, int]) -> Facts:
+
+class _Stored:
+    """The rows and failures of the earlier outputs, by key and (when needed) by bytes."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self.sources = sources
+        self.by_key: dict[str, list[tuple[int, bool, int]]] = {}  # (source, failure?, index)
+        for number, source in enumerate(sources):
+            for i, path in enumerate(source.paths):
+                self.by_key.setdefault(path, []).append((number, False, i))
+            for i, path in enumerate(source.failed):
+                self.by_key.setdefault(path, []).append((number, True, i))
+        self._by_digest: dict[str, tuple[int, bool, int]] | None = None
+
+    def facts(self, entry: tuple[int, bool, int]) -> Facts:
         number, failure, i = entry
-        source = sources[number]
+        source = self.sources[number]
         return source.failed_facts[i] if failure else source.facts[i]
 
-    # 1. The fast path: the same path, size and modification time as a stored row or failure.
+    @property
+    def by_digest(self) -> dict[str, tuple[int, bool, int]]:
+        """The first source wins; rows over failures."""
+        if self._by_digest is None:
+            self._by_digest = {}
+            for number in reversed(range(len(self.sources))):
+                source = self.sources[number]
+                for i, found in reversed(list(enumerate(source.failed_facts))):
+                    if found.sha256:
+                        self._by_digest[found.sha256] = (number, True, i)
+                for i, found in reversed(list(enumerate(source.facts))):
+                    if found.sha256:
+                        self._by_digest[found.sha256] = (number, False, i)
+        return self._by_digest
+
+
+def _fast_path(
+    work: Work, inputs: Sequence[Input], stored: _Stored, checksum: bool, retry_failed: bool
+) -> tuple[list[int], dict[int, tuple[int, bool, int]]]:
+    """Step 1: inputs kept by key, size and modification time (and those of unchanged
+    shards), or known to fail; the positions left to match by their bytes, and the rows of
+    old outputs trusted by date among them."""
     to_hash: list[int] = []
     trusted: dict[int, tuple[int, bool, int]] = {}  # rows of old outputs, trusted by date
-    for position, path in enumerate(paths):
-        now, not_a_file = facts_.inspect(path)
-        work.facts[position] = now
-        if not_a_file is not None:
-            work.reasons[position] = not_a_file
-        if position in work.reasons:
-            work.kind[position] = REFUSED
-            continue
-        entries = by_path.get(path, [])
-        same = [] if checksum else [e for e in entries if facts_.same_file(stored(e), now)]
-        if same and not (same[0][1] and retry_failed):
-            _take(work, position, same[0], stored(same[0]))
+    for position, inp in enumerate(inputs):
+        if inp.kept is not None:  # its shard is unchanged: never read
+            _take(work, position, inp.kept, inp.facts or UNKNOWN)
             work.counts.kept += 1
             continue
-        old = None if checksum else _trusted_by_date(entries, sources, now)
+        now, not_a_file = (inp.facts, None) if inp.facts else facts_.inspect(inp.path)
+        work.facts[position] = now
+        why = work.reasons.get(position) or inp.reason or not_a_file
+        if why is not None:
+            work.kind[position], work.reasons[position] = REFUSED, why
+            continue
+        entries = stored.by_key.get(inp.key, [])
+        same = [] if checksum else [e for e in entries if facts_.same_file(stored.facts(e), now)]
+        if same and not (same[0][1] and retry_failed):
+            _take(work, position, same[0], stored.facts(same[0]))
+            work.counts.kept += 1
+            continue
+        old = None if checksum else _trusted_by_date(entries, stored.sources, now)
         if old is not None:
             trusted[position] = old
         to_hash.append(position)
+    return to_hash, trusted
 
-    # 2. Read the others once, in parallel, and match their bytes.
-    hashed = hash_files([paths[p] for p in to_hash]) if to_hash else []
-    by_digest: dict[str, tuple[int, bool, int]] = {}
-    if to_hash:
-        for number in reversed(range(len(sources))):  # the first source wins; rows over failures
-            source = sources[number]
-            for i, found in reversed(list(enumerate(source.failed_facts))):
-                if found.sha256:
-                    by_digest[found.sha256] = (number, True, i)
-            for i, found in reversed(list(enumerate(source.facts))):
-                if found.sha256:
-                    by_digest[found.sha256] = (number, False, i)
+
+def _match_bytes(
+    work: Work,
+    inputs: Sequence[Input],
+    stored: _Stored,
+    positions: list[int],
+    found: list[Facts],
+    trusted: dict[int, tuple[int, bool, int]],
+    retry_failed: bool,
+) -> None:
+    """Step 2: the inputs read (hashed), matched by their bytes with stored rows (moved or
+    copied) and with each other (embedded once); the rest are for the model."""
     first: dict[str, int] = {}  # digest -> the position that embeds it in this run
-    for position, now in zip(to_hash, hashed, strict=True):
+    for position, now in zip(positions, found, strict=True):
         work.facts[position] = now
-        path = paths[position]
-        entries = by_path.get(path, [])
+        entries = stored.by_key.get(inputs[position].key, [])
         if position in trusted:
             _take(work, position, trusted[position], now)
             work.counts.kept += 1
             continue
         digest = now.sha256
-        same_path = next((e for e in entries if digest and stored(e).sha256 == digest), None)
-        elsewhere = by_digest.get(digest) if digest else None
-        if same_path is not None and not (same_path[1] and retry_failed):
-            _take(work, position, same_path, now)  # touched, or --checksum: the same bytes
+        same_key = next((e for e in entries if digest and stored.facts(e).sha256 == digest), None)
+        elsewhere = stored.by_digest.get(digest) if digest else None
+        if same_key is not None and not (same_key[1] and retry_failed):
+            _take(work, position, same_key, now)  # touched, or --checksum: the same bytes
             work.counts.kept += 1
         elif elsewhere is not None and not (elsewhere[1] and retry_failed):
             _take(work, position, elsewhere, now)  # moved or copied
@@ -195,16 +245,46 @@ def plan(
                 first[digest] = position
             if not entries:
                 work.counts.new += 1
-            elif same_path is not None:  # the same bytes as a failure: --retry-failed
+            elif same_key is not None:  # the same bytes as a failure: --retry-failed
                 work.counts.retried += 1
             else:
                 work.counts.changed += 1
-    for failed in np.flatnonzero(work.kind == FAILED):
-        number, i = int(work.source[failed]), int(work.index[failed])
-        work.reasons[int(failed)] = sources[number].reasons[i]
-    if sources:
-        work.counts.removed = _removed(work, sources[0], set(paths))
-    return work
+
+
+def kept_shards(
+    source: Source | None, checksum: bool, retry_failed: bool
+) -> Callable[[str, Facts], list[Input] | None]:
+    """For efx.sources: a shard's inputs as `source` (OUTPUT) holds them, each keeping its row,
+    when the shard has the size and modification time stored with every one of them (the fast
+    path: the shard is not read); None when it must be read (changed, new, --checksum, or
+    --retry-failed with a failure in it)."""
+    if source is None or checksum:
+        return lambda shard, now: None
+    keys = sorted(
+        [(path, False, i) for i, path in enumerate(source.paths)]
+        + [(path, True, i) for i, path in enumerate(source.failed)]
+    )
+    names = [key for key, _, _ in keys]
+
+    def kept(shard: str, now: Facts) -> list[Input] | None:
+        inside = keys[
+            bisect.bisect_left(names, shard + "/") : bisect.bisect_left(names, shard + "0")
+        ]
+        exact = keys[bisect.bisect_left(names, shard) : bisect.bisect_right(names, shard)]
+        entries = sorted(exact + inside, key=lambda k: (k[1], k[2]))  # rows, then failures
+        facts = [
+            source.failed_facts[i] if failure else source.facts[i] for _, failure, i in entries
+        ]
+        if not entries or now.size < 0 or any(f[:2] != now[:2] for f in facts):
+            return None
+        if retry_failed and any(failure for _, failure, _ in entries):
+            return None
+        return [
+            Input(key, shard, facts=f, kept=(0, failure, i))
+            for (key, failure, i), f in zip(entries, facts, strict=True)
+        ]
+
+    return kept
 
 
 def _trusted_by_date(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,18 +24,35 @@ def _graph_only(function: Callable[..., Any]) -> Callable[..., Any]:
     return tf.autograph.experimental.do_not_convert(function)
 
 
-def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int) -> tf.data.Dataset:
-    """Batches of (index, image) of the files that decode, in input order, read and decoded in
-    parallel. A file that cannot be read or decoded is dropped: its index is missing.
+def image_batches(
+    paths: Sequence[str],
+    options: DecodeOptions,
+    batch_size: int,
+    member_bytes: Callable[[], Iterable[bytes]] | None = None,
+) -> tf.data.Dataset:
+    """Batches of (index, image) of the inputs that decode, in input order, read and decoded in
+    parallel. An input that cannot be read or decoded is dropped: its index is missing.
+
+    `paths[i]` is a file to read, or "" for an input whose bytes are the next of
+    `member_bytes()` (images inside shards, read by efx.sources in order, ahead of the decoders).
 
     One flat parallel map with `ignore_errors`, no per-file nested datasets: those cost ~0.4 s
     of function instantiation before the first batch of every run (measured: first batch of
     1024x768 JPEGs 0.42 s nested, 0.05 s flat), the same decoding afterwards.
     """
     encoded = [os.fsencode(path) for path in paths]
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, dtype=tf.string))
-    )
+    if member_bytes is None:
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, dtype=tf.string))
+        ).map(lambda index, path: (index, path, ""))
+    else:
+        dataset = tf.data.Dataset.from_generator(
+            lambda: _with_bytes(encoded, member_bytes()),
+            output_signature=(
+                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
+                tf.TensorSpec([], tf.string),
+            ),
+        )  # fmt: skip
     workers = max(2, os.cpu_count() or 2)
     # Fixed parallelism instead of AUTOTUNE: the model is the bottleneck, so one decoder per
     # core and two batches in hand keep it fed; and tf.data's autotuning thread makes every
@@ -46,7 +63,9 @@ def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int)
     tuning.experimental_optimization.apply_default_optimizations = False
     return (
         dataset.map(
-            _graph_only(lambda index, path: (index, decode_image(tf.io.read_file(path), options))),
+            _graph_only(
+                lambda index, path, data: (index, decode_image(_bytes(path, data), options))
+            ),
             num_parallel_calls=workers,
             deterministic=True,
         )
@@ -57,18 +76,32 @@ def image_batches(paths: Sequence[str], options: DecodeOptions, batch_size: int)
     )
 
 
-def file_decoder(options: DecodeOptions) -> Callable[[bytes], np.ndarray | None]:
-    """A path -> image function for engines that schedule files themselves (Ray): the same
-    read + `decode_image` as the tf.data pipeline, traced once; None when the file cannot be
+def _with_bytes(
+    paths: list[bytes], member_bytes: Iterable[bytes]
+) -> Iterable[tuple[int, bytes, bytes]]:
+    data = iter(member_bytes)
+    for index, path in enumerate(paths):
+        yield index, path, (b"" if path else next(data))
+
+
+def _bytes(path: tf.Tensor, data: tf.Tensor) -> tf.Tensor:
+    """An input's bytes: its file read, or those read for it from a shard."""
+    return tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path), lambda: data)
+
+
+def file_decoder(options: DecodeOptions) -> Callable[[bytes, bytes], np.ndarray | None]:
+    """A (path, bytes) -> image function for engines that schedule inputs themselves (Ray):
+    the same read + `decode_image` as the tf.data pipeline, traced once; the file at `path` is
+    read, or `bytes` decoded when path is b"" (a shard's member). None when the input cannot be
     read or decoded (as the pipeline flags it ok=False)."""
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
-    def decode(path: tf.Tensor) -> tf.Tensor:
-        return decode_image(tf.io.read_file(path), options)
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)] * 2, autograph=False)
+    def decode(path: tf.Tensor, data: tf.Tensor) -> tf.Tensor:
+        return decode_image(_bytes(path, data), options)
 
-    def one(path: bytes) -> np.ndarray | None:
+    def one(path: bytes, data: bytes = b"") -> np.ndarray | None:
         try:
-            return np.asarray(decode(tf.constant(path)))
+            return np.asarray(decode(tf.constant(path), tf.constant(data)))
         except tf.errors.OpError:
             return None
 
@@ -92,21 +125,22 @@ def _stages(options: DecodeOptions) -> tuple[Callable[..., Any], Callable[..., A
     return decode, fit
 
 
-def failure_reason(path: str, options: DecodeOptions) -> str:
-    """Why `path` cannot be embedded: the pipeline's decode run again eagerly, its error in words.
+def failure_reason(path: str, options: DecodeOptions, data: bytes | None = None) -> str:
+    """Why `path` (or, given `data`, the shard member of that name) cannot be embedded: the
+    pipeline's decode run again eagerly, its error in words.
 
-    Failures are rare, so re-reading the one file is cheaper than carrying messages through
+    Failures are rare, so re-reading the one input is cheaper than carrying messages through
     tf.data (whose ignore_errors drops them).
     """
     try:
-        head = read_head(path)
+        head = read_head(path) if data is None else data[:64]
     except OSError as error:
         return os_reason(error)
     if not head:
-        return "empty file"
+        return "empty file" if data is None else "empty member: no bytes"
     decode, fit = _stages(options)
     try:
-        picture = decode(tf.io.read_file(os.fsencode(path)))
+        picture = decode(tf.io.read_file(os.fsencode(path)) if data is None else tf.constant(data))
     except tf.errors.OpError as error:
         return decode_reason(error.message, head)
     try:  # the file is valid: what failed is efx's own work on it, never "corrupt"

@@ -1,0 +1,52 @@
+"""One notion of an input, shared by every source reader, the planner (efx.reuse), the engines
+and the writers: its key (the row's name), where its bytes are (a file of its own, or a member
+of a shard), and what is known of it before it is read. No TensorFlow, no I/O.
+
+A reader of a new kind of source yields `Input`s; nothing downstream knows what kind it was.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .facts import Facts
+
+
+class Member(NamedTuple):
+    """Where an input's bytes are inside a shard file (`Input.path`).
+
+    tar: `at` is the member's first data byte (in the uncompressed stream), `size` its bytes;
+    tfrecord: `at` is the record's first payload byte, `size` the payload's bytes, `field` the
+    `tf.train.Example` feature holding the image; parquet: `at` is the row group, `size` the
+    row within it, `field` the image column (`image.bytes` for a struct column).
+    """
+
+    kind: str  # "tar", "tfrecord" or "parquet"
+    at: int
+    size: int
+    field: str = ""
+
+
+class Input(NamedTuple):
+    """One row of the output to be: an image file, or one image in a shard.
+
+    `key` is the row's name, stored where paths are stored: the path of an image file, or
+    `SHARD/NAME` for an image in a shard (see efx.sources for NAME). `facts` are what --update
+    compares (efx.facts), when already known: for a member, the shard's size and modification
+    time with the SHA-256 of the member's own bytes. `reason` says why it can never be embedded
+    when that is known before decoding (a WebDataset sample without an image, a null cell, a
+    truncated shard). `kept` is the stored row (source, is a failure, index) it keeps when its
+    shard is unchanged since an earlier output: such an input is never read.
+    """
+
+    key: str
+    path: str  # the file holding its bytes: the image itself, or the shard
+    member: Member | None = None
+    facts: Facts | None = None
+    reason: str | None = None
+    kept: tuple[int, bool, int] | None = None
+
+
+def loose(path: str) -> Input:
+    """An image file of its own: its path is its key."""
+    return Input(path, path)

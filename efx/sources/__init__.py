@@ -1,0 +1,238 @@
+"""Sources -> inputs (efx.inputs.Input), in the order rows will be written. No TensorFlow.
+
+A SOURCE is a folder (walked: efx.discover), a file, or `-` (a list on stdin). Each file is an
+image, or a shard holding many: a WebDataset tar (tar.py), a Parquet file (parquet.py) or a
+TFRecord file (tfrecord.py), told by content (`kind_of`), not by name. One reader per kind:
+`scan` lists a shard's inputs (in stored order, hashing each image: --update compares them),
+`read` gives the bytes of some of them again (ascending). `read_inputs` reads any inputs, of any
+kind, in order; the engines call it, and nothing else here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .. import facts as facts_
+from ..discover import IMAGE_EXTENSIONS, SHARD_NAME
+from ..errors import EfxError
+from ..facts import Facts
+from ..files import open_input
+from ..inputs import Input, Member, loose
+from . import parquet, tar, tfrecord
+from .streams import GZIP_MAGIC
+
+READERS = {"tar": tar.read, "parquet": parquet.read, "tfrecord": tfrecord.read}
+SCAN_THREADS = max(2, min(8, os.cpu_count() or 2))
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Which part of a shard's samples is the image, where a dataset needs saying."""
+
+    image_column: str | None = None  # Parquet: the column of image bytes
+    image_key: str | None = None  # tar: the image member's extension; TFRecord: the feature
+
+
+def is_shard_name(name: str) -> bool:
+    return SHARD_NAME.search(name) is not None
+
+
+def kind_of(path: str) -> str | None:
+    """ "tar", "parquet" or "tfrecord" for a shard, told by its first bytes; None for anything
+    else (an image, or a file the decoder will say is not one). Never blocks on a pipe."""
+    try:
+        with open_input(path) as file:
+            head = file.read(1024)
+            if head.startswith(GZIP_MAGIC):
+                import gzip
+                import zlib
+
+                file.seek(0)
+                try:
+                    head = gzip.GzipFile(fileobj=file).read(1024)
+                except (OSError, EOFError, zlib.error):
+                    return None
+    except OSError:
+        return None
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head[257:262] == b"ustar":
+        return "tar"
+    if tfrecord.looks_like_tfrecord(head):
+        return "tfrecord"
+    return None
+
+
+def list_inputs(
+    files: Sequence[tuple[str, bool]],
+    options: ShardOptions,
+    kept: Callable[[str, Facts], list[Input] | None] = lambda shard, now: None,
+    on_note: Callable[[str], None] | None = None,
+    progress: Any = None,
+) -> list[Input]:
+    """The inputs of `files` ((path, found by a folder walk)), in order: an image is one input,
+    a shard its samples in stored order. `kept(shard, facts)` gives a shard's inputs without
+    reading it when an earlier output holds it unchanged (efx.reuse), else None.
+
+    A Parquet file without image column is skipped with a note when a walk found it (img2dataset
+    writes one beside each shard), refused when named. Raises EfxError for a shard whose image
+    column or feature cannot be told.
+    """
+    kinds = [None if (walked and _is_image_name(path)) else kind_of(path) for path, walked in files]
+    shards = [i for i, kind in enumerate(kinds) if kind is not None]
+    scanned: dict[int, list[Input]] = {}
+    if shards:
+        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+            jobs = [(files[i][0], kinds[i], options, kept) for i in shards]
+            for i, found in zip(shards, pool.map(_scan, jobs), strict=True):
+                if isinstance(found, parquet.NoImageColumn):
+                    if not files[i][1]:
+                        raise found
+                    if on_note is not None:
+                        on_note(f"{found}; skipped")
+                    found = []
+                scanned[i] = found
+                if progress is not None:
+                    progress(1)
+    inputs: list[Input] = []
+    for i, (path, _) in enumerate(files):
+        inputs.extend(scanned[i] if i in scanned else [loose(path)])
+    return inputs
+
+
+def _is_image_name(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _scan(
+    job: tuple[str, str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
+) -> list[Input] | parquet.NoImageColumn:
+    path, kind, options, kept = job
+    now = facts_.stat(path)
+    unchanged = kept(path, now)
+    if unchanged is not None:
+        return unchanged
+    if kind == "tar":
+        return tar.scan(path, now, options.image_key)
+    if kind == "tfrecord":
+        return tfrecord.scan(path, now, options.image_key)
+    try:
+        field, key = parquet.layout(path, options.image_column)
+    except parquet.NoImageColumn as error:
+        return error
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        reason = f"not a readable Parquet file ({_first_line(error)})"
+        return [Input(path, path, facts=now, reason=reason)]
+    return parquet.scan(path, now, field, key)
+
+
+READ_AHEAD_RUNS = 3  # shards read at once, each by a thread of its own
+READ_AHEAD_ITEMS = 16  # members read ahead per shard: memory is this many images, not a shard
+
+
+def read_ahead(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
+    """The bytes of the member inputs of `inputs` (files of their own are skipped: the decoders
+    read those), in order, as `read_inputs`; the shards of READ_AHEAD_RUNS runs of consecutive
+    members are read at once, each by a thread of its own, at most READ_AHEAD_ITEMS ahead."""
+    runs = _runs([inp for inp in inputs if inp.member is not None])
+    stop = threading.Event()
+    started: list[queue.Queue[Any]] = []
+
+    def start(path: str, members: list[Member]) -> None:
+        pipe: queue.Queue[Any] = queue.Queue(READ_AHEAD_ITEMS)
+        threading.Thread(target=_fill, args=(pipe, path, members, stop), daemon=True).start()
+        started.append(pipe)
+
+    try:
+        for _ in range(READ_AHEAD_RUNS):
+            if (run := next(runs, None)) is not None:
+                start(*run)
+        while started:
+            pipe = started.pop(0)
+            while (item := pipe.get()) is not _END:
+                yield item
+            if (run := next(runs, None)) is not None:
+                start(*run)
+    finally:
+        stop.set()  # a consumer that stops early: the threads end at their next item
+
+
+_END = object()
+
+
+def _fill(pipe: queue.Queue[Any], path: str, members: list[Member], stop: threading.Event) -> None:
+    for item in itertools.chain(_read_run(path, members), [_END]):
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+
+
+def _runs(inputs: Sequence[Input]) -> Iterator[tuple[str, list[Member]]]:
+    """Runs of consecutive members of the same shard."""
+    at = 0
+    while at < len(inputs):
+        end = at
+        while end < len(inputs) and inputs[end].path == inputs[at].path:
+            end += 1
+        yield inputs[at].path, [inp.member for inp in inputs[at:end]]  # type: ignore[misc]
+        at = end
+
+
+def read_inputs(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
+    """The bytes of each member input, in order (an exception where they cannot be read);
+    b"" for a file of its own (its reader reads it). Each shard is opened once per run of
+    consecutive inputs in it and read forwards."""
+    at = 0
+    while at < len(inputs):
+        first = inputs[at]
+        if first.member is None:
+            yield b""
+            at += 1
+            continue
+        end = at
+        while end < len(inputs) and inputs[end].path == first.path and inputs[end].member:
+            end += 1
+        members: list[Member] = [inp.member for inp in inputs[at:end]]  # type: ignore[misc]
+        yield from _read_run(first.path, members)
+        at = end
+
+
+def _read_run(path: str, members: list[Member]) -> Iterator[bytes | BaseException]:
+    """A member that cannot be read fails alone: the reader starts again after it."""
+    done = 0
+    while done < len(members):
+        try:
+            for data in READERS[members[0].kind](path, members[done:]):
+                yield data
+                done += 1
+        except (OSError, EOFError, ValueError, EfxError) as error:
+            yield error
+            done += 1
+
+
+def read_one(inp: Input) -> bytes | BaseException:
+    """The bytes of one member input (to say why it failed, to show it on a page)."""
+    return next(_read_run(inp.path, [inp.member])) if inp.member else b""
+
+
+def read_reason(error: BaseException) -> str:
+    """Why a member's bytes could not be read, for its failure."""
+    if isinstance(error, OSError) and not isinstance(error, EOFError):
+        from ..decode.reasons import os_reason
+
+        return f"its shard cannot be read: {os_reason(error)}"
+    return f"its shard changed or is damaged since it was listed ({_first_line(error)})"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]

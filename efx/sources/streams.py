@@ -1,0 +1,36 @@
+"""Shard files as byte streams: plain or gzip-compressed (told by content), read forwards."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from ..files import open_input
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@contextlib.contextmanager
+def open_stream(path: str) -> Iterator[BinaryIO]:
+    """`path` for reading, decompressed if it is gzip (whatever its name); OSError if it cannot
+    be opened (never blocks on a pipe: efx.files.open_input)."""
+    with open_input(path) as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        if not compressed:
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            yield stream  # type: ignore[misc]
+
+
+def read_exactly(stream: BinaryIO, at: int, size: int) -> bytes:
+    """`size` bytes from offset `at`; EOFError if the stream ends first (a shard cut short
+    since it was listed). Forward seeks only in a compressed stream (backward ones restart)."""
+    stream.seek(at)
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError(f"the shard ends {size - len(data)} bytes short of this member's end")
+    return data
