@@ -109,7 +109,9 @@ def _merged_attrs(described: list[dict[str, Any]]) -> dict[str, Any]:
     attrs.update(
         backend=", ".join(backends),  # float32 parts of either backend merge
         part="0/1",
-        part_inputs=first.get("inputs_total"),
+        # The inputs of all the parts: shards count as one file in inputs_total, not here.
+        part_inputs=sum(int(d.get("part_inputs") or 0) for d in described)
+        or first.get("inputs_total"),
         merged_from=len(described),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -78,29 +78,31 @@ def list_inputs(
     progress: Any = None,
 ) -> list[Input]:
     """The inputs of `files` ((path, found by a folder walk)), in order: an image is one input,
-    a shard its samples in stored order. `kept(shard, facts)` gives a shard's inputs without
+    a shard its samples in stored order. A file is a shard if its content says so (whatever
+    its name), unless it is named as an image (.jpg .png ...: not even opened here). `kept(shard, facts)` gives a shard's inputs without
     reading it when an earlier output holds it unchanged (efx.reuse), else None.
 
     A Parquet file without image column is skipped with a note when a walk found it (img2dataset
     writes one beside each shard), refused when named. Raises EfxError for a shard whose image
     column or feature cannot be told.
     """
-    kinds = [None if (walked and _is_image_name(path)) else kind_of(path) for path, walked in files]
-    shards = [i for i, kind in enumerate(kinds) if kind is not None]
+    # A file named as an image is one; any other may be a shard (told by its content).
+    maybe = [i for i, (path, _) in enumerate(files) if not _is_image_name(path)]
     scanned: dict[int, list[Input]] = {}
-    if shards:
+    if maybe:
         with ThreadPoolExecutor(SCAN_THREADS) as pool:
-            jobs = [(files[i][0], kinds[i], options, kept) for i in shards]
-            for i, found in zip(shards, pool.map(_scan, jobs), strict=True):
+            jobs = [(files[i][0], options, kept) for i in maybe]
+            for i, found in zip(maybe, pool.map(_scan, jobs), strict=True):
                 if isinstance(found, parquet.NoImageColumn):
                     if not files[i][1]:
                         raise found
                     if on_note is not None:
-                        on_note(f"{found}; skipped")
+                        on_note(found.note)
                     found = []
-                scanned[i] = found
-                if progress is not None:
-                    progress(1)
+                if found is not None:
+                    scanned[i] = found
+                    if progress is not None:
+                        progress(1)
     inputs: list[Input] = []
     for i, (path, _) in enumerate(files):
         inputs.extend(scanned[i] if i in scanned else [loose(path)])
@@ -112,17 +114,22 @@ def _is_image_name(path: str) -> bool:
 
 
 def _scan(
-    job: tuple[str, str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
-) -> list[Input] | parquet.NoImageColumn:
-    path, kind, options, kept = job
+    job: tuple[str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
+) -> list[Input] | parquet.NoImageColumn | None:
+    """A shard's inputs (kept unread when an earlier output holds it unchanged), or None for a
+    file that is not a shard."""
+    path, options, kept = job
     now = facts_.stat(path)
     unchanged = kept(path, now)
     if unchanged is not None:
         return unchanged
+    kind = kind_of(path)
     if kind == "tar":
         return tar.scan(path, now, options.image_key)
     if kind == "tfrecord":
         return tfrecord.scan(path, now, options.image_key)
+    if kind != "parquet":
+        return None
     try:
         field, key = parquet.layout(path, options.image_column)
     except parquet.NoImageColumn as error:

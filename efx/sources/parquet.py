@@ -28,6 +28,14 @@ NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 class NoImageColumn(EfxError):
     """A Parquet file without a column of image bytes (img2dataset's metadata files)."""
 
+    def __init__(self, path: str, columns: str) -> None:
+        super().__init__(
+            f"{path} has no column of image bytes (its columns: {columns}): not an image "
+            "source (img2dataset writes such a file of metadata beside each .tar or .tfrecord "
+            "shard: give efx the shards)"
+        )
+        self.note = f"skipped {path}: no column of image bytes (its columns: {columns})"
+
 
 def _pyarrow() -> Any:
     try:
@@ -71,11 +79,7 @@ def image_field(path: str, schema: Any, first: dict[str, bytes], asked: str | No
             )
         return field
     if not fields:
-        raise NoImageColumn(
-            f"{path} has no column of image bytes (its columns: {names}): not an image "
-            "source. img2dataset writes such a file of metadata beside each .tar or "
-            ".tfrecord shard: give efx the shards"
-        )
+        raise NoImageColumn(path, names)
     if len(fields) == 1:
         return next(iter(fields.values()))
     images = [name for name, field in fields.items() if _is_image(first.get(field))]
