@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -292,18 +293,18 @@ def test_damaged_shards_keep_what_comes_before_the_damage(dataset, images, tiny_
     the rows before the damage are embedded, the rest is named with a reason; the run goes on
     to the next source."""
     tar_path = os.path.join(dataset["webdataset"], "00001.tar")
-    data = open(tar_path, "rb").read()
+    data = Path(tar_path).read_bytes()
     cut_tar = str(tmp_path / "cut.tar")
     member_end = _member_end(tar_path, "000000005.jpg")
-    open(cut_tar, "wb").write(data[: member_end - 100])  # inside 000000005.jpg's bytes
-    cut_at_boundary = str(tmp_path / "boundary.tar")
-    open(cut_at_boundary, "wb").write(data[: _member_end(tar_path, "000000005.json") + 0])
-    records = open(os.path.join(dataset["tfrecord"], "00001.tfrecord"), "rb").read()
+    Path(cut_tar).write_bytes(data[: member_end - 100])  # inside 000000005.jpg's bytes
+    cut_at_boundary = str(tmp_path / "boundary.tar")  # right after a member, inside its block
+    Path(cut_at_boundary).write_bytes(data[: _member_end(tar_path, "000000005.json")])
+    records = Path(dataset["tfrecord"], "00001.tfrecord").read_bytes()
     cut_records = str(tmp_path / "cut.tfrecord")
-    open(cut_records, "wb").write(records[: len(records) - 50])
+    Path(cut_records).write_bytes(records[: len(records) - 50])
     no_footer = str(tmp_path / "nofooter.parquet")
-    whole = open(dataset["hf"], "rb").read()
-    open(no_footer, "wb").write(whole[: len(whole) // 2])
+    whole = Path(dataset["hf"]).read_bytes()
+    Path(no_footer).write_bytes(whole[: len(whole) // 2])
     nulls = str(tmp_path / "nulls.parquet")
     pq.write_table(pa.table({"jpg": pa.array([images[0], None, images[1]], pa.binary())}), nulls)
     sources = [cut_tar, cut_at_boundary, cut_records, no_footer, nulls, dataset["loose"]]
@@ -344,7 +345,7 @@ def test_update_reads_no_unchanged_shard_and_repacked_shards_cost_no_model_time(
     # taken for the shard that was there (as rsync and make would).
     shard = os.path.join(folder, "00002.tar")
     stat = os.stat(shard)
-    open(shard, "r+b").write(b"\0" * stat.st_size)
+    Path(shard).write_bytes(b"\0" * stat.st_size)
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     summary = extract(folder, output, tiny_model, update=True)
     assert summary.up_to_date and not summary.model_loaded and summary.kept == COUNT

@@ -79,8 +79,9 @@ def list_inputs(
 ) -> list[Input]:
     """The inputs of `files` ((path, found by a folder walk)), in order: an image is one input,
     a shard its samples in stored order. A file is a shard if its content says so (whatever
-    its name), unless it is named as an image (.jpg .png ...: not even opened here). `kept(shard, facts)` gives a shard's inputs without
-    reading it when an earlier output holds it unchanged (efx.reuse), else None.
+    its name), unless it is named as an image (.jpg .png ...: not even opened here).
+    `kept(shard, facts)` gives a shard's inputs without reading it when an earlier output
+    holds it unchanged (efx.reuse), else None.
 
     A Parquet file without image column is skipped with a note when a walk found it (img2dataset
     writes one beside each shard), refused when named. Raises EfxError for a shard whose image
