@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import writers
+from . import sources, writers
 from .errors import EfxError
 
 BLOCK_ROWS = 1024  # rows compared at a time: a block of similarities is BLOCK_ROWS x N floats
@@ -61,7 +61,7 @@ def similar(
             result["error"] = None
             result["hits"] = [
                 {"rank": rank, "path": paths[row], "similarity": round(float(sim), 6),
-                 "exists": os.path.exists(paths[row])}
+                 "exists": sources.exists(paths[row])}
                 for rank, (row, sim) in enumerate(hits, start=1)
             ]  # fmt: skip
         else:
@@ -102,7 +102,7 @@ def duplicates(
                     {
                         "path": paths[row],
                         "similarity": round(float(sim), 6),
-                        "exists": os.path.exists(paths[row]),
+                        "exists": sources.exists(paths[row]),
                     }
                     for row, sim in zip(rows, sims, strict=True)
                 ],  # fmt: skip

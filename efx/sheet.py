@@ -12,9 +12,9 @@ import html
 import io
 import os
 import warnings
-from typing import Any
+from typing import Any, BinaryIO
 
-from . import files
+from . import files, sources
 from .config import DEFAULT_MAX_PIXELS
 from .errors import EfxError
 from .names import readable
@@ -79,14 +79,15 @@ def write_page(page: str, path: str) -> None:
 
 
 def thumbnail(path: str) -> str | None:
-    """A small JPEG of the image at `path` as a data: URL, or None if it cannot be read."""
+    """A small JPEG of the image at `path` (a file, or an image inside a shard: efx.sources)
+    as a data: URL, or None if it cannot be read."""
     image_module, ops = _pillow()
     try:
         # Only a regular file is opened (a named pipe would wait forever), and nothing larger
         # than efx embeds is decoded: Pillow sizes a GIF by its frames, as efx does.
         with (
             warnings.catch_warnings(),
-            files.open_input(path) as file,
+            _open(path) as file,
             image_module.open(file) as image,
         ):
             warnings.simplefilter("error", image_module.DecompressionBombWarning)
@@ -105,6 +106,15 @@ def thumbnail(path: str) -> str | None:
     except image_module.DecompressionBombWarning:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _open(path: str) -> BinaryIO:
+    if os.path.lexists(path):
+        return files.open_input(path)
+    data = sources.read_key(path)
+    if data is None:
+        raise FileNotFoundError(path)
+    return io.BytesIO(data)
 
 
 def _text(value: str) -> str:
@@ -130,9 +140,17 @@ def _card(path: str, label: str, exists: bool) -> str:
         picture = f'<div class="missing">{why}</div>'
     return (
         f'<figure class="card">{picture}<figcaption><span class="path" title="{name}">'
-        f'{_text(os.path.basename(path))}</span><span class="label">{label}</span>'
+        f'{_text(_short_name(path))}</span><span class="label">{label}</span>'
         "</figcaption></figure>"
     )
+
+
+def _short_name(path: str) -> str:
+    """A file's name; for an image inside a shard, the shard's name and its own (a.tar/0.jpg)."""
+    inside = sources.shard_of(path)
+    if inside is None:
+        return os.path.basename(path)
+    return f"{os.path.basename(inside[0])}/{inside[1]}"
 
 
 def _section(title: str, body: str, note: str = "") -> str:

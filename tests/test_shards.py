@@ -441,3 +441,33 @@ def test_a_gzip_member_stream_is_not_mistaken_for_a_tar(tmp_path):
     plain = tmp_path / "notes.gz"
     plain.write_bytes(gzip.compress(b"just text\n" * 100))
     assert kind_of(str(plain)) is None
+
+
+def test_similar_takes_a_key_and_duplicates_pages_show_the_members(images, tiny_model, tmp_path):
+    """Copies of one photo stored in a tar, a Parquet file and a TFRecord file: `duplicates`
+    groups them and its page shows each member's thumbnail (rendered in Chromium); `similar`
+    takes a member's key as its query."""
+    from test_search import render
+
+    shard, table, records = (str(tmp_path / n) for n in ("a.tar", "b.parquet", "c.tfrecord"))
+    write_tar(shard, [("x/0", {"jpg": images[0]}), ("x/1", {"jpg": images[1]})])
+    pq.write_table(pa.table({"key": ["k0", "k1"], "jpg": [images[0], images[2]]}), table)
+    write_tfrecord(records, [images[3], images[0]])
+    output = str(tmp_path / "out")
+    extract([shard, table, records], output, tiny_model)
+    copies = [f"{shard}/x/0.jpg", f"{table}/k0", f"{records}/1"]
+    hits = efx.similar(output, [copies[0]], k=2)[0]["hits"]
+    assert [hit["path"] for hit in hits] == copies[1:] and all(hit["exists"] for hit in hits)
+    page = str(tmp_path / "dupes.html")
+    result = run_cli("duplicates", output, "--threshold", "0.999", "--html", page)
+    assert result.exit_code == 0, result.stderr
+    groups = efx.duplicates(output, 0.999)["groups"]
+    assert any(set(copies) <= {m["path"] for m in group["members"]} for group in groups)
+    attributes, shot = render(page, tmp_path, "dupes")
+    members = sum(len(group["members"]) for group in groups)
+    assert attributes["data-thumbnails"] == str(members) and attributes["data-broken"] == "0"
+    assert "file missing" not in Path(page).read_text(encoding="utf-8")
+    shutil.copy(shot, "/tmp/w/shard-dupes.png")
+    os.remove(records)
+    assert "file missing" in run_cli("duplicates", output, "--threshold", "0.999",
+                                     "--html", page).stderr + Path(page).read_text()  # fmt: skip

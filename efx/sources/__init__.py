@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -231,6 +232,58 @@ def _read_run(path: str, members: list[Member]) -> Iterator[bytes | BaseExceptio
 def read_one(inp: Input) -> bytes | BaseException:
     """The bytes of one member input (to say why it failed, to show it on a page)."""
     return next(_read_run(inp.path, [inp.member])) if inp.member else b""
+
+
+FINDERS = {"tar": tar.find, "parquet": parquet.find, "tfrecord": tfrecord.find}
+
+
+def shard_of(key: str) -> tuple[str, str] | None:
+    """(shard, name in it) for the key of an image inside a shard whose file exists: the
+    longest prefix of `key` that is a file. None for a file's own path, or nothing found."""
+    if os.path.exists(key):
+        return None
+    head = key
+    while "/" in head:
+        head = head.rsplit("/", 1)[0]
+        if os.path.isfile(head):
+            return head, key[len(head) + 1 :]
+    return None
+
+
+def exists(key: str) -> bool:
+    """Whether an output's row name still points at something: a file, or a shard's file."""
+    return os.path.exists(key) or shard_of(key) is not None
+
+
+def locate(key: str) -> Input | None:
+    """The input a row's key names (a file, or an image inside a shard, found by reading the
+    shard's headers or key column), to read it again; None if it is not there."""
+    if os.path.isfile(key):
+        return loose(key)
+    found = shard_of(key)
+    kind = kind_of(found[0]) if found else None
+    if found is None or kind is None:
+        return None
+    try:
+        member = FINDERS[kind](*found)
+    except (OSError, EOFError, ValueError, EfxError, tarfile.TarError):
+        return None
+    return Input(key, found[0], member) if member is not None else None
+
+
+def read_key(key: str) -> bytes | None:
+    """The bytes of the image a row's key names, or None if they cannot be read."""
+    inp = locate(key)
+    if inp is None:
+        return None
+    if inp.member is None:
+        try:
+            with open_input(inp.path) as file:
+                return file.read()
+        except OSError:
+            return None
+    data = read_one(inp)
+    return None if isinstance(data, BaseException) else data
 
 
 def read_reason(error: BaseException) -> str:

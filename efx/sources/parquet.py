@@ -219,3 +219,20 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+def find(path: str, name: str, asked: str | None = None) -> Member | None:
+    """Where the row called `name` (its key, or its number) is in the file."""
+    field, key_column = layout(path, asked)
+    parquet = _open(path)
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+    row = int(name) if name.isdigit() else -1
+    if key_column is not None:
+        keys = parquet.read(columns=[key_column]).column(0).to_pylist()
+        if len(set(keys)) == len(keys) and None not in keys:  # the key column names the rows
+            row = keys.index(name) if name in keys else -1
+    for group, size in enumerate(sizes):
+        if 0 <= row < size:
+            return Member("parquet", group, row, field)
+        row -= size
+    return None

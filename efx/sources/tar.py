@@ -213,3 +213,12 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
     with open_stream(path) as stream:
         for member in members:
             yield read_exactly(stream, member.at, member.size)
+
+
+def find(path: str, name: str) -> Member | None:
+    """Where member `name` is in the shard (the first of that name), reading headers only."""
+    with open_stream(path) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
+        for info in _members(tar):
+            if info.name == name and info.isreg():
+                return Member("tar", info.offset_data, info.size)
+    return None

@@ -207,3 +207,15 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
             if not values:
                 raise ValueError(f"the record has no {member.field!r} feature")
             yield values[0]
+
+
+def find(path: str, name: str, image_key: str | None = None) -> Member | None:
+    """Where record number `name` is in the file, with the feature that holds its image."""
+    if not name.isdigit():
+        return None
+    with open_stream(path) as stream:
+        for number, (at, record) in enumerate(_records(stream)):
+            if number == int(name):
+                features = bytes_features(record)
+                return Member("tfrecord", at, len(record), image_feature(path, features, image_key))
+    return None
