@@ -211,3 +211,33 @@ def _strip_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (2000, 1), "orange").save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_ray_workers_read_images_inside_shards_as_the_local_engine(
+    ray_instance, tiny_model, tmp_path
+):
+    """A tar (with a corrupt member and a sample without an image), a Parquet file (with a
+    null cell, in row groups of 3) and a gzip'd TFRecord file: workers read the members by
+    their place in the shard; rows, order and failures as locally."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_shards import photo, write_tar, write_tfrecord
+
+    images = [photo(i) for i in range(8)]
+    shard, table, records = (str(tmp_path / n) for n in ("a.tar", "b.parquet", "c.tfrecord.gz"))
+    samples = [(f"{i:04d}", {"jpg": data, "txt": b"x"}) for i, data in enumerate(images)]
+    samples[2] = ("0002", {"jpg": images[2][:500]})
+    samples[5] = ("0005", {"txt": b"no image"})
+    write_tar(shard, samples)
+    cells = pa.array([images[0], None, *images[1:6]], pa.binary())
+    pq.write_table(pa.table({"jpg": cells}), table, row_group_size=3)
+    write_tfrecord(records, images[3:], gz=True)
+    outputs = {}
+    for engine in ("local", "ray"):
+        outputs[engine] = str(tmp_path / f"{engine}.h5")
+        summary = efx.extract(
+            [shard, table, records], outputs[engine], model=tiny_model, image_size=64,
+            batch_size=4, engine=engine,
+        )  # fmt: skip
+        assert (summary.embedded, summary.failed) == (6 + 6 + 5, 3)
+    assert_same_output(outputs["local"], outputs["ray"])
