@@ -250,10 +250,7 @@ def plan_run(
     with _phase(output, "listing the images"):
         everything = find_files(sources, stdin=stdin, null=settings.null)
     if not everything:
-        raise EfxError(
-            f"no images found in {', '.join(sources)} (folders are searched for .jpg .jpeg "
-            ".png .gif .bmp .webp files and for .tar .parquet .tfrecord shards)"
-        )
+        raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
     index, count = settings.part_of
     files_ = resume_.select_part(everything, index, count)  # whole files: shards stay whole
     plan = Plan(output, fmt, spec, f"{index}/{count}", len(everything), [], state, target=output)
@@ -263,6 +260,8 @@ def plan_run(
     earlier = _sources(plan, settings, on_note) if settings.update else []
     with _phase(output, "reading the shards"):
         inputs = _list_inputs(files_, settings, earlier[:1] if state else [], on_note, progress)
+    if not inputs and count == 1:  # (a part of a few large shards may well be empty)
+        raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
     if settings.resume and state is not None:
         if state["complete"]:
@@ -281,6 +280,12 @@ def plan_run(
         plan, work=work, sources=earlier, target=target,
         checked_seconds=time.monotonic() - started,
     )  # fmt: skip
+
+
+_NOTHING_HERE = (
+    "folders are searched for .jpg .jpeg .jpe .png .gif .bmp .webp files and for .tar .tgz "
+    ".parquet .tfrecord shards"
+)
 
 
 def _list_inputs(

@@ -67,3 +67,14 @@ def test_missing_source_is_an_error_before_any_work(tmp_path):
         check_sources([str(tmp_path / "dangling")])
     with pytest.raises(EfxError, match="only once"):
         check_sources(["-", "-"])
+
+
+def test_walks_take_shards_by_their_names_too(tmp_path):
+    """WebDataset, Parquet and TFRecord names (TFDS's numbered ones included) are walked with
+    the images; other files are not."""
+    names = ["00000.tar", "a.TGZ", "b.tar.gz", "c.parquet", "d.tfrecord", "e.tfrecords",
+             "f.tfrecord.gz", "mnist-train.tfrecord-00000-of-00004", "g.jpg", "h.json",
+             "i.txt", "j.tar.bz2"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert walk_images(str(tmp_path)) == sorted(names[:9])

@@ -108,15 +108,11 @@ def bytes_features(record: bytes) -> dict[str, list[bytes]]:
     return found
 
 
-def _bytes_list(feature: bytes) -> list[bytes]:
-    """A Feature's bytes_list values (field 1 of Feature, field 1 of BytesList)."""
-    return [
-        item
-        for kind, listed in _fields(feature)
-        if kind == 1
-        for n, item in _fields(listed)
-        if n == 1
-    ]
+def _bytes_list(feature: bytes) -> list[bytes] | None:
+    """A Feature's bytes_list values (field 1 of Feature, field 1 of BytesList); None for a
+    float or int64 list."""
+    lists = [listed for kind, listed in _fields(feature) if kind == 1]
+    return [item for listed in lists for n, item in _fields(listed) if n == 1] if lists else None
 
 
 def _records(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
