@@ -110,12 +110,13 @@ def extract(
 ) -> Summary:
     """Embed every image of `sources` into `output` (HDF5 file or folder of .npy shards).
 
-    `sources` are folders (walked recursively), image files, or "-" for paths read from `stdin`.
-    Images that cannot be read or decoded are recorded as failures; the run goes on.
-    `options` are the fields of `efx.config.Settings`, the CLI's options by their Python names:
-    model, image_size, batch_size, format, resize, exif, max_pixels, precision, backend,
-    engine, ray_address, shard_size, overwrite, resume, update, checksum, retry_failed,
-    part ("I/N"), null.
+    `sources` are folders (walked recursively), image files, shards of images (WebDataset tar,
+    Parquet, TFRecord: efx.sources; each image in one is a row named SHARD/KEY), or "-" for
+    paths read from `stdin`. Images that cannot be read or decoded are recorded as failures;
+    the run goes on. `options` are the fields of `efx.config.Settings`, the CLI's options by
+    their Python names: model, image_size, batch_size, format, resize, exif, max_pixels,
+    precision, backend, engine, ray_address, shard_size, overwrite, resume, update, checksum,
+    retry_failed, part ("I/N"), null, image_column, image_key.
     `on_note(text)` hears what the user should know as soon as it is known (say, OpenVINO could
     not be used); `verbose` lets TensorFlow's own C++ log lines through to stderr (hidden
     otherwise, by pointing file descriptor 2 at /dev/null during the call; Python's sys.stderr
