@@ -471,3 +471,31 @@ def test_similar_takes_a_key_and_duplicates_pages_show_the_members(images, tiny_
     os.remove(records)
     assert "file missing" in run_cli("duplicates", output, "--threshold", "0.999",
                                      "--html", page).stderr + Path(page).read_text()  # fmt: skip
+
+
+def test_ctrl_c_while_listing_a_huge_shard_stops_at_once_and_says_so(tmp_path, tiny_model):
+    """A tar whose one member is 1 TiB (sparse: no disk, minutes of hashing) is never held in
+    memory, and a Ctrl-C during its listing ends the run in seconds."""
+    shard = tmp_path / "huge.tar"
+    info = tarfile.TarInfo("0.jpg")
+    info.size = 1 << 40
+    with open(shard, "wb") as file:
+        file.write(info.tobuf())
+        file.truncate(tarfile.BLOCKSIZE + (1 << 40) + 2 * tarfile.BLOCKSIZE)
+    output = tmp_path / "out.h5"
+    process = subprocess.Popen(
+        [EFX, "extract", str(shard), str(output), "-m", tiny_model],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    try:
+        time.sleep(3)  # imports take about a second; then the listing of 1 TiB begins
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    said = "efx: interrupted while reading the shards: nothing was written, no OUTPUT was created."
+    assert said in stderr
+    assert "Traceback" not in stderr and not output.exists()

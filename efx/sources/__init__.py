@@ -26,7 +26,7 @@ from ..errors import EfxError
 from ..facts import Facts
 from ..files import open_input
 from ..inputs import Input, Member, loose
-from . import parquet, tar, tfrecord
+from . import parquet, streams, tar, tfrecord
 from .streams import GZIP_MAGIC
 
 READERS = {"tar": tar.read, "parquet": parquet.read, "tfrecord": tfrecord.read}
@@ -92,7 +92,9 @@ def list_inputs(
     maybe = [i for i, (path, _) in enumerate(files) if not _is_image_name(path)]
     scanned: dict[int, list[Input]] = {}
     if maybe:
-        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        streams.STOP.clear()
+        pool = ThreadPoolExecutor(SCAN_THREADS)
+        try:
             jobs = [(files[i][0], options, kept) for i in maybe]
             for i, found in zip(maybe, pool.map(_scan, jobs), strict=True):
                 if isinstance(found, parquet.NoImageColumn):
@@ -105,6 +107,9 @@ def list_inputs(
                     scanned[i] = found
                     if progress is not None:
                         progress(1)
+        finally:  # Ctrl-C: shards not started are dropped, those being listed stop at once
+            streams.STOP.set()
+            pool.shutdown(wait=False, cancel_futures=True)
     inputs: list[Input] = []
     for i, (path, _) in enumerate(files):
         inputs.extend(scanned[i] if i in scanned else [loose(path)])

@@ -19,6 +19,7 @@ from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
+from .streams import check_stop
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
 INSTALL_HINT = "pip install 'efx[arrow]'"
@@ -150,6 +151,7 @@ def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[In
         try:
             at = 0
             for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns):
+                check_stop()
                 names = batch.column(key_column).to_pylist() if key_column else [None] * len(batch)
                 for value, name in zip(_values(batch, field), names, strict=True):
                     found.append(_row_input(path, shard, field, group, at, value))

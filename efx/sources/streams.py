@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..files import open_input
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+# Set on Ctrl-C while shards are being listed: each listing stops at its next image.
+STOP = threading.Event()
+
+
+class Stopped(BaseException):
+    """A listing given up (Ctrl-C): not damage, so no reader's error handling catches it."""
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise Stopped
 
 
 @contextlib.contextmanager

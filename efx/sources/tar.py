@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import open_stream, read_exactly
+from .streams import check_stop, open_stream, read_exactly
 
 # In this order of preference when a sample has several (case-insensitive).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "jpe")
@@ -58,6 +58,7 @@ class _Scan:
         self.reading = ""  # the member whose bytes are being read
 
     def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        check_stop()
         self.last = info.name
         named = split_name(info.name)
         if named is None or not info.isreg():
@@ -75,7 +76,7 @@ class _Scan:
             self.current.others.append(ext)
             return
         self.reading = info.name
-        digest = hashlib.sha256(_read(tar, info)).hexdigest()
+        digest = _digest(tar, info)
         self.reading = ""
         self.current.images.setdefault(ext, (info.name, info.offset_data, info.size, digest))
 
@@ -131,13 +132,19 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield info
 
 
-def _read(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+def _digest(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
+    """The member's SHA-256, read a MiB at a time (a member may claim any size)."""
     file = tar.extractfile(info)
     assert file is not None  # a regular file
-    data = file.read()
-    if len(data) != info.size:
+    digest = hashlib.sha256()
+    left = info.size
+    while chunk := file.read(min(left, 1 << 20)):
+        check_stop()
+        digest.update(chunk)
+        left -= len(chunk)
+    if left:
         raise tarfile.ReadError("unexpected end of data")
-    return data
+    return digest.hexdigest()
 
 
 def _is_image(ext: str, image_key: str | None) -> bool:

@@ -22,7 +22,7 @@ from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import open_stream, read_exactly
+from .streams import check_stop, open_stream, read_exactly
 
 NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 
@@ -162,6 +162,7 @@ def scan(path: str, shard: Facts, image_key: str | None) -> list[Input]:
     try:
         with open_stream(path) as stream:
             for number, (at, record) in enumerate(_records(stream)):
+                check_stop()
                 features = bytes_features(record)
                 if not found:  # the first record tells which feature holds the images
                     feature = image_feature(path, features, image_key)
