@@ -84,6 +84,7 @@ class _Scan:
         if self.current is not None:
             sample = self.current
             self.found[sample.start] = _sample_input(self.path, self.shard, sample, self.image_key)
+            sample.images, sample.others = {}, []  # only its key and place are kept
             self.current = None
 
     def damaged(self, error: BaseException) -> None:
