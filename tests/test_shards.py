@@ -499,3 +499,24 @@ def test_ctrl_c_while_listing_a_huge_shard_stops_at_once_and_says_so(tmp_path, t
     said = "efx: interrupted while reading the shards: nothing was written, no OUTPUT was created."
     assert said in stderr
     assert "Traceback" not in stderr and not output.exists()
+
+
+def test_a_record_that_is_not_an_example_fails_alone(images, tiny_model, tmp_path):
+    """Sound framing around a payload that does not parse: that record fails, the file goes on
+    (a framing error would end it: see the damaged shards test)."""
+    import struct
+
+    records = tmp_path / "bad.tfrecord"
+    write_tfrecord(str(records), images[:3])
+    data = bytearray(records.read_bytes())
+    first = struct.unpack_from("<Q", data)[0]
+    second_at = 12 + first + 4 + 12
+    second = struct.unpack_from("<Q", data, 12 + first + 4)[0]
+    data[second_at : second_at + second] = b"\xff" * second
+    records.write_bytes(bytes(data))
+    output = str(tmp_path / "out.h5")
+    extract(str(records), output, tiny_model)
+    assert efx.load(output)[0] == [f"{records}/0", f"{records}/2"]
+    failure = writers.read_failures(output)[0]
+    assert failure["path"] == f"{records}/1"
+    assert failure["error"].startswith("this record is not a tf.train.Example")

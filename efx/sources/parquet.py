@@ -22,7 +22,7 @@ from ..inputs import Input, Member
 from .streams import check_stop
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
-INSTALL_HINT = "pip install 'efx[arrow]'"
+INSTALL_HINT = "pip install 'efx[parquet]'"
 NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 
 

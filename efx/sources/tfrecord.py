@@ -8,7 +8,9 @@ Read here in pure Python, without TensorFlow: TFRecord framing is 16 bytes aroun
 (TensorFlow's `tensorflow/core/lib/io/record_writer.cc`), and `Example` is three nested
 protobuf messages (`tensorflow/core/example/feature.proto`). Planning then never imports
 TensorFlow, and any record can be read again by its offset (what --update and Ray workers do).
-The length of every record is checked against its CRC-32C, as TensorFlow's reader does.
+Each record's length is checked against its CRC-32C (a file that is not TFRecord, or a damaged
+one, is told at once); the payload's CRC is not (pure Python would take seconds per GB): a
+damaged image then fails to decode, or its record to parse, as that record's failure.
 """
 
 from __future__ import annotations
@@ -163,10 +165,14 @@ def scan(path: str, shard: Facts, image_key: str | None) -> list[Input]:
         with open_stream(path) as stream:
             for number, (at, record) in enumerate(_records(stream)):
                 check_stop()
-                features = bytes_features(record)
-                if not found:  # the first record tells which feature holds the images
+                try:
+                    features = bytes_features(record)
+                except ValueError as error:  # this record only: its framing was sound
+                    reason = f"this record is not a tf.train.Example ({error})"
+                    found.append(Input(f"{path}/{number}", path, facts=shard, reason=reason))
+                    continue
+                if feature is None:  # the first record tells which feature holds the images
                     feature = image_feature(path, features, image_key)
-                assert feature is not None
                 found.append(_record_input(path, shard, number, at, len(record), feature, features))
     except (EOFError, ValueError, OSError) as error:
         what = str(error) if not isinstance(error, OSError) else (error.strerror or str(error))
