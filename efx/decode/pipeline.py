@@ -46,13 +46,16 @@ def image_batches(
             (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, dtype=tf.string))
         ).map(lambda index, path: (index, path, ""))
     else:
+        # In blocks: tf.data calls back into Python once per element of a generator (~0.4 ms
+        # each, measured: tiny images went through at half the pace of files), once per
+        # block this way.
         dataset = tf.data.Dataset.from_generator(
             lambda: _with_bytes(encoded, member_bytes()),
             output_signature=(
-                tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
-                tf.TensorSpec([], tf.string),
+                tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
+                tf.TensorSpec([None], tf.string),
             ),
-        )  # fmt: skip
+        ).unbatch()  # fmt: skip
     workers = max(2, os.cpu_count() or 2)
     # Fixed parallelism instead of AUTOTUNE: the model is the bottleneck, so one decoder per
     # core and two batches in hand keep it fed; and tf.data's autotuning thread makes every
@@ -76,12 +79,21 @@ def image_batches(
     )
 
 
+_BLOCK = 64  # inputs per call of the generator
+
+
 def _with_bytes(
     paths: list[bytes], member_bytes: Iterable[bytes]
-) -> Iterable[tuple[int, bytes, bytes]]:
+) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(indices, paths, bytes) of the inputs in blocks of _BLOCK: b"" for a file's bytes."""
     data = iter(member_bytes)
-    for index, path in enumerate(paths):
-        yield index, path, (b"" if path else next(data))
+    for start in range(0, len(paths), _BLOCK):
+        block = paths[start : start + _BLOCK]
+        yield (
+            np.arange(start, start + len(block), dtype=np.int64),
+            np.array(block, dtype=object),
+            np.array([b"" if path else next(data) for path in block], dtype=object),
+        )
 
 
 def _bytes(path: tf.Tensor, data: tf.Tensor) -> tf.Tensor:
