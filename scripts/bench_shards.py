@@ -9,7 +9,7 @@ Part 2, many small images (the tiny test model at 32x32): 100,000 small PNGs as 
 first run; then a no-change --update over the 20 shards, with proof that no shard was opened
 (strace: no openat of a .tar) and that garbage of the same size and date is taken for them.
 
-    python scripts/bench_shards.py [--photos 96] [--rounds 2] [--files 100000] [--skip-model]
+    python scripts/bench_shards.py [--photos 64] [--rounds 3] [--files 100000] [--skip-model]
 
 Each command runs in its own process; times include start-up. Name the CPU with the figures.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -33,7 +34,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-from bench_update import EFX, STANDIN, cpu, timed  # noqa: E402
+from bench_update import EFX, STANDIN, cpu  # noqa: E402
+
+
+def timed(args: list[str]) -> tuple[float, float, dict, float]:
+    """Wall seconds, peak RSS in MiB, the --json summary of `efx extract ARGS`, and the CPU
+    seconds it used (user + system: steadier than wall time on a shared machine)."""
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M %U %S", EFX, "extract", *args, "--json", "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        sys.exit(f"efx {' '.join(args)} failed:\n{done.stderr}")
+    wall, peak, user, system = done.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(peak) / 1024, json.loads(done.stdout), float(user) + float(system)
 
 
 def write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
@@ -50,7 +64,9 @@ def layouts(work: str, photos: list[str]) -> dict[str, list[str]]:
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    data = [open(path, "rb").read() for path in photos]
+    from pathlib import Path
+
+    data = [Path(path).read_bytes() for path in photos]
     keys = [f"{i:09d}" for i in range(len(data))]
     tars = []
     quarter = -(-len(data) // 4)
@@ -67,7 +83,9 @@ def layouts(work: str, photos: list[str]) -> dict[str, list[str]]:
     with tf.io.TFRecordWriter(records) as writer:
         for item in data:
             feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item]))}
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
     return {
         "folder": [os.path.dirname(photos[0])], "tar": tars, "parquet": [table],
         "tfrecord": [records],
@@ -75,8 +93,9 @@ def layouts(work: str, photos: list[str]) -> dict[str, list[str]]:
 
 
 def model_part(work: str, count: int, rounds: int) -> None:
-    import efx
     from make_photos import make_photos
+
+    import efx
 
     if not os.path.isdir(STANDIN):
         subprocess.run([EFX, "make-standin", STANDIN], check=True)
@@ -84,15 +103,18 @@ def model_part(work: str, count: int, rounds: int) -> None:
     sources = layouts(work, photos)
     pace: dict[str, list[float]] = {name: [] for name in sources}
     walls: dict[str, list[float]] = {name: [] for name in sources}
+    cpus: dict[str, list[float]] = {name: [] for name in sources}
     summary = {}
     for round_ in range(rounds):
         for name, where in sources.items():  # alternating: folder, tar, parquet, tfrecord, ...
             output = os.path.join(work, f"{name}-{round_}.h5")
-            wall, _, summary = timed(["-m", STANDIN, "--backend", "openvino", *where, output])
+            wall, _, summary, used = timed(["-m", STANDIN, "--backend", "openvino", *where, output])
             assert summary["embedded"] == count, summary
             pace[name].append(summary["images_per_second"])
             walls[name].append(count / wall)
-            print(f"round {round_ + 1} {name:<9} {summary['images_per_second']:.3f} images/s")
+            cpus[name].append(used / count)
+            print(f"round {round_ + 1} {name:<9} {summary['images_per_second']:.3f} images/s, "
+                  f"{used / count:.3f} CPU s/image", flush=True)  # fmt: skip
     reference = efx.load(os.path.join(work, "folder-0.h5"))[1]
     print(f"\nCPU: {cpu()}; B6 stand-in, {summary['backend']} {summary['precision']}, "
           f"{count} photos 1024x768, medians of {rounds} alternating rounds")  # fmt: skip
@@ -101,10 +123,12 @@ def model_part(work: str, count: int, rounds: int) -> None:
         rows = efx.load(os.path.join(work, f"{name}-0.h5"))[1]
         gap = float(np.abs(rows - reference).max())
         median = statistics.median(pace[name])
+        used = statistics.median(cpus[name])
         print(
             f"{name:<9} {median:6.3f} images/s streaming ({median / folder:6.1%} of the folder),"
-            f" {statistics.median(walls[name]):6.3f} images/s whole run; largest difference "
-            f"from the folder's rows {gap:.1e}"
+            f" {statistics.median(walls[name]):6.3f} images/s whole run, {used:.3f} CPU s/image"
+            f" ({used / statistics.median(cpus['folder']):6.1%}); largest difference from the "
+            f"folder's rows {gap:.1e}"
         )
 
 
@@ -141,14 +165,15 @@ def files_part(work: str, count: int) -> None:
         shard_sets[shards] = folder
     base = ["-m", model, "--image-size", "32", "-b", "256"]
     results = []
-    for label, source in (("loose files (100 folders)", loose),
-                          ("20 tar shards", shard_sets[20]), ("5 tar shards", shard_sets[5])):  # fmt: skip
-        wall, peak, summary = timed([*base, source, os.path.join(work, f"{label[:2]}.h5")])
+    runs = [("loose files (100 folders)", loose), ("20 tar shards", shard_sets[20]),
+            ("5 tar shards", shard_sets[5])]  # fmt: skip
+    for label, source in runs:
+        wall, peak, summary, _ = timed([*base, source, os.path.join(work, f"{label[:2]}.h5")])
         assert summary["embedded"] == count, summary
         size = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(source) for n in ns)
         results.append((f"{label}, {size / 1e6:.0f} MB", wall, peak))
     output = os.path.join(work, "20.h5")
-    wall, peak, summary = timed([*base, shard_sets[20], output, "--update"])
+    wall, peak, summary, _ = timed([*base, shard_sets[20], output, "--update"])
     assert summary["up_to_date"] and not summary["model_loaded"], summary
     results.append(("no-change --update, 20 shards", wall, peak))
     opened = tar_opens([*base, shard_sets[20], output, "--update"])
@@ -158,7 +183,7 @@ def files_part(work: str, count: int) -> None:
         with open(path, "r+b") as file:
             file.write(b"\0" * stat.st_size)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    _, _, garbage = timed([*base, shard_sets[20], output, "--update"])
+    _, _, garbage, _ = timed([*base, shard_sets[20], output, "--update"])
     print(f"\nCPU: {cpu()}; tiny model at 32x32, {count:,} PNGs of 8x8, HDF5 output")
     for label, wall, peak in results:
         print(f"{label:<40} {wall:7.2f} s  peak RSS {peak:6.0f} MiB")
@@ -181,8 +206,8 @@ def tar_opens(args: list[str]) -> int | str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--photos", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-files", action="store_true")
