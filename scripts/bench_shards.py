@@ -60,11 +60,11 @@ def write_tar(path: str, members: list[tuple[str, bytes]]) -> None:
 
 def layouts(work: str, photos: list[str]) -> dict[str, list[str]]:
     """The photos as a folder, 4 tars, a Parquet file and a TFRecord file."""
+    from pathlib import Path
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf
-
-    from pathlib import Path
 
     data = [Path(path).read_bytes() for path in photos]
     keys = [f"{i:09d}" for i in range(len(data))]
