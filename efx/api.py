@@ -258,6 +258,8 @@ def plan_run(
     if state is not None:
         planned = _planned_attrs(plan, settings)
         resume_.check_settings(output, state["attrs"], planned, True, settings.update)
+    if settings.resume and state is not None and state["complete"]:
+        return plan  # nothing to do: not even the shards are listed
     earlier = _sources(plan, settings, on_note) if settings.update else []
     with _phase(output, "reading the shards"):
         inputs = _list_inputs(files_, settings, earlier[:1] if state else [], on_note, progress)
@@ -265,8 +267,6 @@ def plan_run(
         raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
     if settings.resume and state is not None:
-        if state["complete"]:
-            return plan
         done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
         plan = replace(plan, done=done, keep=(rows, failures))
     todo = plan.inputs[plan.done :]
@@ -527,6 +527,8 @@ def _planned_attrs(plan: Plan, settings: Settings) -> dict[str, Any]:
         "inputs_total": plan.inputs_total,
         "part_inputs": len(plan.paths),
         "image_size": settings.image_size,
+        # Which part of a shard's samples is the image: recorded only when asked for.
+        **{k: v for k in ("image_column", "image_key") if (v := getattr(settings, k))},
     }
 
 

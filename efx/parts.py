@@ -32,6 +32,8 @@ _MERGED_ATTRS = (
     "tensorflow_version",
     "device",
     "inputs_total",
+    "image_column",
+    "image_key",
 )
 
 
@@ -129,7 +131,9 @@ def _check_parts(
         if not info.get("complete"):
             raise EfxError(f"part {part} is unfinished: finish it with --resume first")
         differences = resume_.mismatches(
-            described[parts[0]], info, [*resume_.SETTINGS, "inputs_total"]
+            described[parts[0]],
+            info,
+            [*resume_.SETTINGS, "inputs_total", "image_column", "image_key"],
         )
         if differences:
             raise EfxError(

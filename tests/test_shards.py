@@ -520,3 +520,18 @@ def test_a_record_that_is_not_an_example_fails_alone(images, tiny_model, tmp_pat
     failure = writers.read_failures(output)[0]
     assert failure["path"] == f"{records}/1"
     assert failure["error"].startswith("this record is not a tf.train.Example")
+
+
+def test_resume_and_update_refuse_another_image_key(images, tiny_model, tmp_path):
+    """Which member is a sample's image decides the rows: it is recorded, and kept."""
+    shard = str(tmp_path / "seg.tar")
+    write_tar(shard, [("0", {"jpg": images[0], "seg.png": sample_png()})])
+    output = str(tmp_path / "out.h5")
+    extract(shard, output, tiny_model, image_key="seg.png")
+    assert efx.info(output)["image_key"] == "seg.png"
+    for flag in ("--resume", "--update"):
+        result = run_cli("extract", shard, output, "-m", tiny_model, "--image-size", str(SIZE),
+                         flag)  # fmt: skip
+        assert_user_error(result, "image_key: 'seg.png' there, None here")
+    summary = extract(shard, output, tiny_model, image_key="seg.png", update=True)
+    assert summary.up_to_date
