@@ -135,7 +135,7 @@ def _records(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 def image_feature(path: str, features: dict[str, list[bytes]], asked: str | None) -> str:
     """The feature that holds the images, told from the first record; EfxError otherwise."""
-    names = ", ".join(features) or "none"
+    names = ", ".join(sorted(features)) or "none"  # (a protobuf map has no order)
     if asked is not None:
         if asked not in features:
             raise EfxError(
@@ -143,7 +143,9 @@ def image_feature(path: str, features: dict[str, list[bytes]], asked: str | None
                 f"{names}). Received: --image-key {asked}"
             )
         return asked
-    images = [n for n, v in features.items() if v and sniff_format(v[0][:64]) not in NOT_IMAGES]
+    images = sorted(
+        n for n, v in features.items() if v and sniff_format(v[0][:64]) not in NOT_IMAGES
+    )
     if len(images) == 1:
         return images[0]
     if not images:
@@ -194,7 +196,7 @@ def _record_input(
     key = f"{path}/{number}"
     values = features.get(feature)
     if not values:
-        others = ", ".join(features) or "none"
+        others = ", ".join(sorted(features)) or "none"
         reason = f"this record has no {feature!r} image (its bytes features: {others})"
         return Input(key, path, facts=shard, reason=reason)
     digest = hashlib.sha256(values[0]).hexdigest()
