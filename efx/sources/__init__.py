@@ -91,6 +91,7 @@ def list_inputs(
     # A file named as an image is one; any other may be a shard (told by its content).
     maybe = [i for i, (path, _) in enumerate(files) if not _is_image_name(path)]
     scanned: dict[int, list[Input]] = {}
+    skipped: list[parquet.NoImageColumn] = []
     if maybe:
         streams.STOP.clear()
         pool = ThreadPoolExecutor(SCAN_THREADS)
@@ -100,8 +101,7 @@ def list_inputs(
                 if isinstance(found, parquet.NoImageColumn):
                     if not files[i][1]:
                         raise found
-                    if on_note is not None:
-                        on_note(found.note)
+                    skipped.append(found)
                     found = []
                 if found is not None:
                     scanned[i] = found
@@ -110,10 +110,22 @@ def list_inputs(
         finally:  # Ctrl-C: shards not started are dropped, those being listed stop at once
             streams.STOP.set()
             pool.shutdown(wait=False, cancel_futures=True)
+    if skipped and on_note is not None:
+        on_note(_skipped_note(skipped))
     inputs: list[Input] = []
     for i, (path, _) in enumerate(files):
         inputs.extend(scanned[i] if i in scanned else [loose(path)])
     return inputs
+
+
+def _skipped_note(skipped: list[parquet.NoImageColumn]) -> str:
+    """One note for the Parquet files a walk skipped: img2dataset writes one per shard."""
+    if len(skipped) == 1:
+        return skipped[0].note
+    return (
+        f"skipped {len(skipped)} Parquet files without a column of image bytes, as img2dataset "
+        f"writes beside its shards (the first: {skipped[0].note.removeprefix('skipped ')})"
+    )
 
 
 def _is_image_name(path: str) -> bool:

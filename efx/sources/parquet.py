@@ -12,7 +12,7 @@ BATCH_ROWS rows: never the whole file, or a whole row group, in memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..decode.reasons import sniff_format
@@ -53,9 +53,12 @@ def _open(path: str) -> Any:
     return _pyarrow().ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
 
 
-def image_field(path: str, schema: Any, first: dict[str, bytes], asked: str | None) -> str:
+def image_field(
+    path: str, schema: Any, first: Callable[[], dict[str, bytes]], asked: str | None
+) -> str:
     """The column (`name`, or `name.bytes` for a struct) holding the images; NoImageColumn or
-    EfxError naming the choices when that cannot be told."""
+    EfxError naming the choices when that cannot be told. `first()` gives the first value of
+    each binary column, read only when several could hold the images."""
     import pyarrow as pa
 
     binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
@@ -83,7 +86,8 @@ def image_field(path: str, schema: Any, first: dict[str, bytes], asked: str | No
         raise NoImageColumn(path, names)
     if len(fields) == 1:
         return next(iter(fields.values()))
-    images = [name for name, field in fields.items() if _is_image(first.get(field))]
+    values = first()
+    images = [name for name, field in fields.items() if _is_image(values.get(field))]
     if len(images) == 1:
         return fields[images[0]]
     raise EfxError(
@@ -133,7 +137,7 @@ def layout(path: str, asked: str | None) -> tuple[str, str | None]:
 
     parquet = _open(path)
     schema = parquet.schema_arrow
-    field = image_field(path, schema, _first_values(parquet), asked)
+    field = image_field(path, schema, lambda: _first_values(parquet), asked)
     key = "key" if "key" in schema.names and pa.types.is_string(schema.field("key").type) else None
     return field, key
 
