@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,6 +36,24 @@ def run_cli(*args: str, input: bytes | None = None):
     from efx.cli import main
 
     return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def ctrl_c_after(seconds: float, *args: str) -> tuple[int, str]:
+    """`efx ARGS` in a process of its own, Ctrl-C'd (SIGINT, as in a terminal) after `seconds`:
+    its exit status and stderr, which must come within 30 s of the signal."""
+    process = subprocess.Popen(
+        [EFX, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        time.sleep(seconds)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    return process.returncode, stderr
 
 
 def assert_user_error(result, message: str) -> None:

@@ -12,11 +12,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
-from conftest import EFX, SAMPLES, run_efx
+from conftest import EFX, SAMPLES, ctrl_c_after, run_efx
 
 import efx
 from efx import writers
@@ -225,19 +224,9 @@ def test_ctrl_c_while_reading_the_files_stops_at_once_and_says_so(tmp_path, tiny
     with open(folder / "huge.jpg", "wb") as file:  # sparse: no disk, but minutes of hashing
         file.truncate(1 << 40)
     output = tmp_path / "out.h5"
-    process = subprocess.Popen(
-        [EFX, "extract", str(folder), str(output), "-m", tiny_model],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
-    )
-    try:
-        time.sleep(3)  # imports take about a second; then the hashing of 1 TiB begins
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 130, stderr
+    # Imports take about a second; then the hashing of 1 TiB begins.
+    returncode, stderr = ctrl_c_after(3, "extract", str(folder), str(output), "-m", tiny_model)
+    assert returncode == 130, stderr
     said = "efx: interrupted while reading the files: nothing was written, no OUTPUT was created."
     assert said in stderr
     assert "Traceback" not in stderr and not output.exists()

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EFX, assert_user_error, run_cli, sample
+from conftest import EFX, assert_user_error, ctrl_c_after, run_cli, sample
 
 import efx
 from efx import writers
@@ -488,19 +488,9 @@ def test_ctrl_c_while_listing_a_huge_shard_stops_at_once_and_says_so(tmp_path, t
         file.write(info.tobuf())
         file.truncate(tarfile.BLOCKSIZE + (1 << 40) + 2 * tarfile.BLOCKSIZE)
     output = tmp_path / "out.h5"
-    process = subprocess.Popen(
-        [EFX, "extract", str(shard), str(output), "-m", tiny_model],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
-    )
-    try:
-        time.sleep(3)  # imports take about a second; then the listing of 1 TiB begins
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 130, stderr
+    # Imports take about a second; then the listing of 1 TiB begins.
+    returncode, stderr = ctrl_c_after(3, "extract", str(shard), str(output), "-m", tiny_model)
+    assert returncode == 130, stderr
     said = "efx: interrupted while reading the shards: nothing was written, no OUTPUT was created."
     assert said in stderr
     assert "Traceback" not in stderr and not output.exists()
