@@ -96,6 +96,8 @@ class Plan:
     target: str = ""  # where rows are written: OUTPUT, or for --update OUTPUT.updating-N
     checked_seconds: float = 0.0  # planning: walk, stat, hashing
     inputs: list[Input] = field(default_factory=list)  # this run's inputs (keys: `paths`)
+    # --image-column/--image-key as asked, else as the output to continue or update records.
+    shard_options: sources_.ShardOptions = sources_.ShardOptions()
 
 
 def extract(
@@ -254,7 +256,10 @@ def plan_run(
         raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
     index, count = settings.part_of
     files_ = resume_.select_part(everything, index, count)  # whole files: shards stay whole
-    plan = Plan(output, fmt, spec, f"{index}/{count}", len(everything), [], state, target=output)
+    plan = Plan(
+        output, fmt, spec, f"{index}/{count}", len(everything), [], state, target=output,
+        shard_options=_shard_options(settings, state),
+    )  # fmt: skip
     if state is not None:
         planned = _planned_attrs(plan, settings)
         resume_.check_settings(output, state["attrs"], planned, True, settings.update)
@@ -262,7 +267,9 @@ def plan_run(
         return plan  # nothing to do: not even the shards are listed
     earlier = _sources(plan, settings, on_note) if settings.update else []
     with _phase(output, "reading the shards"):
-        inputs = _list_inputs(files_, settings, earlier[:1] if state else [], on_note, progress)
+        inputs = _list_inputs(
+            plan, files_, settings, earlier[:1] if state else [], on_note, progress
+        )
     if not inputs and count == 1:  # (a part of a few large shards may well be empty)
         raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
@@ -285,11 +292,22 @@ def plan_run(
 
 _NOTHING_HERE = (
     "folders are searched for .jpg .jpeg .jpe .png .gif .bmp .webp files and for .tar .tgz "
-    ".parquet .tfrecord shards"
+    ".tar.gz .parquet .tfrecord .tfrecords .tfrecord.gz shards"
 )
 
 
+def _shard_options(settings: Settings, state: dict[str, Any] | None) -> sources_.ShardOptions:
+    """What decides a shard's image: as asked, else as the output to continue records (as
+    --image-size is)."""
+    stored = state["attrs"] if state is not None else {}
+    return sources_.ShardOptions(
+        settings.image_column or stored.get("image_column"),
+        settings.image_key or stored.get("image_key"),
+    )
+
+
 def _list_inputs(
+    plan: Plan,
     files_: list[tuple[str, bool]],
     settings: Settings,
     output: list[reuse.Source],
@@ -303,7 +321,7 @@ def _list_inputs(
     kept = reuse.kept_shards(
         output[0] if output else None, settings.checksum, settings.retry_failed
     )
-    options = sources_.ShardOptions(settings.image_column, settings.image_key)
+    options = plan.shard_options
     with tqdm(
         unit="shard", desc="efx: reading shards", disable=not progress, file=sys.stderr,
         dynamic_ncols=True, leave=False, delay=1.0,
@@ -528,7 +546,7 @@ def _planned_attrs(plan: Plan, settings: Settings) -> dict[str, Any]:
         "part_inputs": len(plan.paths),
         "image_size": settings.image_size,
         # Which part of a shard's samples is the image: recorded only when asked for.
-        **{k: v for k in ("image_column", "image_key") if (v := getattr(settings, k))},
+        **{k: v for k, v in plan.shard_options._asdict().items() if v},
     }
 
 

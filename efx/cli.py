@@ -288,7 +288,7 @@ verbose_option = click.option(
     default=None,
     metavar="NAME",
     help="tar shards: the extension of each sample's image member (e.g. seg.png; default: the "
-    "first of jpg jpeg png webp gif bmp it has). TFRecord: the feature holding the image "
+    "first of jpg jpeg png webp gif bmp jpe it has). TFRecord: the feature holding the image "
     "(e.g. image/encoded; default: the only one that holds image files).",
 )
 @click.option(
@@ -315,7 +315,7 @@ def extract(
     """Embed every image of SOURCE... into OUTPUT, one row per image.
 
     SOURCE is a folder (searched recursively for .jpg .jpeg .jpe .png .gif .bmp .webp images
-    and .tar .tgz .parquet .tfrecord shards, in sorted order), an image file, a shard (a
+    and .tar .tgz .tar.gz .parquet .tfrecord(s) shards, in sorted order), an image file, a shard (a
     WebDataset tar, a Parquet file with an image column, a TFRecord file of tf.train.Example:
     told by content; each image in it is a row named SHARD/KEY), or - to read such paths from
     stdin, one per line. OUTPUT ending
@@ -429,7 +429,7 @@ def _report(summary: Any) -> None:
     if summary.up_to_date:
         echo(
             f"efx: {summary.output} is up to date ({summary.embedded} embedded, "
-            f"{summary.failed} failed): nothing changed in {summary.images} files, no model "
+            f"{summary.failed} failed): nothing changed in {summary.images} inputs, no model "
             f"loaded ({summary.seconds:.2f} s)"
         )
         return
@@ -451,13 +451,14 @@ def _report(summary: Any) -> None:
         if summary.failed > 10:
             echo(f"  ... (all of them: efx info {summary.output})")
     if summary.resumed:
-        echo(f"efx: resumed: {summary.resumed} images were already done")
+        done = "image was" if summary.resumed == 1 else "images were"
+        echo(f"efx: resumed: {summary.resumed} {done} already done")
     changes = _changes(summary)
     if changes:
         echo(f"efx: {changes}")
     if not summary.model_loaded:
         echo(
-            f"efx: no image needed the model: {summary.embedded} embedded, {summary.failed} "
+            f"efx: no image needed the model: {summary.embedded} rows, {summary.failed} "
             f"failed, in {summary.seconds:.1f} s -> {summary.output}"
         )
         return

@@ -77,8 +77,12 @@ def mismatches(stored: dict[str, Any], wanted: dict[str, Any], keys: Sequence[st
         there, here = _setting(stored, key), _setting(wanted, key)
         if there != here:
             label = "precision" if key in ("numerics", "precision_requested") else key
-            found.append(f"{label}: {there!r} there, {here!r} here")
+            found.append(f"{label}: {_shown(there)} there, {_shown(here)} here")
     return found
+
+
+def _shown(value: Any) -> str:
+    return "not given" if value is None else repr(value)
 
 
 def _setting(attrs: dict[str, Any], key: str) -> Any:

@@ -163,12 +163,13 @@ def test_each_of_img2datasets_layouts_embeds_as_it_leaves_img2dataset(
         root = dataset[layout]
         assert paths == [os.path.join(root, name(i // 4, i)) for i in range(COUNT)]
         np.testing.assert_allclose(rows, reference, rtol=0, atol=1e-6)
-        skipped = [n for n in notes if n.startswith("skipped") and "column of image bytes" in n]
+        skipped = [n for n in notes if n.startswith("skipped")]
         assert len(skipped) == (0 if layout == "parquet" else 1), notes  # one note for all
         if skipped:
-            assert skipped[0].startswith("skipped 3 Parquet files"), skipped
-            assert (
-                f"{root}/00000.parquet: no column of image bytes (its columns: key," in skipped[0]
+            assert skipped[0] == (
+                "skipped 3 files that hold no images, as img2dataset's metadata beside its "
+                f"shards; the first: {root}/00000.parquet has no column of image bytes, its "
+                "columns being key, caption"
             )
 
 
@@ -259,7 +260,13 @@ def test_image_key_chooses_the_member_and_the_feature(images, tiny_model, tmp_pa
     output = str(tmp_path / "seg.h5")
     extract(shard, output, tiny_model, image_key="seg.png")
     assert efx.load(output)[0] == [f"{shard}/0.seg.png"]
-    assert "a .seg.png member was looked for" in writers.read_failures(output)[0]["error"]
+    assert (
+        (writers.read_failures(output)[0]["error"])
+        == "sample has no image: no member .seg.png (its members: .jpg)"
+    )
+    result = run_cli("extract", shard, str(tmp_path / "typo.h5"), "-m", tiny_model,
+                     "--image-key", "seg.jpg")  # fmt: skip
+    assert_user_error(result, "no sample has a .seg.jpg member (extensions in it: jpg, seg.png)")
     records = str(tmp_path / "two.tfrecord")
     import tensorflow as tf
 
@@ -276,6 +283,9 @@ def test_image_key_chooses_the_member_and_the_feature(images, tiny_model, tmp_pa
     assert "--image-key" in result.stderr
     extract(records, str(tmp_path / "enc.h5"), tiny_model, image_key="image/encoded")
     assert efx.load(str(tmp_path / "enc.h5"))[0] == [f"{records}/0"]
+    result = run_cli("extract", records, str(tmp_path / "typo.h5"), "-m", tiny_model,
+                     "--image-key", "image")  # fmt: skip
+    assert_user_error(result, "its records have no bytes feature 'image'")
 
 
 def test_what_efx_cannot_tell_is_refused_naming_the_choices(dataset, images, tiny_model, tmp_path):
@@ -312,7 +322,13 @@ def test_damaged_shards_keep_what_comes_before_the_damage(dataset, images, tiny_
     Path(no_footer).write_bytes(whole[: len(whole) // 2])
     nulls = str(tmp_path / "nulls.parquet")
     pq.write_table(pa.table({"jpg": pa.array([images[0], None, images[1]], pa.binary())}), nulls)
-    sources = [cut_tar, cut_at_boundary, cut_records, no_footer, nulls, dataset["loose"]]
+    by_path = str(tmp_path / "by-path.parquet")  # Hugging Face's Image, pointing at a file
+    cells = [{"bytes": images[0], "path": None}, {"bytes": None, "path": "/data/b.jpg"}]
+    pq.write_table(pa.table({"image": cells}), by_path)
+    garbage = str(tmp_path / "random.tar")
+    Path(garbage).write_bytes(bytes(random.Random(0).randrange(256) for _ in range(3000)))
+    sources = [cut_tar, cut_at_boundary, cut_records, no_footer, nulls, by_path, garbage,
+               dataset["loose"]]  # fmt: skip
     output = str(tmp_path / "out.h5")
     summary = extract(sources, output, tiny_model)
     paths = efx.load(output)[0]
@@ -328,8 +344,13 @@ def test_damaged_shards_keep_what_comes_before_the_damage(dataset, images, tiny_
     assert failures[no_footer].startswith("not a readable Parquet file")
     assert [p for p in paths if p.startswith(nulls)] == [f"{nulls}/0", f"{nulls}/2"]
     assert failures[f"{nulls}/1"] == "no image in this row: its jpg cell is null"
+    assert failures[f"{by_path}/1"] == (
+        "no image bytes in this row: its image holds only a path ('/data/b.jpg'); efx embeds "
+        "images stored in the file"
+    )
+    assert failures[garbage] == "named as a tar shard, but it is neither a tar file nor an image"
     assert paths[-COUNT:] == [os.path.join(dataset["loose"], f"{i:09d}.jpg") for i in range(COUNT)]
-    assert summary.failed == len(failures) == 5
+    assert summary.failed == len(failures) == 7
 
 
 def _member_end(tar_path: str, name: str) -> int:
@@ -517,16 +538,19 @@ def test_a_record_that_is_not_an_example_fails_alone(images, tiny_model, tmp_pat
     assert failure["error"].startswith("this record is not a tf.train.Example")
 
 
-def test_resume_and_update_refuse_another_image_key(images, tiny_model, tmp_path):
-    """Which member is a sample's image decides the rows: it is recorded, and kept."""
+def test_the_image_key_is_recorded_kept_by_resume_and_update_and_another_refused(
+    images, tiny_model, tmp_path
+):
+    """Which member is a sample's image decides the rows: it is recorded, and a later run that
+    does not say takes it from the output (as --image-size); another one is refused."""
     shard = str(tmp_path / "seg.tar")
     write_tar(shard, [("0", {"jpg": images[0], "seg.png": sample_png()})])
     output = str(tmp_path / "out.h5")
     extract(shard, output, tiny_model, image_key="seg.png")
     assert efx.info(output)["image_key"] == "seg.png"
+    summary = extract(shard, output, tiny_model, update=True)
+    assert summary.up_to_date and efx.load(output)[0] == [f"{shard}/0.seg.png"]
     for flag in ("--resume", "--update"):
         result = run_cli("extract", shard, output, "-m", tiny_model, "--image-size", str(SIZE),
-                         flag)  # fmt: skip
-        assert_user_error(result, "image_key: 'seg.png' there, None here")
-    summary = extract(shard, output, tiny_model, image_key="seg.png", update=True)
-    assert summary.up_to_date
+                         flag, "--image-key", "jpg")  # fmt: skip
+        assert_user_error(result, "image_key: 'seg.png' there, 'jpg' here")

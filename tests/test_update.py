@@ -154,7 +154,7 @@ def test_nothing_changed_loads_no_model_imports_no_tensorflow_and_touches_nothin
 
     result = run_cli("extract", tree, output, "-m", tiny_model, "--image-size", "48", "--update")
     assert result.exit_code == 0, result.output
-    assert "is up to date (12 embedded, 1 failed): nothing changed in 13 files" in result.output
+    assert "is up to date (12 embedded, 1 failed): nothing changed in 13 inputs" in result.output
 
 
 @pytest.mark.parametrize("fmt", sorted(OUTPUTS))

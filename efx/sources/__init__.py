@@ -17,8 +17,7 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import facts as facts_
 from ..discover import IMAGE_EXTENSIONS, SHARD_NAME
@@ -27,14 +26,13 @@ from ..facts import Facts
 from ..files import open_input
 from ..inputs import Input, Member, loose
 from . import parquet, streams, tar, tfrecord
-from .streams import GZIP_MAGIC
+from .streams import GZIP_MAGIC, NotImages
 
 READERS = {"tar": tar.read, "parquet": parquet.read, "tfrecord": tfrecord.read}
 SCAN_THREADS = max(2, min(8, os.cpu_count() or 2))
 
 
-@dataclass(frozen=True)
-class ShardOptions:
+class ShardOptions(NamedTuple):
     """Which part of a shard's samples is the image, where a dataset needs saying."""
 
     image_column: str | None = None  # Parquet: the column of image bytes
@@ -91,14 +89,14 @@ def list_inputs(
     # A file named as an image is one; any other may be a shard (told by its content).
     maybe = [i for i, (path, _) in enumerate(files) if not _is_image_name(path)]
     scanned: dict[int, list[Input]] = {}
-    skipped: list[parquet.NoImageColumn] = []
+    skipped: list[NotImages] = []
     if maybe:
         streams.STOP.clear()
         pool = ThreadPoolExecutor(SCAN_THREADS)
         try:
             jobs = [(files[i][0], options, kept) for i in maybe]
             for i, found in zip(maybe, pool.map(_scan, jobs), strict=True):
-                if isinstance(found, parquet.NoImageColumn):
+                if isinstance(found, NotImages):
                     if not files[i][1]:
                         raise found
                     skipped.append(found)
@@ -118,13 +116,13 @@ def list_inputs(
     return inputs
 
 
-def _skipped_note(skipped: list[parquet.NoImageColumn]) -> str:
-    """One note for the Parquet files a walk skipped: img2dataset writes one per shard."""
+def _skipped_note(skipped: list[NotImages]) -> str:
+    """One note for the files a walk skipped: img2dataset writes a metadata file per shard."""
     if len(skipped) == 1:
-        return skipped[0].note
+        return f"skipped {skipped[0].note}"
     return (
-        f"skipped {len(skipped)} Parquet files without a column of image bytes, as img2dataset "
-        f"writes beside its shards (the first: {skipped[0].note.removeprefix('skipped ')})"
+        f"skipped {len(skipped)} files that hold no images, as img2dataset's metadata beside "
+        f"its shards; the first: {skipped[0].note}"
     )
 
 
@@ -134,7 +132,7 @@ def _is_image_name(path: str) -> bool:
 
 def _scan(
     job: tuple[str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
-) -> list[Input] | parquet.NoImageColumn | None:
+) -> list[Input] | NotImages | None:
     """A shard's inputs (kept unread when an earlier output holds it unchanged), or None for a
     file that is not a shard."""
     path, options, kept = job
@@ -146,12 +144,15 @@ def _scan(
     if kind == "tar":
         return tar.scan(path, now, options.image_key)
     if kind == "tfrecord":
-        return tfrecord.scan(path, now, options.image_key)
-    if kind != "parquet":
-        return None
+        try:
+            return tfrecord.scan(path, now, options.image_key)
+        except NotImages as error:
+            return error
+    if kind is None:
+        return _not_a_shard(path, now)
     try:
         field, key = parquet.layout(path, options.image_column)
-    except parquet.NoImageColumn as error:
+    except NotImages as error:
         return error
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         reason = f"not a readable Parquet file ({_first_line(error)})"
@@ -301,6 +302,27 @@ def read_key(key: str) -> bytes | None:
             return None
     data = read_one(inp)
     return None if isinstance(data, BaseException) else data
+
+
+def _not_a_shard(path: str, now: Facts) -> list[Input] | None:
+    """None for an image (or a file the decoder will say is not one); a failure for a file
+    named as a shard that is none (random bytes called x.tar): say what it was taken for."""
+    named = SHARD_NAME.search(path)
+    if named is None:
+        return None
+    from ..decode.reasons import read_head, sniff_format
+
+    try:
+        found = sniff_format(read_head(path))
+    except OSError:
+        return None  # its reason is the decoder's: missing, permission denied ...
+    if found in ("JPEG", "PNG", "GIF", "BMP", "WebP"):
+        return None  # an image, whatever its name
+    what = {"p": "Parquet", "t": "tar"}.get(named.group(1)[0].lower(), "TFRecord")
+    if named.group(1).lower().startswith("tfrecord"):
+        what = "TFRecord"
+    reason = f"named as a {what} shard, but it is neither a {what} file nor an image"
+    return [Input(path, path, facts=now, reason=reason)]
 
 
 def read_reason(error: BaseException) -> str:

@@ -19,23 +19,23 @@ from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import check_stop
+from .streams import NotImages, check_stop
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
 INSTALL_HINT = "pip install 'efx[parquet]'"
 NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 
 
-class NoImageColumn(EfxError):
+class NoImageColumn(NotImages):
     """A Parquet file without a column of image bytes (img2dataset's metadata files)."""
 
     def __init__(self, path: str, columns: str) -> None:
         super().__init__(
             f"{path} has no column of image bytes (its columns: {columns}): not an image "
             "source (img2dataset writes such a file of metadata beside each .tar or .tfrecord "
-            "shard: give efx the shards)"
+            "shard: give efx the shards)",
+            f"{path} has no column of image bytes, its columns being {columns}",
         )
-        self.note = f"skipped {path}: no column of image bytes (its columns: {columns})"
 
 
 def _pyarrow() -> Any:
@@ -157,8 +157,9 @@ def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[In
             for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns):
                 check_stop()
                 names = batch.column(key_column).to_pylist() if key_column else [None] * len(batch)
-                for value, name in zip(_values(batch, field), names, strict=True):
-                    found.append(_row_input(path, shard, field, group, at, value))
+                stored = _stored_paths(batch, field)
+                for value, name, where in zip(_values(batch, field), names, stored, strict=True):
+                    found.append(_row_input(path, shard, field, group, at, value, where))
                     keys.append((name, row + at))
                     at += 1
         except (OSError, ValueError, EfxError) as error:
@@ -170,12 +171,29 @@ def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[In
     return _named(found, keys, path)
 
 
+def _stored_paths(batch: Any, field: str) -> list[str | None]:
+    """The `path` field of a Hugging Face image struct, per row (None elsewhere)."""
+    column = batch.column(field.split(".")[0])
+    struct = field.endswith(".bytes") and hasattr(column, "field")
+    if struct and column.type.get_field_index("path") >= 0:
+        paths: list[str | None] = column.field("path").to_pylist()
+        return paths
+    return [None] * len(batch)
+
+
 def _row_input(
-    path: str, shard: Facts, field: str, group: int, at: int, value: bytes | None
-) -> Input:
+    path: str, shard: Facts, field: str, group: int, at: int, value: bytes | None,
+    stored: str | None = None,
+) -> Input:  # fmt: skip
     member = Member("parquet", group, at, field)
+    column = field.removesuffix(".bytes")
     if value is None:
-        reason = f"no image in this row: its {field.removesuffix('.bytes')} cell is null"
+        reason = f"no image in this row: its {column} cell is null"
+        if stored:  # Hugging Face's Image feature, pointing at a file outside the dataset
+            reason = (
+                f"no image bytes in this row: its {column} holds only a path ({stored!r}); "
+                "efx embeds images stored in the file"
+            )
         return Input(path, path, member, shard, reason=reason)
     return Input(path, path, member, shard._replace(sha256=hashlib.sha256(value).hexdigest()))
 

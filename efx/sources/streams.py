@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from ..errors import EfxError
 from ..files import open_input
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -47,3 +48,12 @@ def read_exactly(stream: BinaryIO, at: int, size: int) -> bytes:
     if len(data) != size:
         raise EOFError(f"the shard ends {size - len(data)} bytes short of this member's end")
     return data
+
+
+class NotImages(EfxError):
+    """A shard-like file that holds no images (img2dataset's metadata Parquet files, a TFRecord
+    file of other data): refused when named, skipped with `note` when a folder walk found it."""
+
+    def __init__(self, message: str, note: str) -> None:
+        super().__init__(message)
+        self.note = note

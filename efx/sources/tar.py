@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
 from .streams import check_stop, open_stream, read_exactly
@@ -56,6 +57,8 @@ class _Scan:
         self.current: _Sample | None = None
         self.last = ""  # the last member whose header was read
         self.reading = ""  # the member whose bytes are being read
+        self.extensions: set[str] = set()  # of every member: to name them in an error
+        self.imaged = False  # some sample had an image member
 
     def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         check_stop()
@@ -64,6 +67,7 @@ class _Scan:
         if named is None or not info.isreg():
             return
         key, ext = named
+        self.extensions.add(ext)
         if self.current is None or key != self.current.key:
             self.end_sample()
             self.current = self.samples.get(key)
@@ -75,6 +79,7 @@ class _Scan:
         if not _is_image(ext, self.image_key):
             self.current.others.append(ext)
             return
+        self.imaged = True
         self.reading = info.name
         digest = _digest(tar, info)
         self.reading = ""
@@ -99,6 +104,12 @@ class _Scan:
 
     def inputs(self) -> list[Input]:
         self.end_sample()
+        if self.image_key and self.samples and not self.imaged:
+            found = ", ".join(sorted(self.extensions)) or "none"
+            raise EfxError(
+                f"{self.path}: no sample has a .{self.image_key} member (extensions in it: "
+                f"{found}). Received: --image-key {self.image_key}"
+            )
         for sample in self.samples.values():  # a key that came back: its first input says so
             if sample.places > 1:
                 inp = _sample_input(self.path, self.shard, sample, self.image_key)
@@ -163,9 +174,9 @@ def _sample_input(path: str, shard: Facts, sample: _Sample, image_key: str | Non
         )
         return Input(key, path, facts=shard, reason=reason)
     if not sample.images:
-        wanted = f"a .{image_key} member" if image_key else "an image member"
+        wanted = f".{image_key}" if image_key else " ".join(f".{e}" for e in IMAGE_EXTENSIONS)
         kinds = ", ".join(f".{ext}" for ext in sample.others) or "none"
-        reason = f"sample has no image: {wanted} was looked for (its members: {kinds})"
+        reason = f"sample has no image: no member {wanted} (its members: {kinds})"
         return Input(key, path, facts=shard, reason=reason)
     ext = min(
         sample.images, key=lambda e: IMAGE_EXTENSIONS.index(e.lower()) if not image_key else 0

@@ -24,7 +24,7 @@ from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import check_stop, open_stream, read_exactly
+from .streams import NotImages, check_stop, open_stream, read_exactly
 
 NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 
@@ -149,9 +149,10 @@ def image_feature(path: str, features: dict[str, list[bytes]], asked: str | None
     if len(images) == 1:
         return images[0]
     if not images:
-        raise EfxError(
+        raise NotImages(
             f"{path}: no feature of its first record holds an image file (bytes features: "
-            f"{names}): name the one that does with --image-key"
+            f"{names}): name the one that does with --image-key",
+            f"{path} has no feature holding an image file, its bytes features being {names}",
         )
     raise EfxError(
         f"{path}: several features hold images ({', '.join(images)}): choose one with --image-key"
@@ -162,7 +163,7 @@ def scan(path: str, shard: Facts, image_key: str | None) -> list[Input]:
     """The file's inputs, one per record in stored order, each with the SHA-256 of its image;
     damage fails by the file's name after the records before it."""
     found: list[Input] = []
-    feature = image_key
+    feature: str | None = None  # told (or --image-key checked) by the first record
     try:
         with open_stream(path) as stream:
             for number, (at, record) in enumerate(_records(stream)):
@@ -197,7 +198,7 @@ def _record_input(
     values = features.get(feature)
     if not values:
         others = ", ".join(sorted(features)) or "none"
-        reason = f"this record has no {feature!r} image (its bytes features: {others})"
+        reason = f"this record has no {feature!r} feature (its bytes features: {others})"
         return Input(key, path, facts=shard, reason=reason)
     digest = hashlib.sha256(values[0]).hexdigest()
     return Input(key, path, Member("tfrecord", at, size, feature), shard._replace(sha256=digest))
