@@ -4,8 +4,10 @@ A SOURCE is a folder (walked: efx.discover), a file, or `-` (a list on stdin). E
 image, or a shard holding many: a WebDataset tar (tar.py), a Parquet file (parquet.py) or a
 TFRecord file (tfrecord.py), told by content (`kind_of`), not by name. One reader per kind:
 `scan` lists a shard's inputs (in stored order, hashing each image: --update compares them),
-`read` gives the bytes of some of them again (ascending). `read_inputs` reads any inputs, of any
-kind, in order; the engines call it, and nothing else here.
+`read` gives the bytes of some of them again (ascending), `find` locates one by its name.
+For the planner: `list_inputs`; for the engines: `read_ahead` (the local one) and
+`read_inputs` (Ray workers), the bytes of any inputs in order; for pages and users: `locate`
+and `read_key`, a row's key back to its image.
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ class ShardOptions(NamedTuple):
 
     image_column: str | None = None  # Parquet: the column of image bytes
     image_key: str | None = None  # tar: the image member's extension; TFRecord: the feature
-
-
-def is_shard_name(name: str) -> bool:
-    return SHARD_NAME.search(name) is not None
 
 
 def kind_of(path: str) -> str | None:
