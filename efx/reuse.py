@@ -7,11 +7,15 @@ For every input, in row order, one of:
 - FAILED: a failure of an earlier output, for the same bytes (not retried unless asked);
 - SAME_AS: the same bytes as an earlier input of this run, which is embedded once;
 - EMBED: for the model (new, changed, or retried);
-- REFUSED: a failure known before anything is read: a path the format cannot store, or one
-  that is not a file (a named pipe, device or socket: never opened).
+- REFUSED: a failure known before decoding: a path the format cannot store, one that is not a
+  file (a named pipe, device or socket: never opened), or what listing a shard found (a sample
+  without an image, a null cell, a damaged tail: efx.sources).
 
-"Unchanged" means: the same path with the same size and modification time as the stored row
-(the fast path, no read), or, when those differ or `checksum` asks, the same SHA-256.
+"Unchanged" means: the same key with the same size and modification time as the stored row
+(the fast path, no read), or, when those differ or `checksum` asks, the same SHA-256. For an
+image inside a shard, the size and modification time are the shard's and the SHA-256 its own:
+an unchanged shard keeps all its rows unread (`kept_shards`), a changed one is matched image by
+image.
 """
 
 from __future__ import annotations
