@@ -316,9 +316,8 @@ def _not_a_shard(path: str, now: Facts) -> list[Input] | None:
         return None  # its reason is the decoder's: missing, permission denied ...
     if found in ("JPEG", "PNG", "GIF", "BMP", "WebP"):
         return None  # an image, whatever its name
-    what = {"p": "Parquet", "t": "tar"}.get(named.group(1)[0].lower(), "TFRecord")
-    if named.group(1).lower().startswith("tfrecord"):
-        what = "TFRecord"
+    suffix = named.group(1).lower()
+    what = "Parquet" if suffix == "parquet" else "TFRecord" if "tfrecord" in suffix else "tar"
     reason = f"named as a {what} shard, but it is neither a {what} file nor an image"
     return [Input(path, path, facts=now, reason=reason)]
 
