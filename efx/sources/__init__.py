@@ -28,7 +28,7 @@ from ..facts import Facts
 from ..files import open_input
 from ..inputs import Input, Member, loose
 from . import parquet, streams, tar, tfrecord
-from .streams import GZIP_MAGIC, NotImages
+from .streams import GZIP_MAGIC, NotImages, first_line
 
 READERS = {"tar": tar.read, "parquet": parquet.read, "tfrecord": tfrecord.read}
 SCAN_THREADS = max(2, min(8, os.cpu_count() or 2))
@@ -153,7 +153,7 @@ def _scan(
     except NotImages as error:
         return error
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        reason = f"not a readable Parquet file ({_first_line(error)})"
+        reason = f"not a readable Parquet file ({first_line(error)})"
         return [Input(path, path, facts=now, reason=reason)]
     return parquet.scan(path, now, field, key)
 
@@ -170,8 +170,9 @@ def read_ahead(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
     stop = threading.Event()
     started: list[queue.Queue[Any]] = []
 
-    def start(path: str, members: list[Member]) -> None:
+    def start(path: str | None, run: list[Input]) -> None:
         pipe: queue.Queue[Any] = queue.Queue(READ_AHEAD_ITEMS)
+        members = [inp.member for inp in run]
         threading.Thread(target=_fill, args=(pipe, path, members, stop), daemon=True).start()
         started.append(pipe)
 
@@ -202,34 +203,21 @@ def _fill(pipe: queue.Queue[Any], path: str, members: list[Member], stop: thread
                 continue
 
 
-def _runs(inputs: Sequence[Input]) -> Iterator[tuple[str, list[Member]]]:
-    """Runs of consecutive members of the same shard."""
-    at = 0
-    while at < len(inputs):
-        end = at
-        while end < len(inputs) and inputs[end].path == inputs[at].path:
-            end += 1
-        yield inputs[at].path, [inp.member for inp in inputs[at:end]]  # type: ignore[misc]
-        at = end
+def _runs(inputs: Sequence[Input]) -> Iterator[tuple[str | None, list[Input]]]:
+    """Runs of consecutive inputs in the same shard (its path), or of files (None)."""
+    for shard, run in itertools.groupby(inputs, lambda inp: inp.path if inp.member else None):
+        yield shard, list(run)
 
 
 def read_inputs(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
     """The bytes of each member input, in order (an exception where they cannot be read);
     b"" for a file of its own (its reader reads it). Each shard is opened once per run of
     consecutive inputs in it and read forwards."""
-    at = 0
-    while at < len(inputs):
-        first = inputs[at]
-        if first.member is None:
-            yield b""
-            at += 1
-            continue
-        end = at
-        while end < len(inputs) and inputs[end].path == first.path and inputs[end].member:
-            end += 1
-        members: list[Member] = [inp.member for inp in inputs[at:end]]  # type: ignore[misc]
-        yield from _read_run(first.path, members)
-        at = end
+    for shard, run in _runs(inputs):
+        if shard is None:
+            yield from (b"" for _ in run)
+        else:
+            yield from _read_run(shard, [inp.member for inp in run])  # type: ignore[misc]
 
 
 def _read_run(path: str, members: list[Member]) -> Iterator[bytes | BaseException]:
@@ -328,8 +316,4 @@ def read_reason(error: BaseException) -> str:
         from ..decode.reasons import os_reason
 
         return f"its shard cannot be read: {os_reason(error)}"
-    return f"its shard changed or is damaged since it was listed ({_first_line(error)})"
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
+    return f"its shard changed or is damaged since it was listed ({first_line(error)})"

@@ -19,7 +19,7 @@ from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import NotImages, check_stop
+from .streams import NotImages, check_stop, first_line
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
 INSTALL_HINT = "pip install 'efx[parquet]'"
@@ -164,7 +164,7 @@ def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[In
                     at += 1
         except (OSError, ValueError, EfxError) as error:
             lost = f"rows {row + at}-{row + size - 1}" if size - at > 1 else f"row {row + at}"
-            reason = f"Parquet row group {group} cannot be read ({_first_line(error)}): {lost} lost"
+            reason = f"Parquet row group {group} cannot be read ({first_line(error)}): {lost} lost"
             found.append(Input(path, path, facts=shard, reason=reason))
             keys.append((None, -1))
         row += size
@@ -239,10 +239,6 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
         else:
             if member is not None and member.at == group:
                 raise EOFError(f"row {member.size} of row group {group} is not in the file")
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def find(path: str, name: str, asked: str | None = None) -> Member | None:

@@ -21,6 +21,11 @@ class Stopped(BaseException):
     """A listing given up (Ctrl-C): not damage, so no reader's error handling catches it."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message, its first line only (pyarrow's run on for a page)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
 def check_stop() -> None:
     if STOP.is_set():
         raise Stopped
