@@ -699,7 +699,7 @@ def stream(
                         positions = np.arange(start + first, start + last)
                         writer.write(
                             [paths[p] for p in positions], embeddings[first:last],
-                            step.facts(positions),
+                            step.facts(positions), step.columns(positions, readers),
                         )  # fmt: skip
                         continue
                     for position in range(start + first, start + last):
@@ -812,6 +812,30 @@ class _Step:
         ok = np.ones(self.stop - self.start, bool)
         ok[[p - self.start for p in reasons]] = False
         return ok
+
+    def columns(
+        self, positions: np.ndarray, readers: dict[int, writers.RowReader]
+    ) -> dict[str, list[Any]]:
+        """The columns beyond the embedding and facts that Parquet outputs store: each row's
+        shard and dataset key, from its input; for rows an unchanged shard keeps unread, from
+        the earlier output's rows."""
+        pairs = [sources_.dataset_key(self.inputs[p]) for p in positions]
+        found: dict[str, list[Any]] = {"shard": [s for s, _ in pairs], "key": [k for _, k in pairs]}
+        work = self.work
+        unread = [
+            i
+            for i, p in enumerate(positions)
+            if self.inputs[p].member is None and self.inputs[p].key != self.inputs[p].path
+            and work.kind[p] == reuse.COPY and int(work.source[p]) in readers
+        ]  # fmt: skip
+        for number in {int(work.source[positions[i]]) for i in unread}:
+            mine = [i for i in unread if int(work.source[positions[i]]) == number]
+            copied = readers[number].columns([int(work.index[positions[i]]) for i in mine])
+            for name, values in copied.items():
+                column = found.setdefault(name, [None] * len(positions))
+                for i, value in zip(mine, values, strict=True):
+                    column[i] = value
+        return found
 
     def facts(self, positions: np.ndarray) -> list[Facts]:
         """Each row's file facts. A file the model read that changed since it was hashed is

@@ -111,12 +111,13 @@ def run() -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="efx", prog_name="efx")
 def main() -> None:
-    """efx: image folders in, one EfficientNet embedding per image out (HDF5, .npy shards, or
-    a stream on stdout).
+    """efx: image folders in, one EfficientNet embedding per image out (HDF5, Parquet, .npy
+    shards, or a stream on stdout).
 
     \b
     Quick start:
       efx extract photos/ embeddings.h5             # walk photos/, write HDF5
+      efx extract photos/ embeddings.parquet        # or Parquet (pandas, Polars, DuckDB)
       efx info embeddings.h5                        # what is inside
       efx similar embeddings.h5 photos/cat.jpg      # the images nearest one
       efx duplicates embeddings.h5 --html d.html    # near-duplicates, as a page
@@ -166,12 +167,13 @@ output_options = _options(
     click.option(
         "--format", type=click.Choice(FORMATS), default=None,
         help="Output format. Default: jsonl for OUTPUT - (stdout; or arrow), hdf5 if OUTPUT "
-        "ends in .h5/.hdf5, else npy.",
+        "ends in .h5/.hdf5, parquet (a folder of part-NNNNN.parquet files) if it ends in "
+        ".parquet, else npy.",
     ),
     click.option(
         "--shard-size", type=int, default=None, metavar="N",
-        help=f"Rows per .npy shard. Default: {DEFAULT_SHARD_SIZE}; --update and --resume keep "
-        "OUTPUT's own.",
+        help=f"Rows per .npy shard or Parquet file. Default: {DEFAULT_SHARD_SIZE}; --update and "
+        "--resume keep OUTPUT's own.",
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT."),
 )  # fmt: skip
@@ -319,9 +321,10 @@ def extract(
     WebDataset tar, a Parquet file with an image column, a TFRecord file of tf.train.Example:
     told by content; each image in it is a row named SHARD/KEY), or - to read such paths from
     stdin, one per line. OUTPUT ending
-    in .h5 or .hdf5 is an HDF5 file; - streams the rows to stdout as they are computed (JSON
-    Lines, or --format arrow with efx[arrow]; --json, --resume, --update, --shard and
-    --overwrite need a file); anything else is a folder of .npy shards.
+    in .h5 or .hdf5 is an HDF5 file; ending in .parquet, a folder of Parquet files that pandas,
+    Polars, DuckDB and Hugging Face datasets read as one table; - streams the rows to stdout as
+    they are computed (JSON Lines, or --format arrow with efx[arrow]; --json, --resume,
+    --update, --shard and --overwrite need a file); anything else is a folder of .npy shards.
 
     Images that cannot be read or decoded are recorded as failures with a reason, and the run
     goes on. An existing OUTPUT is never replaced without --overwrite.
@@ -477,7 +480,8 @@ def _report(summary: Any) -> None:
 @click.argument("output")
 @json_option
 def info(output: str, as_json: bool) -> None:
-    """Describe an efx OUTPUT (HDF5 file or .npy shard folder) without loading TensorFlow."""
+    """Describe an efx OUTPUT (HDF5 file, Parquet or .npy shard folder) without loading
+    TensorFlow."""
     from .api import info as describe
 
     details = describe(output)
@@ -681,8 +685,9 @@ def _sheet_and_warning(
 @quiet_option
 def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **options: Any) -> None:
     """Combine the outputs of `efx extract --shard I/N` runs into OUTPUT: the same rows in the
-    same order as one run over all the inputs. Parts may be HDF5 or .npy shards, in any order;
-    all N parts are needed, each finished, made with the same model and settings.
+    same order as one run over all the inputs. Parts may be HDF5, Parquet or .npy shards, in
+    any order, and OUTPUT any of the three; all N parts are needed, each finished, made with
+    the same model and settings.
 
     \b
     Example (4 machines, then one merge):
@@ -698,6 +703,42 @@ def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **opt
         click.echo(
             f"efx: merged {summary.parts} parts: {summary.embedded} embedded, "
             f"{summary.failed} failed -> {summary.output}",
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("source", metavar="OUTPUT")
+@click.argument("output", metavar="NEW_OUTPUT")
+@output_options
+@json_option
+@quiet_option
+def convert(source: str, output: str, as_json: bool, quiet: bool, **options: Any) -> None:
+    """Write a finished efx OUTPUT in another format as NEW_OUTPUT, without the model: the same
+    rows in the same order, embeddings bit for bit, file facts (--update keeps working),
+    failures and settings. The format is told by NEW_OUTPUT's name (.h5, .parquet, else .npy
+    shards) or --format.
+
+    \b
+    Examples:
+      efx convert embeddings.h5 embeddings.parquet   # for pandas, Polars, DuckDB, Spark
+      efx convert embeddings.parquet embeddings.h5   # and back
+    """
+    from .parts import convert as run_convert
+
+    summary = run_convert(source, output, **options)
+    if as_json:
+        _print(to_json(summary.to_dict()))
+    if summary.dropped:
+        click.echo(
+            f"efx: note: {summary.format} holds no columns beyond the embeddings: "
+            f"{', '.join(summary.dropped)} not written",
+            err=True,
+        )
+    if not quiet:
+        click.echo(
+            f"efx: converted {summary.embedded} rows and {summary.failed} failures -> "
+            f"{summary.output} ({summary.format})",
             err=True,
         )
 

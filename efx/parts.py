@@ -1,5 +1,6 @@
 """`efx merge`: the outputs of `--shard I/N` runs, combined into exactly the output of one run
-over all the inputs. Reads and writes through the writers only: no TensorFlow.
+over all the inputs; `efx convert`: one output written in another format. Reads and writes
+through the writers only: no TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from . import resume as resume_
 from . import writers
 from .config import DEFAULT_SHARD_SIZE, check_positive, parse_part
 from .errors import EfxError
+from .names import escape
 
 # What a merged output keeps of its parts' metadata (the rest is per part).
 _MERGED_ATTRS = (
@@ -34,6 +36,7 @@ _MERGED_ATTRS = (
     "inputs_total",
     "image_column",
     "image_key",
+    "keep_columns",
 )
 
 
@@ -77,13 +80,76 @@ def merge(
         )  # fmt: skip
     except OSError as error:
         raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
+    embedded, failed = _copy(ordered, writer, output)
+    return MergeSummary(output, fmt, len(ordered), embedded, failed)
+
+
+def convert(
+    source: str,
+    output: str,
+    *,
+    format: str | None = None,  # noqa: A002 - mirrors --format
+    shard_size: int | None = None,  # None: the source's own, else DEFAULT_SHARD_SIZE
+    overwrite: bool = False,
+) -> ConvertSummary:
+    """Write an output of one format (HDF5, .npy shards, Parquet) as another: the same rows,
+    embeddings bit for bit, file facts, failures and settings. No model. Columns only Parquet
+    holds (shard, key, kept source columns) are listed in `dropped` when OUTPUT cannot hold
+    them; a finished SOURCE only."""
+    fmt = writers.format_for(output, format)
+    if fmt in writers.STREAM_FORMATS:
+        raise EfxError(f"efx convert writes a file format: {', '.join(writers.FILE_FORMATS)}")
+    check_positive("--shard-size", shard_size)
+    if os.path.abspath(source) == os.path.abspath(output):
+        raise EfxError(f"OUTPUT {output} is SOURCE itself: name a new OUTPUT")
+    writers.check_output(output, fmt, overwrite)
+    described = writers.describe(source)
+    if not described.get("complete"):
+        raise EfxError(f"{source} is unfinished: finish it with efx extract --resume first")
+    state = writers.read_state(source)
+    for path in state["paths"] + state["failed"]:
+        if (why := writers.unstorable(fmt, path)) is not None:
+            raise EfxError(f"{fmt} cannot hold a row of {source}: {escape(path)}: {why}")
+    layout = ("output", "format", "count", "dtype", "failed", "failures", "complete", "shards")
+    attrs = {k: v for k, v in described.items() if k not in (*layout, "parts", "file_facts")}
+    dropped = [] if fmt == "parquet" else writers.columns_of(source)
+    if fmt != "parquet":
+        attrs.pop("keep_columns", None)
+    try:
+        writer = writers.open_writer(
+            fmt, output, attrs, inputs=state["paths"] + state["failed"],
+            shard_size=shard_size or int(state.get("shard_size") or DEFAULT_SHARD_SIZE),
+        )  # fmt: skip
+    except OSError as error:
+        raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
+    embedded, failed = _copy([source], writer, output)
+    return ConvertSummary(source, output, fmt, embedded, failed, dropped)
+
+
+@dataclass
+class ConvertSummary:
+    source: str
+    output: str
+    format: str
+    embedded: int
+    failed: int
+    dropped: list[str]  # columns OUTPUT's format cannot hold
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _copy(outputs: list[str], writer: writers.Writer, output: str) -> tuple[int, int]:
+    """Every row (with its facts and Parquet columns) and failure of `outputs`, in order, into
+    `writer`, then closed; left marked incomplete on any stop. Returns (rows, failures)."""
     embedded = failed = 0
     try:
-        for part in ordered:
+        for part in outputs:
             state = writers.read_state(part, facts=True)  # each file's facts go along
             start = 0
-            for paths, embeddings in writers.iter_rows(part):
-                writer.write(paths, embeddings, state["facts"][start : start + len(paths)])
+            for paths, embeddings, columns in writers.iter_table(part):
+                facts = state["facts"][start : start + len(paths)]
+                writer.write(paths, embeddings, facts, columns)
                 start += len(paths)
                 embedded += len(paths)
                 writer.flush()
@@ -101,7 +167,7 @@ def merge(
                 f"writing {output} failed: {error.strerror or error} (disk full?)"
             ) from error
         raise
-    return MergeSummary(output, fmt, len(ordered), embedded, failed)
+    return embedded, failed
 
 
 def _merged_attrs(described: list[dict[str, Any]]) -> dict[str, Any]:

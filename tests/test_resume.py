@@ -23,7 +23,7 @@ from efx import writers
 from efx.resume import done_prefix, select_part
 
 SIZE = 48
-OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
+OUTPUTS = {"hdf5": "out.h5", "npy": "out", "parquet": "out.parquet"}
 
 
 @pytest.fixture(scope="module")
@@ -346,14 +346,23 @@ class h5_marked_incomplete:  # noqa: N801 - used as a statement
         return None
 
 
-@pytest.mark.parametrize("formats", [("hdf5", "npy", "hdf5"), ("npy", "npy", "npy")])
-@pytest.mark.parametrize("merged_fmt", ["hdf5", "npy"])
+@pytest.mark.parametrize(
+    ("formats", "merged_fmt"),
+    [
+        (("hdf5", "npy", "hdf5"), "hdf5"),
+        (("hdf5", "npy", "hdf5"), "npy"),
+        (("npy", "npy", "npy"), "hdf5"),
+        (("npy", "npy", "npy"), "npy"),
+        (("parquet", "hdf5", "parquet"), "parquet"),
+        (("parquet", "npy", "parquet"), "hdf5"),
+    ],
+)
 def test_parts_merge_into_exactly_one_runs_output(
     formats, merged_fmt, photos, tiny_model, clean, tmp_path
 ):
     parts = []
     for index, fmt in enumerate(formats):
-        part = str(tmp_path / f"part{index}{'.h5' if fmt == 'hdf5' else ''}")
+        part = str(tmp_path / f"part{index}{ {'hdf5': '.h5', 'parquet': '.parquet'}.get(fmt, '') }")
         efx.extract(photos, part, model=tiny_model, image_size=SIZE, part=f"{index}/3")
         parts.append(part)
     sizes = [len(efx.load(part)[0]) for part in parts]

@@ -24,7 +24,7 @@ import efx
 from efx import reuse, writers
 
 SIZE = 48
-OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
+OUTPUTS = {"hdf5": "out.h5", "npy": "out", "parquet": "out.parquet"}
 HOUR_NS = 3600 * 10**9
 
 

@@ -22,7 +22,7 @@ ATTRS = {
     "created": "now",
     "tensorflow_version": "x",
 }
-OUTPUTS = {"hdf5": "out.h5", "npy": "out"}
+OUTPUTS = {"hdf5": "out.h5", "npy": "out", "parquet": "out.parquet"}
 
 
 @pytest.fixture(params=sorted(writers.FILE_FORMATS))  # streams: tests/test_stream.py
@@ -38,7 +38,7 @@ def rows(start: int, count: int) -> tuple[list[str], np.ndarray]:
 
 def test_rows_failures_and_metadata_round_trip(fmt, tmp_path):
     output = str(tmp_path / OUTPUTS[fmt])
-    options = {"shard_size": 3} if fmt == "npy" else {}
+    options = {"shard_size": 3} if fmt != "hdf5" else {}
     writer = writers.open_writer(fmt, output, ATTRS, **options)
     for start, count in [(0, 2), (2, 4), (6, 1)]:
         writer.write(*rows(start, count))
@@ -67,7 +67,7 @@ def test_file_facts_round_trip_through_writes_failures_and_resume(fmt, tmp_path)
     """Each row and failure keeps its file's size, mtime and SHA-256 (what --update compares),
     also across a --resume that cuts a batch short; an output's RowReader takes chosen rows."""
     output = str(tmp_path / OUTPUTS[fmt])
-    options = {"shard_size": 3} if fmt == "npy" else {}
+    options = {"shard_size": 3} if fmt != "hdf5" else {}
     writer = writers.open_writer(fmt, output, ATTRS, **options)
     writer.write(*rows(0, 4), facts_of(0, 4))
     writer.fail("bad.jpg", "empty file", Facts(0, 5, ""))
@@ -106,7 +106,11 @@ def test_empty_output_reads_as_zero_rows(fmt, tmp_path):
 def test_path_with_a_newline_is_rejected_only_where_it_cannot_be_stored():
     assert writers.unstorable("npy", "a\nb.jpg") is not None
     assert writers.unstorable("hdf5", "a\nb.jpg") is None
+    assert writers.unstorable("parquet", "a\nb.jpg") is None
     assert writers.unstorable("npy", "a b.jpg") is None
+    not_utf8 = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")  # how Python names such a file
+    assert writers.unstorable("parquet", not_utf8) is not None
+    assert writers.unstorable("hdf5", not_utf8) is None
 
 
 def test_format_is_guessed_from_the_output_name():
@@ -114,6 +118,9 @@ def test_format_is_guessed_from_the_output_name():
     assert writers.format_for("x.HDF5") == "hdf5"
     assert writers.format_for("shards/") == "npy"
     assert writers.format_for("x.h5", "npy") == "npy"
+    assert writers.format_for("x.parquet") == "parquet"
+    assert writers.format_for("x.parquet/") == "parquet"
+    assert writers.format_for("x", "parquet") == "parquet"
 
 
 # A writer in its own process: appends one row (and every third time a failure) per flush,
@@ -123,7 +130,7 @@ import sys, numpy as np
 from efx import writers
 from efx.facts import UNKNOWN, Facts
 fmt, output, keep = sys.argv[1:4]
-options = {"shard_size": 7} if fmt == "npy" else {}
+options = {"shard_size": 7} if fmt != "hdf5" else {}
 if keep != "new":
     options["keep"] = tuple(map(int, keep.split(",")))
 writer = writers.open_writer(fmt, output, {"model": "m", "feature_dim": 5}, **options)

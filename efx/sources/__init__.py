@@ -254,6 +254,21 @@ def shard_of(key: str) -> tuple[str, str] | None:
     return None
 
 
+def dataset_key(inp: Input) -> tuple[str | None, str | None]:
+    """(shard, the dataset's own key) of an image read from a shard: a WebDataset sample's
+    `__key__` (the member's name without its extension, as webdataset's base_plus_ext cuts it),
+    a Parquet source's key column value or row number, a TFRecord's record number. (None, None)
+    for a file of its own, or a row whose member is not known here (one an unchanged shard
+    keeps: its earlier output has them)."""
+    if inp.member is None:
+        return None, None
+    name = inp.key[len(inp.path) + 1 :]
+    if inp.member.kind == "tar":
+        found = tar.KEY_EXT.match(name)
+        name = found.group(1) if found else name
+    return inp.path, name
+
+
 def exists(key: str) -> bool:
     """Whether an output's row name still points at something: a file, or a shard's file."""
     return os.path.exists(key) or shard_of(key) is not None

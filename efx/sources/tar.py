@@ -28,13 +28,13 @@ from .streams import check_stop, open_stream, read_exactly
 
 # In this order of preference when a sample has several (case-insensitive).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "jpe")
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 def split_name(name: str) -> tuple[str, str] | None:
     """A member name -> (sample key, extension), or None for a name without an extension."""
-    found = _KEY_EXT.match(name)
+    found = KEY_EXT.match(name)
     return (found.group(1), found.group(2)) if found else None
 
 

@@ -21,7 +21,7 @@ TensorFlow nor anything slow.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,24 +29,29 @@ import numpy as np
 from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from ..facts import Facts
-from . import hdf5, npy, stream
+from . import hdf5, npy, parquet, stream
 from .stream import STDOUT
 
 WRITERS = {
     "hdf5": hdf5.Hdf5Writer,
     "npy": npy.NpyWriter,
+    "parquet": parquet.ParquetWriter,
     "jsonl": stream.JsonLinesWriter,
     "arrow": stream.ArrowStreamWriter,
 }
 FORMATS = tuple(WRITERS)
-FILE_FORMATS = ("hdf5", "npy")  # an OUTPUT on disk
+FILE_FORMATS = ("hdf5", "npy", "parquet")  # an OUTPUT on disk
 STREAM_FORMATS = ("jsonl", "arrow")  # OUTPUT - (stdout)
-_MODULES = {"hdf5": hdf5, "npy": npy}
+_MODULES: dict[str, Any] = {"hdf5": hdf5, "npy": npy, "parquet": parquet}
 
 
 class Writer(Protocol):
     def write(
-        self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
+        self,
+        paths: list[str],
+        embeddings: np.ndarray,
+        facts: Sequence[Facts] | None = None,
+        columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None: ...
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None: ...
     def flush(self, sync: bool = False) -> None: ...
@@ -56,7 +61,8 @@ class Writer(Protocol):
 
 def format_for(output: str, override: str | None = None) -> str:
     """The output format: --format if given, else for OUTPUT - JSON Lines, for .h5/.hdf5 paths
-    HDF5, else .npy shards. A file format for -, or a stream format for a file, is refused."""
+    HDF5, for .parquet a folder of Parquet files, else .npy shards. A file format for -, or a
+    stream format for a file, is refused."""
     if override and override not in WRITERS:
         raise EfxError(f"--format must be one of {', '.join(FORMATS)}. Received: {override!r}")
     if output == STDOUT:
@@ -73,7 +79,9 @@ def format_for(output: str, override: str | None = None) -> str:
         )
     if override:
         return override
-    return "hdf5" if output.lower().endswith((".h5", ".hdf5")) else "npy"
+    if output.lower().endswith((".h5", ".hdf5")):
+        return "hdf5"
+    return "parquet" if output.lower().rstrip("/").endswith(".parquet") else "npy"
 
 
 def check_output(output: str, fmt: str, overwrite: bool) -> None:
@@ -112,6 +120,7 @@ def read_state(output: str, facts: bool = False) -> dict[str, Any]:
 
 class RowReader(Protocol):
     def take(self, indices: np.ndarray) -> np.ndarray: ...
+    def columns(self, indices: list[int]) -> dict[str, list[Any]]: ...
     def close(self) -> None: ...
 
 
@@ -119,6 +128,26 @@ def open_rows(output: str) -> RowReader:
     """A reader of chosen rows' embeddings, kept open between reads."""
     reader: RowReader = _MODULES[detect_format(output)].RowReader(output)
     return reader
+
+
+def iter_table(
+    output: str, block: int = 10_000
+) -> Iterator[tuple[list[str], np.ndarray, dict[str, list[Any]]]]:
+    """(paths, embeddings, other columns) blocks in row order: the other columns are those only
+    Parquet outputs hold (`shard`, `key`, columns kept from the sources; none for the others)."""
+    if detect_format(output) == "parquet":
+        yield from parquet.iter_table(output)
+        return
+    for paths, embeddings in iter_rows(output, block):
+        yield paths, embeddings, {}
+
+
+def columns_of(output: str) -> list[str]:
+    """The columns a Parquet output holds beyond path, embedding and the file facts."""
+    if detect_format(output) != "parquet":
+        return []
+    attrs = parquet.describe(output)
+    return [*parquet.SOURCE_COLUMNS, *(name for name, _ in attrs.get("keep_columns") or [])]
 
 
 def iter_rows(output: str, block: int = 10_000) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -160,11 +189,19 @@ def detect_format(output: str) -> str:
     if os.path.isdir(output):
         if os.path.isfile(os.path.join(output, npy.MANIFEST)):
             return "npy"
-        raise EfxError(f"not an efx output: folder {output} has no {npy.MANIFEST}")
+        if parquet.is_output(output):
+            return "parquet"
+        raise EfxError(
+            f"not an efx output: folder {output} has neither {npy.MANIFEST} (.npy shards) nor "
+            f"{parquet.MANIFEST} (Parquet)"
+        )
     if os.path.isfile(output):
         if hdf5.is_hdf5(output):
             return "hdf5"
-        raise EfxError(f"not an efx output: {output} is neither HDF5 nor a folder of .npy shards")
+        raise EfxError(
+            f"not an efx output: {output} is a file but not HDF5 (.npy shards and Parquet "
+            "outputs are folders)"
+        )
     raise EfxError(f"output not found: {output}")
 
 

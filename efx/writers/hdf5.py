@@ -10,7 +10,7 @@ import os
 import re
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import h5py
@@ -159,7 +159,11 @@ class Hdf5Writer:
         self._failed_errors = self._file["failures/errors"]
 
     def write(
-        self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
+        self,
+        paths: list[str],
+        embeddings: np.ndarray,
+        facts: Sequence[Facts] | None = None,
+        columns: Mapping[str, Sequence[Any]] | None = None,  # Parquet's only
     ) -> None:
         encoded = _encode(paths, self._paths)
         _ensure_room(self._output, embeddings.nbytes + encoded.nbytes + 80 * len(paths))
@@ -477,6 +481,9 @@ class RowReader:
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         return _take(lambda start, stop: self._data[start:stop], self._data, indices)
+
+    def columns(self, indices: list[int]) -> dict[str, list[Any]]:
+        return {}  # only Parquet outputs hold columns beyond the embeddings and facts
 
     def close(self) -> None:
         self._file.close()

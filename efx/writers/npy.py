@@ -9,7 +9,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -122,7 +122,11 @@ class NpyWriter:
         self._write_manifest(complete=False)
 
     def write(
-        self, paths: list[str], embeddings: np.ndarray, facts: Sequence[Facts] | None = None
+        self,
+        paths: list[str],
+        embeddings: np.ndarray,
+        facts: Sequence[Facts] | None = None,
+        columns: Mapping[str, Sequence[Any]] | None = None,  # Parquet's only
     ) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype="<f4")
         facts = facts or [UNKNOWN] * len(paths)
@@ -398,6 +402,9 @@ class RowReader:
                 picked = np.zeros((len(indices), block.shape[1]), np.float32)
             picked[inside] = block
         return picked if picked is not None else np.zeros((0, 0), np.float32)
+
+    def columns(self, indices: list[int]) -> dict[str, list[Any]]:
+        return {}  # only Parquet outputs hold columns beyond the embeddings and facts
 
     def close(self) -> None:
         self._maps.clear()
