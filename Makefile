@@ -14,7 +14,7 @@ install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,arrow]"
+	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,arrow,parquet]"
 	touch $(STAMP)
 
 browser:  ## Chromium (contact-sheet tests) and jq (README recipes): Debian's packages; needs root

@@ -17,7 +17,7 @@ from conftest import SAMPLES, assert_user_error, run_cli, run_efx
 import efx
 from efx import writers
 
-OUTPUTS = {"hdf5": "out.h5", "npy": "shards"}
+OUTPUTS = {"hdf5": "out.h5", "npy": "shards", "parquet": "out.parquet"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

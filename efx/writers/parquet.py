@@ -39,7 +39,7 @@ from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from ..facts import UNKNOWN, Facts
 from ..files import replace, write_atomically
-from ..names import to_json
+from ..names import readable, to_json
 
 META = "_efx"
 MANIFEST = f"{META}/manifest.json"
@@ -425,7 +425,8 @@ def _failures_table(records: list[dict[str, Any]]) -> Any:
     facts = [_failure_facts(record) for record in records]
     return pa.table(
         [
-            pa.array([r["path"] for r in records], pa.string()),
+            # A name that is not UTF-8 (it can only fail here) with its bytes escaped.
+            pa.array([readable(r["path"]) for r in records], pa.string()),
             pa.array([r["error"] for r in records], pa.string()),
             *_fact_arrays(pa, facts),
         ],
