@@ -243,6 +243,11 @@ def plan_run(
     sources = [sources] if isinstance(sources, str) else list(sources)
     check_sources(sources)
     fmt = writers.format_for(output, settings.format)
+    if settings.keep_columns and fmt != "parquet":
+        raise EfxError(
+            "--keep-columns carries source columns into a Parquet output (OUTPUT ending in "
+            f".parquet, or --format parquet). Received: OUTPUT {output} ({fmt})"
+        )
     state = None
     if settings.resume or settings.update:
         state = _existing_state(output, fmt, "update" if settings.update else "resume")
@@ -272,6 +277,7 @@ def plan_run(
         )
     if not inputs and count == 1:  # (a part of a few large shards may well be empty)
         raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
+    _check_kept_columns(plan.shard_options.keep_columns, inputs)
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
     if settings.resume and state is not None:
         done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
@@ -296,6 +302,26 @@ _NOTHING_HERE = (
 )
 
 
+def _check_kept_columns(names: tuple[str, ...], inputs: list[Input]) -> None:
+    """--keep-columns names what the shards read in this run hold (a typo would give a column
+    of nulls)."""
+    read = [inp for inp in inputs if inp.member is not None]
+    if not names or any(inp.kept for inp in inputs):
+        return  # an update keeping unread shards: the output it updates was checked
+    if not read:
+        raise EfxError(
+            "--keep-columns carries columns of shards (WebDataset tar, Parquet, TFRecord) into "
+            f"the output: these sources hold only image files. Received: {', '.join(names)}"
+        )
+    missing = [n for n in names if not any(inp.columns and n in inp.columns for inp in read)]
+    if missing:
+        raise EfxError(
+            f"--keep-columns: no sample in the shards has {', '.join(missing)} (a Parquet "
+            "shard's columns, a WebDataset sample's member extensions such as txt or json, a "
+            f"TFRecord's bytes features). Received: {', '.join(names)}"
+        )
+
+
 def _shard_options(settings: Settings, state: dict[str, Any] | None) -> sources_.ShardOptions:
     """What decides a shard's image: as asked, else as the output to continue records (as
     --image-size is)."""
@@ -303,6 +329,7 @@ def _shard_options(settings: Settings, state: dict[str, Any] | None) -> sources_
     return sources_.ShardOptions(
         settings.image_column or stored.get("image_column"),
         settings.image_key or stored.get("image_key"),
+        settings.keep_columns or tuple(stored.get("keep_columns") or ()),
     )
 
 
@@ -545,8 +572,13 @@ def _planned_attrs(plan: Plan, settings: Settings) -> dict[str, Any]:
         "inputs_total": plan.inputs_total,
         "part_inputs": len(plan.paths),
         "image_size": settings.image_size,
-        # Which part of a shard's samples is the image: recorded only when asked for.
-        **{k: v for k, v in plan.shard_options._asdict().items() if v},
+        # Which part of a shard's samples is the image, and the source columns kept: recorded
+        # only when asked for.
+        **{
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in plan.shard_options._asdict().items()
+            if v
+        },
     }
 
 
@@ -569,6 +601,8 @@ def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> dict[s
     }
     if settings.update:
         attrs["updated"] = now
+    if plan.shard_options.keep_columns:
+        attrs["keep_column_types"] = _column_types(plan, earlier)
     if loaded is None:
         return {**attrs, **{key: earlier[key] for key in _MODEL_ATTRS if key in earlier}}
     return {
@@ -583,6 +617,28 @@ def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> dict[s
         "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
         "engine": settings.engine,
     }
+
+
+def _column_types(plan: Plan, earlier: dict[str, Any]) -> list[str]:
+    """The Arrow type of each kept column (efx.writers.parquet.schema): as the output this run
+    continues or updates has it, else that of the first value the sources hold."""
+    names = plan.shard_options.keep_columns
+    names_before = earlier.get("keep_columns") or []
+    before = dict(zip(names_before, earlier.get("keep_column_types") or [], strict=False))
+    types = []
+    for name in names:
+        kind = before.get(name)
+        if kind is None:
+            value = next(
+                (c[name] for inp in plan.inputs if (c := inp.columns) and c.get(name) is not None),
+                None,
+            )
+            kind = _ARROW_TYPES.get(type(value), "string")
+        types.append(kind)
+    return types
+
+
+_ARROW_TYPES = {str: "string", bool: "bool", int: "int64", float: "double", bytes: "binary"}
 
 
 def _earlier_attrs(plan: Plan) -> dict[str, Any]:
@@ -821,6 +877,9 @@ class _Step:
         the earlier output's rows."""
         pairs = [sources_.dataset_key(self.inputs[p]) for p in positions]
         found: dict[str, list[Any]] = {"shard": [s for s, _ in pairs], "key": [k for _, k in pairs]}
+        kept = [self.inputs[p].columns or {} for p in positions]
+        for name in {name for values in kept for name in values}:
+            found[name] = [values.get(name) for values in kept]
         work = self.work
         unread = [
             i

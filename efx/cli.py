@@ -294,6 +294,14 @@ verbose_option = click.option(
     "(e.g. image/encoded; default: the only one that holds image files).",
 )
 @click.option(
+    "--keep-columns",
+    default=None,
+    metavar="NAMES",
+    help="Parquet output: carry these source columns into it, beside each embedding (comma-"
+    "separated): a Parquet shard's columns (caption,url), a WebDataset sample's members by "
+    "extension (txt,json: their text), a TFRecord's bytes features (as text).",
+)
+@click.option(
     "-0",
     "--null",
     is_flag=True,

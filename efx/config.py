@@ -12,6 +12,7 @@ and the stage that reads it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import EfxError
@@ -58,6 +59,27 @@ class DecodeOptions:
         check_positive("--max-pixels", self.max_pixels)
 
 
+# The columns a Parquet output holds of its own: --keep-columns cannot name them.
+OWN_COLUMNS = ("path", "embedding", "size", "mtime_ns", "sha256", "shard", "key")
+
+
+def parse_columns(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """--keep-columns: "caption,url" (or names) -> ("caption", "url"); None if none given."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise EfxError(f"--keep-columns takes names separated by commas. Received: {value!r}")
+    taken = [name for name in names if name in OWN_COLUMNS]
+    if taken:
+        raise EfxError(
+            f"--keep-columns: {', '.join(taken)} is one of the output's own columns "
+            f"({', '.join(OWN_COLUMNS)}): efx writes it itself. Received: {value!r}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every option of `efx extract` that decides what is computed and where it is written.
@@ -87,8 +109,11 @@ class Settings:
     null: bool = False  # stdin paths are NUL-separated
     image_column: str | None = None  # Parquet shards: the column of image bytes
     image_key: str | None = None  # tar shards: the image member's extension; TFRecord: feature
+    # Source columns carried into a Parquet output ("caption,url" or a sequence of names).
+    keep_columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_columns", parse_columns(self.keep_columns))
         check_positive("--batch-size", self.batch_size)
         check_positive("--image-size", self.image_size, MAX_IMAGE_SIZE)
         check_positive("--shard-size", self.shard_size)

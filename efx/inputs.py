@@ -7,7 +7,7 @@ A reader of a new kind of source yields `Input`s; nothing downstream knows what 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .facts import Facts
 
@@ -36,7 +36,8 @@ class Input(NamedTuple):
     time with the SHA-256 of the member's own bytes. `reason` says why it can never be embedded
     when that is known before decoding (a WebDataset sample without an image, a null cell, a
     truncated shard). `kept` is the stored row (source, is a failure, index) it keeps when its
-    shard is unchanged since an earlier output: such an input is never read.
+    shard is unchanged since an earlier output: such an input is never read. `columns` are the
+    sample's values of the source columns asked for with --keep-columns (Parquet output).
     """
 
     key: str
@@ -45,6 +46,7 @@ class Input(NamedTuple):
     facts: Facts | None = None
     reason: str | None = None
     kept: tuple[int, bool, int] | None = None
+    columns: dict[str, Any] | None = None
 
 
 def loose(path: str) -> Input:

@@ -37,6 +37,7 @@ _MERGED_ATTRS = (
     "image_column",
     "image_key",
     "keep_columns",
+    "keep_column_types",
 )
 
 
@@ -115,6 +116,7 @@ def convert(
     dropped = [] if fmt == "parquet" else writers.columns_of(source)
     if fmt != "parquet":
         attrs.pop("keep_columns", None)
+        attrs.pop("keep_column_types", None)
     try:
         writer = writers.open_writer(
             fmt, output, attrs, inputs=state["paths"] + state["failed"],
@@ -199,7 +201,7 @@ def _check_parts(
         differences = resume_.mismatches(
             described[parts[0]],
             info,
-            [*resume_.SETTINGS, "inputs_total", "image_column", "image_key"],
+            [*resume_.SETTINGS, "inputs_total", "image_column", "image_key", "keep_columns"],
         )
         if differences:
             raise EfxError(

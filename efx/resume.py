@@ -63,6 +63,7 @@ def before_keys(wanted: dict[str, Any], update: bool = False) -> list[str]:
     """The settings asked for that must match what an earlier run asked for (see
     check_settings); "precision_requested" where the earlier output records it."""
     keys = ["model_handle", "resize", "exif_orientation", "part", "image_column", "image_key"]
+    keys.append("keep_columns")
     if wanted["part"] != "0/1" and not update:
         keys.append("inputs_total")
     if wanted.get("image_size"):

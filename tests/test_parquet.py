@@ -274,3 +274,56 @@ def test_update_keeps_an_unchanged_shards_columns_without_reading_it(
     after = ds.dataset(output).to_table()
     assert after.slice(0, 3) == before.slice(0, 3)  # shard 0 kept: its key column too
     assert after.column("key").to_pylist() == [f"{i:09d}" for i in range(6)]
+
+
+def test_keep_columns_carries_captions_from_each_kind_of_shard_through_resume_and_update(
+    dataset,  # noqa: F811
+    tiny_model,
+    tmp_path,
+):
+    """A Parquet source's caption (and an int column, typed as such), a WebDataset sample's
+    .txt and .json, a TFRecord's bytes feature: beside each embedding, in one table."""
+    hf = pa.table(
+        {
+            "jpg": pa.array([photo(40 + i) for i in range(3)], pa.binary()),
+            "caption": ["a", None, "c"],
+            "width": [160, 161, 162],
+        }
+    )
+    pq.write_table(hf, tmp_path / "hf.parquet")
+    sources = [str(tmp_path / "hf.parquet"), dataset["webdataset"]]
+    output = str(tmp_path / "out.parquet")
+    keep = "caption,width,txt,json"
+    efx.extract(sources, output, model=tiny_model, image_size=SIZE, keep_columns=keep)
+    table = ds.dataset(output).to_table()
+    assert table.schema.field("width").type == pa.int64()
+    rows = table.to_pylist()
+    assert [r["caption"] for r in rows[:3]] == ["a", None, "c"]
+    assert [r["width"] for r in rows[:3]] == [160, 161, 162] and rows[3]["width"] is None
+    assert rows[3]["txt"] == "caption 0" and json.loads(rows[3]["json"])["key"] == "000000000"
+    assert rows[0]["txt"] is None
+    # Another kind, and the CLI: TFRecord bytes features; typos and other formats refused.
+    tf_output = str(tmp_path / "tf.parquet")
+    result = run_efx("extract", dataset["tfrecord"], tf_output, "-m", tiny_model,
+                     "--image-size", str(SIZE), "--keep-columns", "text", "-q")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert set(ds.dataset(tf_output).to_table().column("text").to_pylist()) == {"a cat"}
+    typo = run_efx("extract", *sources, str(tmp_path / "t.parquet"), "-m", tiny_model,
+                   "--keep-columns", "captoin")  # fmt: skip
+    assert_user_error(typo, "--keep-columns: no sample in the shards has captoin")
+    h5 = run_efx("extract", *sources, str(tmp_path / "t.h5"), "--keep-columns", "caption")
+    assert_user_error(h5, "--keep-columns carries source columns into a Parquet output")
+    own = run_efx("extract", *sources, str(tmp_path / "t.parquet"), "--keep-columns", "key")
+    assert_user_error(own, "--keep-columns: key is one of the output's own columns")
+
+    # --update keeps them for rows it copies (the tars, unchanged) and reads them for new rows;
+    # another --keep-columns is refused as another setting.
+    pq.write_table(hf.slice(0, 2), tmp_path / "hf.parquet")
+    summary = efx.extract(sources, output, model=tiny_model, image_size=SIZE, update=True)
+    assert summary.computed == 0
+    again = ds.dataset(output).to_table()
+    assert again.slice(2) == table.slice(3)  # the tar rows, columns and all
+    assert again.column("caption").to_pylist()[:2] == ["a", None]
+    with pytest.raises(efx.EfxError, match="keep_columns"):
+        efx.extract(sources, output, model=tiny_model, image_size=SIZE, update=True,
+                    keep_columns="txt")  # fmt: skip

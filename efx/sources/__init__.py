@@ -39,6 +39,9 @@ class ShardOptions(NamedTuple):
 
     image_column: str | None = None  # Parquet: the column of image bytes
     image_key: str | None = None  # tar: the image member's extension; TFRecord: the feature
+    # Source columns carried into a Parquet output: a Parquet shard's columns, a WebDataset
+    # sample's members by extension (txt, json), a TFRecord's bytes features (as text).
+    keep_columns: tuple[str, ...] = ()
 
 
 def kind_of(path: str) -> str | None:
@@ -140,10 +143,10 @@ def _scan(
         return unchanged
     kind = kind_of(path)
     if kind == "tar":
-        return tar.scan(path, now, options.image_key)
+        return tar.scan(path, now, options.image_key, options.keep_columns)
     if kind == "tfrecord":
         try:
-            return tfrecord.scan(path, now, options.image_key)
+            return tfrecord.scan(path, now, options.image_key, options.keep_columns)
         except NotImages as error:
             return error
     if kind is None:
@@ -155,7 +158,7 @@ def _scan(
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         reason = f"not a readable Parquet file ({first_line(error)})"
         return [Input(path, path, facts=now, reason=reason)]
-    return parquet.scan(path, now, field, key)
+    return parquet.scan(path, now, field, key, options.keep_columns)
 
 
 READ_AHEAD_RUNS = 3  # shards read at once, each by a thread of its own

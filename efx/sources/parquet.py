@@ -142,13 +142,19 @@ def layout(path: str, asked: str | None) -> tuple[str, str | None]:
     return field, key
 
 
-def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[Input]:
-    """The file's inputs, one per row in stored order, each with the SHA-256 of its image.
-    Damage (a row group that cannot be read) fails by the file's name; other row groups go on."""
+def scan(
+    path: str, shard: Facts, field: str, key_column: str | None, keep: Sequence[str] = ()
+) -> list[Input]:
+    """The file's inputs, one per row in stored order, each with the SHA-256 of its image and
+    its values of the columns in `keep` (those the file has). Damage (a row group that cannot
+    be read) fails by the file's name; other row groups go on."""
     found: list[Input] = []
     keys: list[tuple[str | None, int]] = []  # (key column's value, row number)
     parquet = _open(path)
-    columns = [field.split(".")[0]] + ([key_column] if key_column else [])
+    kept = [name for name in keep if name in parquet.schema_arrow.names]
+    columns = list(
+        dict.fromkeys([field.split(".")[0], *([key_column] if key_column else []), *kept])
+    )
     row = 0
     for group in range(parquet.metadata.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
@@ -158,8 +164,16 @@ def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[In
                 check_stop()
                 names = batch.column(key_column).to_pylist() if key_column else [None] * len(batch)
                 stored = _stored_paths(batch, field)
-                for value, name, where in zip(_values(batch, field), names, stored, strict=True):
-                    found.append(_row_input(path, shard, field, group, at, value, where))
+                values = [_plain(batch.column(name).to_pylist()) for name in kept]
+                for i, (value, name, where) in enumerate(
+                    zip(_values(batch, field), names, stored, strict=True)
+                ):
+                    inp = _row_input(path, shard, field, group, at, value, where)
+                    if kept:
+                        inp = inp._replace(
+                            columns={n: v[i] for n, v in zip(kept, values, strict=True)}
+                        )
+                    found.append(inp)
                     keys.append((name, row + at))
                     at += 1
         except (OSError, ValueError, EfxError) as error:
@@ -169,6 +183,13 @@ def scan(path: str, shard: Facts, field: str, key_column: str | None) -> list[In
             keys.append((None, -1))
         row += size
     return _named(found, keys, path)
+
+
+def _plain(values: list[Any]) -> list[Any]:
+    """A kept column's values as Parquet stores scalars; lists and structs as JSON text."""
+    import json
+
+    return [json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in values]
 
 
 def _stored_paths(batch: Any, field: str) -> list[str | None]:

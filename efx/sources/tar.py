@@ -30,6 +30,7 @@ from .streams import check_stop, open_stream, read_exactly
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "jpe")
 KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
+KEPT_TEXT_BYTES = 1 << 20  # of a member kept as a column (--keep-columns)
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -44,14 +45,17 @@ class _Sample:
     start: int  # the position of its input in the shard's list
     images: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # ext -> ...
     others: list[str] = field(default_factory=list)  # extensions of members that are not images
+    columns: dict[str, str] = field(default_factory=dict)  # kept members' text, by extension
     places: int = 1  # > 1: the key came back after other samples (not contiguous)
 
 
 class _Scan:
     """One pass over a shard: members grouped into samples, in stored order."""
 
-    def __init__(self, path: str, shard: Facts, image_key: str | None) -> None:
-        self.path, self.shard, self.image_key = path, shard, image_key
+    def __init__(
+        self, path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = ()
+    ) -> None:
+        self.path, self.shard, self.image_key, self.keep = path, shard, image_key, keep
         self.found: list[Input] = []
         self.samples: dict[str, _Sample] = {}  # every key seen: one seen again is not contiguous
         self.current: _Sample | None = None
@@ -78,6 +82,8 @@ class _Scan:
                 self.found.append(Input(f"{self.path}/{key}", self.path))  # set when it ends
         if not _is_image(ext, self.image_key):
             self.current.others.append(ext)
+            if ext in self.keep:
+                self.current.columns[ext] = _text(tar, info)
             return
         self.imaged = True
         self.reading = info.name
@@ -88,8 +94,11 @@ class _Scan:
     def end_sample(self) -> None:
         if self.current is not None:
             sample = self.current
-            self.found[sample.start] = _sample_input(self.path, self.shard, sample, self.image_key)
-            sample.images, sample.others = {}, []  # only its key and place are kept
+            inp = _sample_input(self.path, self.shard, sample, self.image_key)
+            if self.keep and inp.member is not None:
+                inp = inp._replace(columns=sample.columns)
+            self.found[sample.start] = inp
+            sample.images, sample.others, sample.columns = {}, [], {}  # key and place kept
             self.current = None
 
     def damaged(self, error: BaseException) -> None:
@@ -117,13 +126,14 @@ class _Scan:
         return self.found
 
 
-def scan(path: str, shard: Facts, image_key: str | None) -> list[Input]:
-    """The shard's inputs, one per sample in stored order, each with the SHA-256 of its image.
+def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = ()) -> list[Input]:
+    """The shard's inputs, one per sample in stored order, each with the SHA-256 of its image
+    and the text of its members whose extension is in `keep` (a caption's .txt, a .json).
 
     Never raises for damage: a corrupt or truncated shard gives the samples before the damage
     and one failure naming what is lost.
     """
-    state = _Scan(path, shard, image_key)
+    state = _Scan(path, shard, image_key, keep)
     try:
         with open_stream(path) as stream:
             tail = _Tail(stream)
@@ -157,6 +167,13 @@ def _digest(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
     if left:
         raise tarfile.ReadError("unexpected end of data")
     return digest.hexdigest()
+
+
+def _text(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
+    """A kept member's bytes as text (UTF-8; undecodable bytes replaced), at most 1 MiB."""
+    file = tar.extractfile(info)
+    assert file is not None  # a regular file
+    return file.read(min(info.size, KEPT_TEXT_BYTES)).decode("utf-8", "replace")
 
 
 def _is_image(ext: str, image_key: str | None) -> bool:

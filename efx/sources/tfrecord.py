@@ -159,9 +159,10 @@ def image_feature(path: str, features: dict[str, list[bytes]], asked: str | None
     )
 
 
-def scan(path: str, shard: Facts, image_key: str | None) -> list[Input]:
-    """The file's inputs, one per record in stored order, each with the SHA-256 of its image;
-    damage fails by the file's name after the records before it."""
+def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = ()) -> list[Input]:
+    """The file's inputs, one per record in stored order, each with the SHA-256 of its image
+    and, for each bytes feature named in `keep`, its first value as text (UTF-8); damage fails
+    by the file's name after the records before it."""
     found: list[Input] = []
     feature: str | None = None  # told (or --image-key checked) by the first record
     try:
@@ -176,13 +177,22 @@ def scan(path: str, shard: Facts, image_key: str | None) -> list[Input]:
                     continue
                 if feature is None:  # the first record tells which feature holds the images
                     feature = image_feature(path, features, image_key)
-                found.append(_record_input(path, shard, number, at, len(record), feature, features))
+                inp = _record_input(path, shard, number, at, len(record), feature, features)
+                if keep and inp.member is not None:
+                    inp = inp._replace(columns=_texts(features, keep))
+                found.append(inp)
     except (EOFError, ValueError, OSError) as error:
         what = str(error) if not isinstance(error, OSError) else (error.strerror or str(error))
         where = f"after record {len(found) - 1}" if found else "at its start"
         reason = f"TFRecord file damaged {where} ({what}): anything stored after that is lost"
         found.append(Input(path, path, facts=shard, reason=reason))
     return found
+
+
+def _texts(features: dict[str, list[bytes]], keep: Sequence[str]) -> dict[str, str | None]:
+    return {
+        name: features[name][0].decode("utf-8", "replace") for name in keep if features.get(name)
+    }
 
 
 def _record_input(

@@ -147,7 +147,7 @@ def columns_of(output: str) -> list[str]:
     if detect_format(output) != "parquet":
         return []
     attrs = parquet.describe(output)
-    return [*parquet.SOURCE_COLUMNS, *(name for name, _ in attrs.get("keep_columns") or [])]
+    return [*parquet.SOURCE_COLUMNS, *(attrs.get("keep_columns") or [])]
 
 
 def iter_rows(output: str, block: int = 10_000) -> Iterator[tuple[list[str], np.ndarray]]:

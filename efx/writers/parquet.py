@@ -103,10 +103,12 @@ def part_name(number: int) -> str:
 
 
 def schema(dim: int, attrs: dict[str, Any]) -> Any:
-    """The parts' Arrow schema; `attrs` (with `keep_columns`: [[name, Arrow type], …]) go in its
-    metadata, under `efx`, as JSON."""
+    """The parts' Arrow schema; `attrs` go in its metadata, under `efx`, as JSON. Kept source
+    columns (`keep_columns`) have the types `keep_column_types` names."""
     pa = pyarrow()
-    kept = [pa.field(name, _type(kind)) for name, kind in attrs.get("keep_columns") or []]
+    names, types = attrs.get("keep_columns") or [], attrs.get("keep_column_types") or []
+    kinds = [*types, *["string"] * (len(names) - len(types))]
+    kept = [pa.field(name, _type(kind)) for name, kind in zip(names, kinds, strict=True)]
     return pa.schema(
         [
             pa.field("path", pa.string(), nullable=False),
@@ -194,6 +196,8 @@ class ParquetWriter:
             manifest = _manifest(output)
             self._attrs = {k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS}
             self._attrs.update({k: v for k, v in attrs.items() if k != "created"})
+            if "keep_column_types" in manifest:  # the rows kept have them: so do the next
+                self._attrs["keep_column_types"] = manifest["keep_column_types"]
             self._shard_size = int(manifest["shard_size"])  # the same layout as before
             self._next = int(manifest.get("next_filling", 0))
             self._schema = schema(self._dim, self._attrs)
