@@ -1,4 +1,5 @@
-"""efx: batch image feature extraction with TF-Hub EfficientNet, to HDF5 or .npy shards."""
+"""efx: batch image feature extraction with TF-Hub EfficientNet, to HDF5, Parquet or .npy
+shards."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ __version__ = "0.4.0"
 if TYPE_CHECKING:
     from .api import Summary, extract, info, load
     from .config import Settings
-    from .parts import MergeSummary, merge
+    from .parts import ConvertSummary, MergeSummary, convert, merge
     from .process import Interrupted
     from .search import duplicates, similar
 
 __all__ = [
+    "ConvertSummary",
     "EfxError",
     "Interrupted",
     "MergeSummary",
     "Settings",
     "Summary",
     "__version__",
+    "convert",
     "extract",
     "info",
     "load",
@@ -38,7 +41,9 @@ _API = {
     "info": "api",
     "load": "api",
     "Settings": "config",
+    "ConvertSummary": "parts",
     "MergeSummary": "parts",
+    "convert": "parts",
     "merge": "parts",
     "Interrupted": "process",
     "similar": "search",
