@@ -44,14 +44,14 @@ def assert_same_output(local: str, remote: str, scale_tolerance: float = 1e-6) -
     np.testing.assert_allclose(ray_rows, local_rows, rtol=0, atol=scale_tolerance)
 
 
-@pytest.mark.parametrize("fmt", ["h5", "npy"])
+@pytest.mark.parametrize("fmt", ["h5", "npy", "parquet"])
 def test_ray_engine_writes_what_the_local_engine_writes(
     ray_instance, tiny_model, mixed_dir, tmp_path, fmt
 ):
     root, broken = mixed_dir
     outputs = {}
     for engine in ("local", "ray"):
-        outputs[engine] = str(tmp_path / f"{engine}.{fmt}" if fmt == "h5" else tmp_path / engine)
+        outputs[engine] = str(tmp_path / (engine if fmt == "npy" else f"{engine}.{fmt}"))
         summary = efx.extract(
             root, outputs[engine], model=tiny_model, image_size=64, batch_size=4, engine=engine
         )

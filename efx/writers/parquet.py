@@ -236,8 +236,10 @@ class ParquetWriter:
 
     def close(self) -> None:
         self._commit(sync=True)
-        if self._written:
-            self._finish_part()  # the last file, short
+        if self._written or not self._parts:
+            # The last file, short; or, for a run without rows, an empty one: readers then
+            # see the columns and no rows, rather than no table at all.
+            self._finish_part()
         self._write_failures()
         self._failures.close()
         self._close_filling()
