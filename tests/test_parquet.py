@@ -1,21 +1,18 @@
 """Parquet output: read as one table by pyarrow, pandas, Polars, DuckDB, Hugging Face datasets and
-faiss; as safe as the other formats through kill -9 and --resume; efx convert between formats."""
+faiss; columns through --resume and --update; efx convert between formats."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import EFX, assert_user_error, run_efx, write_broken_images
+from conftest import assert_user_error, run_efx, write_broken_images
 from test_shards import dataset, images, photo, write_tar  # noqa: F401 - fixtures
 
 import efx
@@ -204,53 +201,31 @@ def test_a_name_parquet_cannot_hold_is_a_failure_and_the_run_goes_on(tiny_model,
     assert "not valid UTF-8" in failure["error"]
 
 
-def test_killed_run_over_shards_resumes_to_the_uninterrupted_output_bit_for_bit(
-    dataset,  # noqa: F811
-    slow_model,
-    tmp_path,
-):
-    """kill -9 at a random moment of a Parquet run, then --resume: the same rows, order,
-    columns and embeddings (batch 1: each image computed alone, so bit-equal)."""
-    sources = [dataset["webdataset"], dataset["parquet"]]
-    clean = str(tmp_path / "clean.parquet")
-    options = {"image_size": SIZE, "batch_size": 1, "shard_size": 4, "backend": "tensorflow"}
-    efx.extract(sources, clean, model=slow_model, **options)
+def test_resume_cut_inside_a_finished_file_keeps_every_column_of_the_rows_kept(tmp_path):
+    """--resume keeping 4 of 10 rows written in files of 3: the second file becomes the one
+    being filled again, with its shard and key columns; nothing past the cut stays visible."""
     output = str(tmp_path / "out.parquet")
-    args = ["extract", *sources, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1",
-            "--shard-size", "4", "--resume", "-q", "--backend", "tensorflow"]  # fmt: skip
-    kills = []
-    for wait_rows in (3, 8, 14):
-        process = subprocess.Popen([EFX, *args], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while _rows(output) < wait_rows:
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills.append(_rows(output))
-        assert not efx.info(output)["complete"]
-        # Readers see whole files only: every part in place holds 4 rows of the clean run.
-        parts = sorted(glob.glob(os.path.join(output, "*.parquet")))
-        visible = ds.dataset(parts).to_table().column("path").to_pylist() if parts else []
-        assert visible == efx.load(clean)[0][: len(visible)] and len(visible) % 4 == 0
-    assert kills == sorted(kills) and kills[0] >= 3
-    done = subprocess.run([EFX, *args, "--json"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert ds.dataset(output).to_table() == ds.dataset(clean).to_table()
-    assert writers.read_state(output, facts=True)["failed"] == writers.read_state(clean)["failed"]
-    assert efx.info(output)["complete"]
+    attrs = {"feature_dim": 4, "model": "m"}
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    names = [f"s.tar/{i}.jpg" for i in range(10)]
+    columns = {"shard": ["s.tar"] * 10, "key": [str(i) for i in range(10)]}
+    writer = writers.open_writer("parquet", output, attrs, shard_size=3)
+    writer.write(names, rows, None, columns)
+    writer.abort()
+    assert len(glob.glob(os.path.join(output, "part-*.parquet"))) == 3
+    writer = writers.open_writer("parquet", output, attrs, keep=(4, 0))
+    assert sorted(os.listdir(output)) == ["_efx", "part-00000.parquet"]  # the cut file is out
+    writer.write(["a.jpg", "b.jpg"], rows[:2])
+    writer.close()
+    table = ds.dataset(output).to_table()
+    assert table.column("path").to_pylist() == [*names[:4], "a.jpg", "b.jpg"]
+    assert table.column("key").to_pylist() == ["0", "1", "2", "3", None, None]
+    np.testing.assert_array_equal(efx.load(output)[1], np.concatenate([rows[:4], rows[:2]]))
     assert sorted(os.listdir(os.path.join(output, "_efx"))) == [
         "failures.jsonl",
         "failures.parquet",
         "manifest.json",
     ]
-
-
-def _rows(output: str) -> int:
-    try:
-        return int(efx.info(output)["count"])
-    except efx.EfxError:
-        return 0
 
 
 def test_update_keeps_an_unchanged_shards_columns_without_reading_it(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import resource
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import EFX, SLOW_CALL_SECONDS, sample, write_broken_images
 from conftest import run_efx as run
@@ -47,12 +49,14 @@ def extract_args(photos: str, output: str, model: str, *extra: str) -> list[str]
 
 @pytest.fixture(scope="module")
 def clean(photos, tiny_model, tmp_path_factory) -> dict[str, str]:
-    """One uninterrupted run per format: what every resumed or merged output must equal."""
+    """One uninterrupted run per format: what every resumed or merged output must equal. Batch
+    1, as the killed runs: each image computed alone, so a resumed output equals it bit for bit."""
     folder = tmp_path_factory.mktemp("clean")
     outputs = {}
     for fmt, name in OUTPUTS.items():
         outputs[fmt] = str(folder / name)
-        result = run(*extract_args(photos, outputs[fmt], tiny_model, "--shard-size", "40"))
+        args = extract_args(photos, outputs[fmt], tiny_model, "--shard-size", "40", "-b", "1")
+        result = run(*args)
         assert result.returncode == 0, result.stderr
     return outputs
 
@@ -80,8 +84,7 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
     fmt, photos, tiny_model, clean, tmp_path
 ):
     output = str(tmp_path / OUTPUTS[fmt])
-    # Batch 1: a commit per image, so that a run lasts long enough to be killed mid-way (and
-    # the result must still equal the batch-2 reference).
+    # Batch 1: a commit per image, so that a run lasts long enough to be killed mid-way.
     args = extract_args(photos, output, tiny_model, "--shard-size", "40", "--resume", "-b", "1")
     rng = random.Random(fmt)
     total = len(efx.load(clean[fmt])[0])
@@ -105,6 +108,10 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
         # (a kill while the process exits, after the output is finished, leaves it complete).
         info = efx.info(output)
         assert len(efx.load(output)[0]) == info["count"] <= total
+        if fmt == "parquet":  # readers of the folder see whole files only: 40 rows each
+            parts = sorted(glob.glob(os.path.join(output, "*.parquet")))
+            seen = pq.ParquetDataset(parts).read().column("path").to_pylist() if parts else []
+            assert seen == efx.load(clean[fmt])[0][: len(seen)] and len(seen) % 40 == 0
         if info["complete"]:
             assert info["count"] == total
             break
@@ -114,9 +121,12 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
     print(f"rows committed at each kill: {kills}")
     assert len(kills) >= 2, kills  # the loop really did kill runs mid-way
     assert_same_output(output, clean[fmt])
+    np.testing.assert_array_equal(efx.load(output)[1], efx.load(clean[fmt])[1])  # bit for bit
 
 
-@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+# Parquet's abort is the writers' own check (tests/test_writers.py): the command's signal path
+# is the same for every format, and each run here costs ~50 s.
+@pytest.mark.parametrize("fmt", ["hdf5", "npy"])
 def test_ctrl_c_flushes_marks_incomplete_says_how_to_resume_and_exits_130(
     fmt, photos, tiny_model, clean, tmp_path
 ):
@@ -247,7 +257,8 @@ def test_between_batches_a_signal_waits_for_the_commit_and_a_second_one_acts_at_
         signal.signal(signal.SIGINT, ignored)
 
 
-@pytest.mark.parametrize("fmt", sorted(OUTPUTS))
+# Parquet runs out of room in test_a_filesystem_that_fills_up_stops_cleanly_and_resume_finishes.
+@pytest.mark.parametrize("fmt", ["hdf5", "npy"])
 def test_full_disk_keeps_what_was_written_and_resume_finishes_it(
     fmt, photos, tiny_model, clean, tmp_path
 ):

@@ -143,11 +143,11 @@ def iter_table(
 
 
 def columns_of(output: str) -> list[str]:
-    """The columns a Parquet output holds beyond path, embedding and the file facts."""
+    """The columns beyond path, embedding and the file facts that hold a value in some row of
+    OUTPUT (only Parquet outputs have any)."""
     if detect_format(output) != "parquet":
         return []
-    attrs = parquet.describe(output)
-    return [*parquet.SOURCE_COLUMNS, *(attrs.get("keep_columns") or [])]
+    return parquet.filled_columns(output)
 
 
 def iter_rows(output: str, block: int = 10_000) -> Iterator[tuple[list[str], np.ndarray]]:

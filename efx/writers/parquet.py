@@ -736,6 +736,18 @@ def refresh_facts(
     write_atomically(os.path.join(output, MANIFEST), _manifest_bytes(manifest))
 
 
+def filled_columns(output: str) -> list[str]:
+    """The columns beyond path, embedding and the file facts with a value in some row (an
+    output of image files only has `shard` and `key` all null)."""
+    manifest, pieces = _pieces(output)
+    names = [*SOURCE_COLUMNS, *(manifest.get("keep_columns") or [])]
+    filled = set()
+    for piece in pieces:
+        table = _group(piece, names)
+        filled |= {n for n in names if table.column(n).null_count < table.num_rows}
+    return [name for name in names if name in filled]
+
+
 def describe(output: str) -> dict[str, Any]:
     manifest = _manifest(output)
     attrs = {k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS}
