@@ -572,8 +572,11 @@ def embeddings_of(column: Any, dim: int) -> np.ndarray:
 
 def iter_rows(output: str, block: int = 0) -> Iterator[tuple[list[str], np.ndarray]]:
     """(paths, embeddings) of each row group in order: one row group in memory at a time."""
-    for paths, embeddings, _ in iter_table(output):
-        yield paths, embeddings
+    manifest, pieces = _pieces(output)
+    dim = int(manifest["feature_dim"])
+    for piece in pieces:
+        table = _group(piece, ["path", "embedding"])
+        yield table.column("path").to_pylist(), embeddings_of(table.column("embedding"), dim)
 
 
 def iter_table(
