@@ -34,8 +34,9 @@ BACKENDS = ("auto", "tensorflow", "openvino")
 # Ray Data (the same decode function and model code, run by Ray workers).
 ENGINES = ("local", "ray")
 
-# hdf5 and npy: files; jsonl and arrow: records streamed to stdout (OUTPUT -).
-FORMATS = ("hdf5", "npy", "jsonl", "arrow")
+# hdf5, parquet and npy: files on disk; jsonl and arrow: records streamed to stdout (OUTPUT -).
+# (efx.writers.WRITERS has a writer for each; kept here too so that --help imports no writer.)
+FORMATS = ("hdf5", "parquet", "npy", "jsonl", "arrow")
 
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.

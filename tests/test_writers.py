@@ -113,6 +113,12 @@ def test_path_with_a_newline_is_rejected_only_where_it_cannot_be_stored():
     assert writers.unstorable("hdf5", not_utf8) is None
 
 
+def test_the_options_formats_are_the_writers():
+    from efx.config import FORMATS  # what --format offers, without importing the writers
+
+    assert sorted(FORMATS) == sorted(writers.FORMATS)
+
+
 def test_format_is_guessed_from_the_output_name():
     assert writers.format_for("x.h5") == "hdf5"
     assert writers.format_for("x.HDF5") == "hdf5"
