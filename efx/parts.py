@@ -112,7 +112,11 @@ def convert(
         if (why := writers.unstorable(fmt, path)) is not None:
             raise EfxError(f"{fmt} cannot hold a row of {source}: {escape(path)}: {why}")
     layout = ("output", "format", "count", "dtype", "failed", "failures", "complete", "shards")
-    attrs = {k: v for k, v in described.items() if k not in (*layout, "parts", "file_facts")}
+    attrs = {
+        k: v
+        for k, v in described.items()
+        if k not in (*layout, "parts", "file_facts", "shard_size")
+    }
     dropped = [] if fmt == "parquet" else writers.columns_of(source)
     if fmt != "parquet":
         attrs.pop("keep_columns", None)

@@ -762,5 +762,6 @@ def describe(output: str) -> dict[str, Any]:
         "failures": read_failures(output, limit=20),
         "complete": bool(manifest.get("complete", False)),
         "parts": len(manifest.get("parts", [])),
+        "shard_size": int(manifest.get("shard_size", DEFAULT_SHARD_SIZE)),
         "file_facts": True,
     }
