@@ -40,12 +40,12 @@ def test_every_reader_sees_exactly_the_rows_and_nothing_else(made):
     assert efx.load(output)[0] == paths
     np.testing.assert_array_equal(efx.load(output)[1], embeddings)
     names = sorted(os.listdir(output))
-    assert names[0] == "_efx" and names[1:] == [
+    assert names[0] == ".efx" and names[1:] == [
         f"part-{i:05d}.parquet" for i in range(len(names) - 1)
     ]
     assert len(names) - 1 == -(-len(paths) // 5)  # 5 rows per file, the last one short
 
-    table = ds.dataset(output).to_table()  # pyarrow's discovery skips _efx/
+    table = ds.dataset(output).to_table()  # pyarrow's discovery skips .efx/
     assert table.column("path").to_pylist() == paths
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 16)
     import pandas as pd
@@ -68,14 +68,24 @@ def test_every_reader_sees_exactly_the_rows_and_nothing_else(made):
     ).fetchall()
     assert [row[0] for row in rows] == paths
     np.testing.assert_array_equal(np.array([row[1] for row in rows], np.float32), embeddings)
+    # Recursive listings see the parts only (the output holds failures: a failures file named
+    # *.parquet was read as rows by DuckDB and stopped autofaiss, whose embedding_reader lists
+    # FOLDER/**/*.parquet with fsspec).
+    for listing in (f"{output}/**/*.parquet", output):
+        counted = duckdb.sql(f"SELECT count(*) FROM read_parquet('{listing}')").fetchall()
+        assert counted == [(len(paths),)]
+    import fsspec
+
+    found = fsspec.filesystem("file").glob(os.path.abspath(output) + "/**/*.parquet")
+    assert sorted(os.path.basename(f) for f in found) == names[1:]
     import datasets
 
-    loaded = datasets.load_dataset(
-        "parquet", data_files=glob, split="train", cache_dir=os.path.join(output, "..", "hf")
-    )
-    assert loaded["path"] == paths
+    cache = os.path.join(output, "..", "hf")
+    for options in ({"data_files": glob}, {"data_dir": output}):
+        loaded = datasets.load_dataset("parquet", split="train", cache_dir=cache, **options)
+        assert loaded["path"] == paths
 
-    failures = pd.read_parquet(os.path.join(output, "_efx", "failures.parquet"))
+    failures = pd.read_parquet(os.path.join(output, ".efx", "failures.pq"))
     assert list(failures["path"]) == [f["path"] for f in writers.read_failures(made["out_hdf5"])]
     assert len(failures) == int(made["broken"]) and failures["error"].str.len().min() > 0
 
@@ -104,7 +114,7 @@ def test_columns_carry_file_facts_shard_and_the_datasets_key_and_each_file_its_s
     ).fetchall()
     assert sorted(joined)[0] == ("000000000", "caption 000000000") and len(joined) == 12
 
-    with open(os.path.join(output, "_efx", "manifest.json")) as file:
+    with open(os.path.join(output, ".efx", "manifest.json")) as file:
         manifest = json.load(file)
     assert manifest["complete"] is True and manifest["count"] == len(rows)
     settings = json.loads(
@@ -214,16 +224,16 @@ def test_resume_cut_inside_a_finished_file_keeps_every_column_of_the_rows_kept(t
     writer.abort()
     assert len(glob.glob(os.path.join(output, "part-*.parquet"))) == 3
     writer = writers.open_writer("parquet", output, attrs, keep=(4, 0))
-    assert sorted(os.listdir(output)) == ["_efx", "part-00000.parquet"]  # the cut file is out
+    assert sorted(os.listdir(output)) == [".efx", "part-00000.parquet"]  # the cut file is out
     writer.write(["a.jpg", "b.jpg"], rows[:2])
     writer.close()
     table = ds.dataset(output).to_table()
     assert table.column("path").to_pylist() == [*names[:4], "a.jpg", "b.jpg"]
     assert table.column("key").to_pylist() == ["0", "1", "2", "3", None, None]
     np.testing.assert_array_equal(efx.load(output)[1], np.concatenate([rows[:4], rows[:2]]))
-    assert sorted(os.listdir(os.path.join(output, "_efx"))) == [
+    assert sorted(os.listdir(os.path.join(output, ".efx"))) == [
         "failures.jsonl",
-        "failures.parquet",
+        "failures.pq",
         "manifest.json",
     ]
 

@@ -1,13 +1,17 @@
-"""A folder of Parquet files, read as one dataset by pyarrow, pandas, Polars, DuckDB, Spark and
-Hugging Face datasets:
+"""A folder of Parquet files, read as one table by pyarrow, pandas, Polars, DuckDB, Spark,
+Hugging Face datasets and autofaiss:
 
     OUT/part-00000.parquet   rows 0 .. N-1 (N = --shard-size), then part-00001.parquet …
-    OUT/_efx/manifest.json   the run's settings, the parts and their rows, complete or not
-    OUT/_efx/failures.parquet  the inputs that could not be embedded: path, error, file facts
+    OUT/.efx/manifest.json   the run's settings, the parts and their rows, complete or not
+    OUT/.efx/failures.pq     the inputs that could not be embedded (Parquet): path, error, facts
 
-Readers skip `_efx/`: pyarrow's dataset discovery (and so pandas, Hugging Face datasets) ignores
-names starting with `_` or `.` as Hive and Spark do, and a `*.parquet` glob (Polars, DuckDB)
-does not descend into a folder. Zero-padded names make lexicographic order row order.
+Nothing but the parts is visible to readers: pyarrow's dataset discovery (and so pandas) and
+Hugging Face datasets skip names starting with `.` (as Hive and Spark do), and nothing in `.efx/`
+is named `*.parquet`, so the recursive globs of DuckDB (`OUT/**/*.parquet`) and of autofaiss'
+embedding_reader do not take it for data (with `_efx/failures.parquet` they did: DuckDB counted
+the failures as rows, autofaiss stopped with KeyError 'embedding'; Hugging Face datasets read
+`_efx/`'s files). Polars' scan of a folder takes every file below it: give it the glob
+`OUT/*.parquet`. Zero-padded names make lexicographic order row order.
 
 Columns of a part: `path` (the row's name: the image file's path, or SHARD/NAME for an image in a
 shard, as in the other formats), `embedding` (fixed_size_list<float32>[D]), the file facts
@@ -18,7 +22,7 @@ loose file), then any source columns kept with --keep-columns. Each file's key-v
 `efx` holds the run's settings (JSON) as the manifest does.
 
 Parquet files cannot be appended to, so crash safety is built around them: the rows of the file
-being filled go to an Arrow IPC stream in `_efx/` (appended to and committed at every flush, as
+being filled go to an Arrow IPC stream in `.efx/` (appended to and committed at every flush, as
 .npy shards are); when it holds N rows they are written to a Parquet file beside it, which is
 then renamed into place, and the manifest records it. A kill at any instant loses at most the
 rows since the last flush; readers only ever see whole files; `complete` is true only once the
@@ -41,9 +45,9 @@ from ..facts import UNKNOWN, Facts
 from ..files import replace, write_atomically
 from ..names import readable, to_json
 
-META = "_efx"
+META = ".efx"
 MANIFEST = f"{META}/manifest.json"
-FAILURES = f"{META}/failures.parquet"
+FAILURES = f"{META}/failures.pq"  # not *.parquet: see above
 _FAILURE_LOG = f"{META}/failures.jsonl"  # efx's own, committed line by line
 LAYOUT = "efx-parquet/1"
 # Rows per row group (the unit a reader fetches: efx similar reads only the row groups of the
@@ -159,7 +163,7 @@ def _remove_previous(output: str) -> None:
 
 
 class ParquetWriter:
-    """Appends rows to the file being filled (an Arrow IPC stream in `_efx/`), commits them at
+    """Appends rows to the file being filled (an Arrow IPC stream in `.efx/`), commits them at
     each `flush` (the manifest, replaced atomically, records how many), and turns every N rows
     into a Parquet file renamed into place. See the module docstring for the layout.
 
@@ -302,7 +306,7 @@ class ParquetWriter:
         self._committed = self._written
 
     def _finish_part(self) -> None:
-        """The file being filled becomes part-NNNNN.parquet: written in `_efx/`, renamed into
+        """The file being filled becomes part-NNNNN.parquet: written in `.efx/`, renamed into
         place, then the manifest lists it and a new file is filled."""
         self._commit(sync=True)
         self._close_filling()
@@ -352,7 +356,7 @@ class ParquetWriter:
             self._finish_part()
 
     def _write_failures(self) -> None:
-        """failures.parquet: every committed failure, replaced whole."""
+        """failures.pq: every committed failure, replaced whole."""
         self._failures.flush()
         records = _failure_records(self._output, self._failed)
         table = _failures_table(records)
