@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -18,7 +17,7 @@ from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from ..facts import UNKNOWN, Facts
 from ..files import write_atomically
-from ..names import to_json
+from . import folder
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
@@ -32,19 +31,8 @@ _LAYOUT_KEYS = frozenset(
 
 
 def check_target(output: str, overwrite: bool) -> None:
-    if os.path.isfile(output):
-        raise EfxError(
-            f"OUTPUT {output} is a file; .npy shards go in a folder (end the path in .h5 for HDF5)"
-        )
-    if not os.path.isdir(output) or not os.listdir(output):
-        return
-    if not os.path.isfile(os.path.join(output, MANIFEST)):
-        raise EfxError(
-            f"OUTPUT folder {output} is not empty and is not an efx output; "
-            "choose a new or empty folder"
-        )
-    if not overwrite:
-        raise EfxError(f"OUTPUT {output} already exists; pass --overwrite to replace it")
+    a_file = ".npy shards go in a folder (end the path in .h5 for HDF5)"
+    folder.check_target(output, overwrite, MANIFEST, a_file)
 
 
 def unstorable(path: str) -> str | None:
@@ -147,7 +135,7 @@ class NpyWriter:
 
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
         record = {"path": path, "error": reason, **(facts or UNKNOWN)._asdict()}
-        self._failures.write(_failure_line(record))
+        self._failures.write(folder.failure_line(record))
         self._failed += 1
 
     def flush(self, sync: bool = False) -> None:
@@ -226,7 +214,7 @@ class NpyWriter:
                     if key in shard and os.path.exists(self._path(shard[key])):
                         os.remove(self._path(shard[key]))
         kept = _failure_records(self._output)[:failures]
-        lines = b"".join(_failure_line(f) for f in kept)
+        lines = b"".join(folder.failure_line(f) for f in kept)
         # Replaced, not truncated and rewritten: a reader (or a kill) in between would find
         # fewer failures than the manifest promises.
         write_atomically(self._path(FAILURES), lines)
@@ -265,16 +253,7 @@ class NpyWriter:
             "shards": shards,
             "failures": FAILURES,
         }
-        write_atomically(self._path(MANIFEST), _manifest_bytes(manifest), sync)
-
-
-def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    return (to_json(manifest, indent=2) + "\n").encode("utf-8")
-
-
-def _failure_line(record: dict[str, Any]) -> bytes:
-    """One line of failures.jsonl: any name, exactly (efx.names.to_json), valid UTF-8."""
-    return (to_json(record) + "\n").encode("utf-8")
+        write_atomically(self._path(MANIFEST), folder.manifest_bytes(manifest), sync)
 
 
 def _lines(paths: list[str]) -> bytes:
@@ -311,14 +290,14 @@ def refresh_facts(
             )
         start += count
     records = _failure_records(output)
-    if [_failure_facts(record) for record in records] != list(failures):
+    if [folder.failure_facts(record) for record in records] != list(failures):
         lines = b"".join(
-            _failure_line({**record, **found._asdict()})
+            folder.failure_line({**record, **found._asdict()})
             for record, found in zip(records, failures, strict=True)
         )
         write_atomically(os.path.join(output, FAILURES), lines)
     manifest["updated"] = updated
-    write_atomically(os.path.join(output, MANIFEST), _manifest_bytes(manifest))
+    write_atomically(os.path.join(output, MANIFEST), folder.manifest_bytes(manifest))
 
 
 def _read_facts(output: str, shard: dict[str, Any], rows: int) -> list[Facts]:
@@ -336,19 +315,8 @@ def _read_facts(output: str, shard: dict[str, Any], rows: int) -> list[Facts]:
     return found + [UNKNOWN] * (rows - len(found))
 
 
-def _failure_facts(failure: dict[str, Any]) -> Facts:
-    return Facts(
-        int(failure.get("size", -1)), int(failure.get("mtime_ns", -1)), failure.get("sha256", "")
-    )
-
-
 def _manifest(output: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(output, MANIFEST), encoding="utf-8") as file:
-            manifest: dict[str, Any] = json.load(file)
-    except (OSError, ValueError) as error:
-        raise EfxError(f"cannot read {MANIFEST} in {output}: {error}") from error
-    return manifest
+    return folder.read_manifest(output, MANIFEST)
 
 
 def _shard_rows(output: str, shard: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -368,13 +336,7 @@ def iter_rows(output: str, block: int = 0) -> Iterator[tuple[list[str], np.ndarr
 
 def rows(output: str, indices: list[int]) -> np.ndarray:
     """The embeddings of the rows at `indices` (in that order), reading only their shards."""
-    if not indices:
-        return np.zeros((0, 0), np.float32)
-    reader = RowReader(output)
-    try:
-        return reader.take(np.asarray(indices, np.int64))
-    finally:
-        reader.close()
+    return folder.take_rows(RowReader(output), indices)
 
 
 class RowReader:
@@ -432,13 +394,7 @@ def _failure_records(output: str) -> list[dict[str, Any]]:
     """The committed lines of failures.jsonl (a line being written when a run was killed is not
     one), with the file facts efx 0.4 and later add to each."""
     committed = int(_manifest(output).get("failed", 0))
-    path = os.path.join(output, FAILURES)
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as file:
-        # Whole lines only: one being appended has no newline yet.
-        lines = file.read().split(b"\n")[:-1][:committed]
-    return [json.loads(line) for line in lines]
+    return folder.failure_records(os.path.join(output, FAILURES), committed)
 
 
 def read_state(output: str, facts: bool = False) -> dict[str, Any]:
@@ -464,7 +420,7 @@ def read_state(output: str, facts: bool = False) -> dict[str, Any]:
     }
     if facts:
         state["facts"] = row_facts
-        state["failed_facts"] = [_failure_facts(failure) for failure in failures]
+        state["failed_facts"] = [folder.failure_facts(failure) for failure in failures]
         state["reasons"] = [failure["error"] for failure in failures]
         state["has_facts"] = all("files" in shard for shard in manifest["shards"])
     return state

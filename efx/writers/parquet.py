@@ -32,7 +32,6 @@ last (short) file is in place.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -44,6 +43,7 @@ from ..errors import EfxError
 from ..facts import UNKNOWN, Facts
 from ..files import replace, write_atomically
 from ..names import readable, to_json
+from . import folder
 
 META = ".efx"
 MANIFEST = f"{META}/manifest.json"
@@ -81,20 +81,8 @@ def is_output(output: str) -> bool:
 
 def check_target(output: str, overwrite: bool) -> None:
     pyarrow()  # refused before any work when it is missing
-    if os.path.isfile(output):
-        raise EfxError(
-            f"OUTPUT {output} is a file; Parquet output is a folder of part-NNNNN.parquet files: "
-            "name a new folder"
-        )
-    if not os.path.isdir(output) or not os.listdir(output):
-        return
-    if not is_output(output):
-        raise EfxError(
-            f"OUTPUT folder {output} is not empty and is not an efx output; "
-            "choose a new or empty folder"
-        )
-    if not overwrite:
-        raise EfxError(f"OUTPUT {output} already exists; pass --overwrite to replace it")
+    a_file = "Parquet output is a folder of part-NNNNN.parquet files: name a new folder"
+    folder.check_target(output, overwrite, MANIFEST, a_file)
 
 
 def unstorable(path: str) -> str | None:
@@ -234,7 +222,7 @@ class ParquetWriter:
 
     def fail(self, path: str, reason: str, facts: Facts | None = None) -> None:
         record = {"path": path, "error": reason, **(facts or UNKNOWN)._asdict()}
-        self._failures.write((to_json(record) + "\n").encode("utf-8"))
+        self._failures.write(folder.failure_line(record))
         self._failed += 1
 
     def flush(self, sync: bool = False) -> None:
@@ -347,7 +335,7 @@ class ParquetWriter:
         if left > 0 and filling:
             batches = _read_filling(self._output, filling["file"], left).to_batches()
         kept = _failure_records(self._output, int(manifest.get("failed", 0)))[:failures]
-        lines = b"".join((to_json(record) + "\n").encode("utf-8") for record in kept)
+        lines = b"".join(folder.failure_line(record) for record in kept)
         write_atomically(self._path(_FAILURE_LOG), lines)
         self._failures = open(self._path(_FAILURE_LOG), "ab")  # noqa: SIM115
         self._failed = len(kept)
@@ -376,7 +364,7 @@ class ParquetWriter:
             "filling": {"file": self._filling, "rows": self._committed} if not complete else None,
             "next_filling": self._next,
         }
-        write_atomically(self._path(MANIFEST), _manifest_bytes(manifest), sync)
+        write_atomically(self._path(MANIFEST), folder.manifest_bytes(manifest), sync)
 
     def _remove_strays(self) -> None:
         """What a killed run left that the manifest does not list: a part renamed into place
@@ -467,7 +455,7 @@ def _facts_of(table: Any) -> list[Facts]:
 
 def _failures_table(records: list[dict[str, Any]]) -> Any:
     pa = pyarrow()
-    facts = [_failure_facts(record) for record in records]
+    facts = [folder.failure_facts(record) for record in records]
     return pa.table(
         [
             # A name that is not UTF-8 (it can only fail here) with its bytes escaped.
@@ -479,34 +467,12 @@ def _failures_table(records: list[dict[str, Any]]) -> Any:
     )
 
 
-def _failure_facts(failure: dict[str, Any]) -> Facts:
-    return Facts(
-        int(failure.get("size", -1)), int(failure.get("mtime_ns", -1)), failure.get("sha256", "")
-    )
-
-
 def _failure_records(output: str, committed: int) -> list[dict[str, Any]]:
-    """The committed lines of the failure log (one being appended when a run was killed is not
-    one)."""
-    path = os.path.join(output, _FAILURE_LOG)
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as file:
-        lines = file.read().split(b"\n")[:-1][:committed]
-    return [json.loads(line) for line in lines]
-
-
-def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
-    return (to_json(manifest, indent=2) + "\n").encode("utf-8")
+    return folder.failure_records(os.path.join(output, _FAILURE_LOG), committed)
 
 
 def _manifest(output: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(output, MANIFEST), encoding="utf-8") as file:
-            manifest: dict[str, Any] = json.load(file)
-    except (OSError, ValueError) as error:
-        raise EfxError(f"cannot read {MANIFEST} in {output}: {error}") from error
-    return manifest
+    return folder.read_manifest(output, MANIFEST)
 
 
 def _read_filling(output: str, name: str, rows: int) -> Any:
@@ -614,13 +580,7 @@ def read(output: str) -> tuple[list[str], np.ndarray]:
 
 def rows(output: str, indices: list[int]) -> np.ndarray:
     """The embeddings of the rows at `indices` (in that order), reading only their row groups."""
-    if not indices:
-        return np.zeros((0, 0), np.float32)
-    reader = RowReader(output)
-    try:
-        return reader.take(np.asarray(indices, np.int64))
-    finally:
-        reader.close()
+    return folder.take_rows(RowReader(output), indices)
 
 
 class RowReader:
@@ -702,7 +662,7 @@ def read_state(output: str, facts: bool = False) -> dict[str, Any]:
     }
     if facts:
         state["facts"] = row_facts
-        state["failed_facts"] = [_failure_facts(failure) for failure in failures]
+        state["failed_facts"] = [folder.failure_facts(failure) for failure in failures]
         state["reasons"] = [failure["error"] for failure in failures]
         state["has_facts"] = True
     return state
@@ -730,17 +690,17 @@ def refresh_facts(
         write_part(iter(table.to_batches()), table.schema, scratch)
         replace(scratch, os.path.join(output, part["file"]))
     records = _failure_records(output, int(manifest.get("failed", 0)))
-    if [_failure_facts(record) for record in records] != list(failures):
+    if [folder.failure_facts(record) for record in records] != list(failures):
         records = [
             {**record, **found._asdict()} for record, found in zip(records, failures, strict=True)
         ]
-        lines = b"".join((to_json(record) + "\n").encode("utf-8") for record in records)
+        lines = b"".join(folder.failure_line(record) for record in records)
         write_atomically(os.path.join(output, _FAILURE_LOG), lines)
         scratch = os.path.join(output, FAILURES + ".partial")
         pa.parquet.write_table(_failures_table(records), scratch, compression=COMPRESSION)
         replace(scratch, os.path.join(output, FAILURES))
     manifest["updated"] = updated
-    write_atomically(os.path.join(output, MANIFEST), _manifest_bytes(manifest))
+    write_atomically(os.path.join(output, MANIFEST), folder.manifest_bytes(manifest))
 
 
 def filled_columns(output: str) -> list[str]:
