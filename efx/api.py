@@ -252,7 +252,7 @@ def plan_run(
     if settings.resume or settings.update:
         state = _existing_state(output, fmt, "update" if settings.update else "resume")
     if state is None or settings.update:
-        writers.check_output(output, fmt, settings.overwrite or state is not None)
+        writers.check_output(output, fmt, settings.overwrite or state is not None, True)
     spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
     check_precision(settings.precision, settings.backend)
     with _phase(output, "listing the images"):
@@ -277,7 +277,8 @@ def plan_run(
         )
     if not inputs and count == 1:  # (a part of a few large shards may well be empty)
         raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
-    _check_kept_columns(plan.shard_options.keep_columns, inputs)
+    if count == 1:  # (one part may hold no shard, or only some of the columns' sources)
+        _check_kept_columns(plan.shard_options.keep_columns, inputs)
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
     if settings.resume and state is not None:
         done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])

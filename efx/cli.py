@@ -513,9 +513,10 @@ def info(output: str, as_json: bool) -> None:
         ("versions", f"efx {get('efx_version')}, tensorflow {get('tensorflow_version')}"),
     ]
     if details["format"] == "parquet":
-        kept = ", ".join(get("keep_columns") or []) or "none"
-        rows.insert(3, ("parts", f"{get('parts')} files of up to {get('shard_size')} rows"))
-        rows.insert(4, ("kept", f"source columns kept (--keep-columns): {kept}"))
+        kept = ", ".join(get("keep_columns") or []) or "none (--keep-columns)"
+        files = f"{get('parts')} file{'s' if get('parts') != 1 else ''}"
+        rows.insert(3, ("parts", f"{files} of up to {get('shard_size')} rows"))
+        rows.insert(4, ("kept", f"source columns: {kept}"))
     if get("part") and get("part") != "0/1":
         rows.insert(
             3, ("part", f"{get('part')} ({get('part_inputs')} of {get('inputs_total')} inputs)")

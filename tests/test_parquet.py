@@ -195,6 +195,11 @@ def test_convert_and_parquet_outputs_refuse_what_they_cannot_do(made, tiny_model
     writer.write(["a.jpg"], np.ones((1, 4), np.float32))
     writer.abort()
     assert_user_error(run_efx("convert", cut, str(tmp_path / "c.h5")), "is unfinished")
+    again = run_efx("extract", made["loose"], cut, "-m", tiny_model)  # forgot --resume
+    assert_user_error(again, "already exists, unfinished (the run that wrote it was stopped): "
+                      "pass --resume to finish it, or --overwrite")  # fmt: skip
+    inside = run_efx("info", os.path.join(made["out_parquet"], ".efx"))
+    assert_user_error(inside, f"is where the Parquet output {made['out_parquet']} keeps its")
 
 
 def test_a_name_parquet_cannot_hold_is_a_failure_and_the_run_goes_on(tiny_model, tmp_path):
@@ -312,3 +317,16 @@ def test_keep_columns_carries_captions_from_each_kind_of_shard_through_resume_an
     with pytest.raises(efx.EfxError, match="keep_columns"):
         efx.extract(sources, output, model=tiny_model, image_size=SIZE, update=True,
                     keep_columns="txt")  # fmt: skip
+    # Parts of a run: a part may hold only some of the columns' sources (here part 0: the
+    # Parquet file and a tar), or none; the merge is the whole run's table.
+    parts = [str(tmp_path / f"part{i}.parquet") for i in range(2)]
+    for i, part in enumerate(parts):
+        efx.extract(sources, part, model=tiny_model, image_size=SIZE, keep_columns=keep,
+                    part=f"{i}/2")  # fmt: skip
+    whole = str(tmp_path / "whole.parquet")
+    efx.extract(sources, whole, model=tiny_model, image_size=SIZE, keep_columns=keep)
+    efx.merge(parts, str(tmp_path / "merged.parquet"))
+    merged = ds.dataset(str(tmp_path / "merged.parquet")).to_table()
+    assert merged.drop_columns(["embedding"]) == ds.dataset(whole).to_table().drop_columns(
+        ["embedding"]
+    )

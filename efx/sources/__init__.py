@@ -120,7 +120,7 @@ def list_inputs(
 def _skipped_note(skipped: list[NotImages]) -> str:
     """One note for the files a walk skipped: img2dataset writes a metadata file per shard."""
     if len(skipped) == 1:
-        return f"skipped {skipped[0].note}"
+        return f"skipped a file that holds no images: {skipped[0].note}"
     return (
         f"skipped {len(skipped)} files that hold no images, as img2dataset's metadata beside "
         f"its shards; the first: {skipped[0].note}"

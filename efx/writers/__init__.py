@@ -84,16 +84,31 @@ def format_for(output: str, override: str | None = None) -> str:
     return "parquet" if output.lower().rstrip("/").endswith(".parquet") else "npy"
 
 
-def check_output(output: str, fmt: str, overwrite: bool) -> None:
-    """Refuse, before any work, an output that exists (without --overwrite) or cannot be written."""
+def check_output(output: str, fmt: str, overwrite: bool, resumable: bool = False) -> None:
+    """Refuse, before any work, an output that exists (without --overwrite) or cannot be written.
+    `resumable`: an unfinished one is refused saying that --resume finishes it (efx extract)."""
     if fmt in STREAM_FORMATS:
         return  # standard output: nothing to check
+    if resumable and not overwrite and os.path.exists(output) and not _finished(output):
+        raise EfxError(
+            f"OUTPUT {output} already exists, unfinished (the run that wrote it was stopped): "
+            "pass --resume to finish it, or --overwrite to replace it"
+        )
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise EfxError(f"the folder for OUTPUT does not exist: {parent}")
     if not os.access(parent, os.W_OK):
         raise EfxError(f"cannot write to the folder for OUTPUT (permission denied): {parent}")
     _MODULES[fmt].check_target(output, overwrite)
+
+
+def _finished(output: str) -> bool:
+    """False for an efx output marked incomplete; True otherwise (not an efx output, or not
+    readable: the format's own check says what it is)."""
+    try:
+        return bool(describe(output).get("complete", True))
+    except (EfxError, OSError):
+        return True
 
 
 def open_writer(
@@ -187,6 +202,11 @@ def unstorable(fmt: str, path: str) -> str | None:
 def detect_format(output: str) -> str:
     """The format of an existing output, or EfxError if it is not one."""
     if os.path.isdir(output):
+        above = os.path.dirname(os.path.abspath(output))
+        if os.path.basename(os.path.abspath(output)) == parquet.META and parquet.is_output(above):
+            raise EfxError(
+                f"{output} is where the Parquet output {above} keeps its metadata: name {above}"
+            )
         if os.path.isfile(os.path.join(output, npy.MANIFEST)):
             return "npy"
         if parquet.is_output(output):
