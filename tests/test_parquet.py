@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -330,3 +331,21 @@ def test_keep_columns_carries_captions_from_each_kind_of_shard_through_resume_an
     assert merged.drop_columns(["embedding"]) == ds.dataset(whole).to_table().drop_columns(
         ["embedding"]
     )
+
+
+def test_the_readme_parquet_and_faiss_recipes_run_as_written(made, tmp_path, monkeypatch):
+    from test_names import readme_recipe
+
+    shutil.copytree(made["out_parquet"], tmp_path / "out.parquet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    paths, embeddings = efx.load("out.parquet")
+    scope: dict = {}
+    exec(readme_recipe('pd.read_parquet("out.parquet")'), scope)
+    np.testing.assert_array_equal(scope["embeddings"], embeddings)
+    assert len(scope["failures"]) == int(made["broken"]) and scope["ds"]["path"] == paths
+    scope = {}
+    exec(readme_recipe("faiss.normalize_L2"), scope)
+    # Row 0's photo is stored 3 times (a file, a tar member, a Parquet row): 3 hits at cosine 1.
+    assert 0 in scope["rows"][0][:3] and scope["scores"][0][2] == pytest.approx(1.0, abs=1e-5)
+    assert scope["index"].ntotal == len(paths)
