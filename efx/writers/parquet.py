@@ -526,6 +526,13 @@ def _group(piece: tuple[Any, int | None], columns: list[str] | None = None) -> A
     return source.read_row_group(group, columns=columns)
 
 
+def _other_columns(piece: tuple[Any, int | None]) -> list[str]:
+    """A row group's columns beyond path, embedding and the file facts (shard, key, kept)."""
+    source, group = piece
+    schema = source.schema if group is None else source.schema_arrow
+    return [n for n in schema.names if n not in ("path", "embedding", *_FACT_COLUMNS)]
+
+
 def _rows_in(piece: tuple[Any, int | None]) -> int:
     source, group = piece
     return int(source.num_rows if group is None else source.metadata.row_group(group).num_rows)
@@ -557,24 +564,22 @@ def iter_table(
     manifest, pieces = _pieces(output)
     dim = int(manifest["feature_dim"])
     for piece in pieces:
-        table = _group(piece)
-        others = [n for n in table.schema.names if n not in ("path", "embedding")]
+        others = _other_columns(piece)
+        table = _group(piece, ["path", "embedding", *others])
         yield (
             table.column("path").to_pylist(),
             embeddings_of(table.column("embedding"), dim),
-            {n: table.column(n).to_pylist() for n in others if n not in _FACT_COLUMNS},
+            {n: table.column(n).to_pylist() for n in others},
         )
 
 
 def read(output: str) -> tuple[list[str], np.ndarray]:
-    manifest, pieces = _pieces(output)
-    dim = int(manifest.get("feature_dim", 0))
+    dim = int(_manifest(output).get("feature_dim", 0))
     paths: list[str] = []
     blocks = []
-    for piece in pieces:
-        table = _group(piece, ["path", "embedding"])
-        paths += table.column("path").to_pylist()
-        blocks.append(embeddings_of(table.column("embedding"), dim))
+    for block_paths, embeddings in iter_rows(output):
+        paths += block_paths
+        blocks.append(embeddings)
     return paths, np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
 
 
@@ -618,12 +623,10 @@ class RowReader:
         piece_of = np.searchsorted(self._starts, at, side="right") - 1
         found: dict[str, list[Any]] = {}
         for piece in np.unique(piece_of):
-            table = _group(self._pieces[int(piece)])
-            names = [
-                n for n in table.schema.names if n not in ("path", "embedding", *_FACT_COLUMNS)
-            ]
+            names = _other_columns(self._pieces[int(piece)])
+            table = _group(self._pieces[int(piece)], names)  # not the embeddings
             inside = np.flatnonzero(piece_of == piece)
-            picked = table.select(names).take(at[inside] - self._starts[piece])
+            picked = table.take(at[inside] - self._starts[piece])
             for name in names:
                 column = found.setdefault(name, [None] * len(indices))
                 for i, value in zip(inside, picked.column(name).to_pylist(), strict=True):
