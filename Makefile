@@ -9,12 +9,12 @@ STANDIN ?= .cache/standin-b6
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray, pyarrow and test tools
+install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray, pyarrow, fsspec's s3/gcs/http and test tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,arrow,parquet]"
+	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,arrow,parquet,s3,gcs,http]"
 	touch $(STAMP)
 
 browser:  ## Chromium (contact-sheet tests) and jq (README recipes): Debian's packages; needs root

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import facts as facts_
-from . import files, process, reuse, writers
+from . import files, process, remote, reuse, writers
 from . import resume as resume_
 from . import sources as sources_
 from .config import DEFAULT_SHARD_SIZE, DecodeOptions, Settings
@@ -28,7 +28,7 @@ from .discover import check_sources, find_files
 from .engine import Batch, Engine, open_engine
 from .errors import EfxError
 from .facts import Facts
-from .inputs import Input
+from .inputs import Input, fetched
 from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, check_precision, resolve_model
 
 # Rows reach the OS (and survive kill -9) after every batch; they are synced to the disk (and
@@ -108,6 +108,7 @@ def extract(
     progress: bool = False,
     on_note: Callable[[str], None] | None = None,
     verbose: bool = False,
+    storage_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Summary:
     """Embed every image of `sources` into `output` (HDF5 file or folder of .npy shards).
@@ -123,9 +124,16 @@ def extract(
     not be used); `verbose` lets TensorFlow's own C++ log lines through to stderr (hidden
     otherwise, by pointing file descriptor 2 at /dev/null during the call; Python's sys.stderr
     keeps the real one); `progress` shows a bar on stderr.
+    Sources and `output` may be URLs (s3://, gs://, https:// for sources: efx.remote; an output
+    in a bucket is .npy shards or Parquet: efx.writers.bucket); `storage_options` are given to
+    their fsspec filesystems (as --storage-option; None keeps those already set).
     Raises EfxError for anything the user can fix, and `efx.Interrupted` (a
     KeyboardInterrupt) on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
+    if storage_options is not None:
+        remote.configure(storage_options)
+    if remote.is_url(output):
+        return _extract_to_bucket(sources, output, stdin, progress, on_note, verbose, options)
     started = time.monotonic()
     settings = Settings(**options)
     if output == writers.STDOUT:
@@ -168,6 +176,40 @@ def extract(
             reuse.remove_leftovers(output)
         clock.append(time.monotonic())
         return _summary(plan, settings, loaded, counts, clock)
+
+
+def _extract_to_bucket(
+    sources: str | Iterable[str],
+    url: str,
+    stdin: BinaryIO | None,
+    progress: bool,
+    on_note: Callable[[str], None] | None,
+    verbose: bool,
+    options: dict[str, Any],
+) -> Summary:
+    """`extract` into a working copy mirrored to the bucket (efx.writers.bucket): synced while
+    the run writes, and at its end however it ends. Messages name the URL."""
+    from .writers.bucket import Bucket
+
+    settings = Settings(**options)
+    bucket = Bucket(url, writers.format_for(url, settings.format))
+    modes = [("update", settings.update), ("resume", settings.resume)]
+    mode = next((m for m, on in modes if on), "overwrite" if settings.overwrite else "new")
+    with _phase(url, "reading the bucket"):
+        local = bucket.prepare(mode)
+    try:
+        with bucket.mirrored(live=not settings.update):
+            summary = extract(
+                sources, local, stdin=stdin, progress=progress, on_note=on_note, verbose=verbose,
+                storage_options=remote.storage_options(), **options,
+            )  # fmt: skip
+    except EfxError as error:
+        raise EfxError(str(error).replace(local, url)) from None
+    except process.Interrupted as stop:
+        raise process.Interrupted(url, stop.wrote, None, stop.phase) from None
+    except OSError as error:  # an upload that failed
+        raise EfxError(f"{error} (the working copy is kept: run again with --resume)") from None
+    return replace(summary, output=url)
 
 
 def _one_update_at_a_time(
@@ -715,7 +757,7 @@ class _Feed:
         from .decode.pipeline import failure_reason  # imports TensorFlow: the engine already has
 
         assert self.options is not None
-        if inp.member is None:
+        if not fetched(inp):
             return failure_reason(inp.path, self.options)
         data = sources_.read_one(inp)
         if isinstance(data, BaseException):
@@ -934,13 +976,19 @@ def _abort(writer: writers.Writer) -> None:
 
 
 def load(output: str) -> tuple[list[str], np.ndarray]:
-    """Read an efx output of either format: (paths, float32 embeddings), row i with path i."""
-    return writers.read(output)
+    """Read an efx output of any format: (paths, float32 embeddings), row i with path i. A URL
+    of an output in a bucket is read from its working copy (efx.writers.bucket)."""
+    from .writers.bucket import reading
+
+    return writers.read(reading(output))
 
 
 def info(output: str) -> dict[str, Any]:
     """What `efx info --json` prints: an output's settings, counts, first failures, complete."""
-    return writers.describe(output)
+    from .writers.bucket import reading
+
+    described = writers.describe(reading(output))
+    return {**described, "output": output} if remote.is_url(output) else described
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

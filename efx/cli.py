@@ -178,6 +178,23 @@ output_options = _options(
     click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT."),
 )  # fmt: skip
 
+
+def _storage_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    from . import remote
+
+    if values:
+        remote.configure(dict(remote.parse_option(value) for value in values))
+
+
+storage_option = click.option(
+    "--storage-option", "-S", multiple=True, metavar="KEY=VALUE", expose_value=False,
+    callback=_storage_options,
+    help="For s3:// gs:// https:// URLs: an option of their fsspec filesystem (s3fs, gcsfs, "
+    "HTTP), VALUE as JSON or text; repeatable. E.g. -S endpoint_url=http://127.0.0.1:9000 "
+    "-S anon=true. Credentials and endpoints are otherwise taken as those libraries take them "
+    "(AWS_* variables, AWS_ENDPOINT_URL, ~/.aws, Google's default credentials).",
+)  # fmt: skip
+
 json_option = click.option(
     "--json", "as_json", is_flag=True,
     help="Print one JSON object on stdout (and nothing else there).",
@@ -313,6 +330,7 @@ verbose_option = click.option(
 @json_option
 @quiet_option
 @verbose_option
+@storage_option
 def extract(
     sources: tuple[str, ...],
     output: str,
@@ -487,6 +505,7 @@ def _report(summary: Any) -> None:
 @main.command()
 @click.argument("output")
 @json_option
+@storage_option
 def info(output: str, as_json: bool) -> None:
     """Describe an efx OUTPUT (HDF5 file, Parquet or .npy shard folder) without loading
     TensorFlow."""
@@ -566,6 +585,7 @@ html_option = click.option(
 @html_option
 @json_option
 @verbose_option
+@storage_option
 def similar(
     output: str, queries: tuple[str, ...], k: int, html_path: str | None, as_json: bool,
     verbose: bool,
@@ -621,6 +641,7 @@ def similar(
 @html_option
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+@storage_option
 def duplicates(
     output: str, threshold: float | None, html_path: str | None, as_json: bool, quiet: bool
 ) -> None:
@@ -696,6 +717,7 @@ def _sheet_and_warning(
 @output_options
 @json_option
 @quiet_option
+@storage_option
 def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **options: Any) -> None:
     """Combine the outputs of `efx extract --shard I/N` runs into OUTPUT: the same rows in the
     same order as one run over all the inputs. Parts may be HDF5, Parquet or .npy shards, in
@@ -726,6 +748,7 @@ def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **opt
 @output_options
 @json_option
 @quiet_option
+@storage_option
 def convert(source: str, output: str, as_json: bool, quiet: bool, **options: Any) -> None:
     """Write a finished efx OUTPUT in another format as NEW_OUTPUT, without the model: the same
     rows in the same order, embeddings bit for bit, file facts (--update keeps working),

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from . import remote
 from .errors import EfxError
 
 # Extensions walked in folders (compared case-insensitively). Files named explicitly, on the
@@ -31,7 +32,9 @@ def check_sources(sources: Iterable[str]) -> None:
     if sources.count(STDIN) > 1:
         raise EfxError("- (stdin) can be given only once as a SOURCE")
     for source in sources:
-        if source != STDIN and not os.path.exists(source):
+        if remote.is_url(source):
+            remote.check_source(source)  # a missing bucket or bad credentials: before any work
+        elif source != STDIN and not os.path.exists(source):
             kind = "broken symlink" if os.path.islink(source) else "no such file or folder"
             raise EfxError(f"source not found: {source} ({kind})")
 
@@ -44,14 +47,21 @@ def find_files(
 
     Sources keep the order given; a folder contributes its images and shards sorted by relative
     path; `-` contributes the paths read from `stdin` in the order read (one per line, or
-    NUL-separated).
+    NUL-separated). A URL is an object, or a prefix walked as a folder is (s3://, gs://; plain
+    HTTP cannot be listed: an https:// URL is one file).
     """
     found: list[tuple[str, bool]] = []
+    remote.forget_listings()
     for source in sources:
         if source == STDIN:
             if stdin is None:
                 raise EfxError("- (stdin) given as a SOURCE but no input stream is available")
             found.extend((path, False) for path in read_path_list(stdin, null=null))
+        elif remote.is_url(source):
+            if remote.is_prefix(source):
+                found.extend((url, True) for url in remote.walk(source, walked))
+            else:
+                found.append((source, False))
         elif os.path.isdir(source):
             found.extend((os.path.join(source, rel), True) for rel in walk_images(source))
         else:
@@ -106,7 +116,10 @@ def _walk(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[str]:
             is_dir = False
         if is_dir:
             yield from _walk(root, child, seen)
-        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS or SHARD_NAME.search(
-            entry.name
-        ):
+        elif walked(entry.name):
             yield child
+
+
+def walked(name: str) -> bool:
+    """Whether a folder walk takes a file of this name: an image or a shard."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS or bool(SHARD_NAME.search(name))

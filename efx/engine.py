@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import DecodeOptions, Settings
-from .inputs import Input
+from .inputs import Input, fetched
 from .model import LoadedModel, ModelSpec, load_model
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions, embeddings of the ok, ok
@@ -48,15 +48,15 @@ class LocalEngine:
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]:
         """The pipeline drops inputs that fail to decode; the gaps in its indices are those.
-        Images inside shards reach it as bytes, read ahead by efx.sources; files of their own
-        are read by the pipeline's decoders."""
+        Images inside shards and objects by URL reach it as bytes, read ahead by efx.sources;
+        files of their own are read by the pipeline's decoders."""
         from .decode import pipeline  # imports TensorFlow: only once there is work
 
         if not inputs:
             return
-        paths = ["" if inp.member else inp.path for inp in inputs]
+        paths = ["" if fetched(inp) else inp.path for inp in inputs]
         members = None
-        if any(inp.member for inp in inputs):
+        if any(fetched(inp) for inp in inputs):
             members = functools.partial(_member_bytes, inputs)
         expected = 0  # the next index not yet accounted for
         batches = pipeline.image_batches(paths, options, loaded.batch_size, members)
@@ -75,8 +75,8 @@ class LocalEngine:
 
 
 def _member_bytes(inputs: Sequence[Input]) -> Iterator[bytes]:
-    """The bytes of the images inside shards, in order; b"" for one that cannot be read (the
-    decoder then fails on it, and its failure's reason reads it again)."""
+    """The bytes of the images inside shards and of objects by URL, in order; b"" for one that
+    cannot be read (the decoder then fails on it, and its failure's reason reads it again)."""
     from . import sources
 
     for data in sources.read_ahead(inputs):

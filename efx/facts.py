@@ -42,7 +42,14 @@ def stat(path: str) -> Facts:
 
 def inspect(path: str) -> tuple[Facts, str | None]:
     """`stat`, and why the path can never be an image file when it is a named pipe, device or
-    socket (None otherwise): such a path is never opened (reading a pipe waits forever)."""
+    socket (None otherwise): such a path is never opened (reading a pipe waits forever).
+    An object by URL: its size and modification time as the store lists them (efx.remote;
+    S3's LastModified, as `aws s3 sync` compares)."""
+    from . import remote
+
+    if remote.is_url(path):
+        listed = remote.stat(path)
+        return (UNKNOWN if listed is None else Facts(*listed, "")), None
     try:
         found = os.stat(path)
     except OSError:
@@ -54,8 +61,10 @@ def inspect(path: str) -> tuple[Facts, str | None]:
 
 def same_file(stored: Facts, now: Facts) -> bool:
     """The fast path: the same size and modification time as when the row was computed (what
-    rsync and make trust). Never true for unknown facts."""
-    return stored.size >= 0 and stored.sha256 != "" and stored[:2] == now[:2]
+    rsync and make trust). Never true for unknown facts (an object whose server gives no
+    date: its bytes are compared)."""
+    known = stored.size >= 0 and stored.mtime_ns >= 0 and stored.sha256 != ""
+    return known and stored[:2] == now[:2]
 
 
 def sha256(path: str, stop: threading.Event | None = None) -> str:

@@ -126,7 +126,12 @@ def held_exclusively(path: str, busy: str) -> Iterator[None]:
 
 def open_input(path: str) -> BinaryIO:
     """`path` opened for reading if it is a regular file (after symlinks); OSError otherwise,
-    without blocking: a named pipe, device or socket called `x.jpg` is never read."""
+    without blocking: a named pipe, device or socket called `x.jpg` is never read. A URL
+    (s3://, gs://, https://) is opened through efx.remote: seekable, read in ranges."""
+    from . import remote
+
+    if remote.is_url(path):
+        return remote.open_file(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         mode = os.fstat(fd).st_mode

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .facts import Facts
+from .remote import is_url
 
 
 class Member(NamedTuple):
@@ -52,3 +53,9 @@ class Input(NamedTuple):
 def loose(path: str) -> Input:
     """An image file of its own: its path is its key."""
     return Input(path, path)
+
+
+def fetched(inp: Input) -> bool:
+    """Whether efx reads the input's bytes itself (a shard's member, an object by URL: see
+    efx.sources.read_ahead) rather than the decoders reading a file."""
+    return inp.member is not None or is_url(inp.path)

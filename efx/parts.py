@@ -8,15 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from . import remote, writers
 from . import resume as resume_
-from . import writers
 from .config import DEFAULT_SHARD_SIZE, check_positive, parse_part
 from .errors import EfxError
 from .names import escape
+from .writers import bucket
 
 # What a merged output keeps of its parts' metadata (the rest is per part).
 _MERGED_ATTRS = (
@@ -62,9 +63,14 @@ def merge(
     overwrite: bool = False,
 ) -> MergeSummary:
     """Combine the outputs of `--shard I/N` runs (either format) into `output` (either format):
-    exactly the rows, failures and order of one run over all the inputs."""
-    parts = list(parts)
+    exactly the rows, failures and order of one run over all the inputs. Parts and `output`
+    may be URLs of outputs in a bucket (efx.writers.bucket)."""
     fmt = writers.format_for(output, format)
+    if remote.is_url(output):
+        with bucket.written(output, fmt, overwrite) as local:
+            done = merge(parts, local, format=fmt, shard_size=shard_size, overwrite=True)
+        return replace(done, output=output)
+    parts = [bucket.reading(part) for part in parts]
     check_positive("--shard-size", shard_size)
     if not parts:
         raise EfxError("name the PART outputs to merge")
@@ -96,8 +102,13 @@ def convert(
     """Write an output of one format (HDF5, .npy shards, Parquet) as another: the same rows,
     embeddings bit for bit, file facts, failures and settings. No model. Columns only Parquet
     holds (shard, key, kept source columns) are listed in `dropped` when OUTPUT cannot hold
-    them; a finished SOURCE only."""
+    them; a finished SOURCE only. Either may be the URL of an output in a bucket."""
     fmt = writers.format_for(output, format)
+    if remote.is_url(output) and fmt not in writers.STREAM_FORMATS:
+        with bucket.written(output, fmt, overwrite) as local:
+            done = convert(source, local, format=fmt, shard_size=shard_size, overwrite=True)
+        return replace(done, source=source, output=output)
+    source = bucket.reading(source)
     if fmt in writers.STREAM_FORMATS:
         raise EfxError(f"efx convert writes a file format: {', '.join(writers.FILE_FORMATS)}")
     check_positive("--shard-size", shard_size)

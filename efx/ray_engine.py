@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from . import remote
 from .config import DecodeOptions, Settings
 from .errors import EfxError
-from .inputs import Input, Member
+from .inputs import Input, Member, fetched
 from .model import LoadedModel, ModelSpec
 
 INSTALL_HINT = "pip install 'efx[ray]'"
@@ -95,8 +96,8 @@ class RayEngine:
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(positions in `inputs`, embeddings of the ok ones, ok) per batch, in input order.
-        Workers read the inputs themselves (files, and images inside shards by their place in
-        the shard): no image's bytes pass through this process."""
+        Workers read the inputs themselves (files, objects by URL, and images inside shards by
+        their place in the shard): no image's bytes pass through this process."""
         ray = self._ray
         if not inputs:
             return
@@ -107,7 +108,7 @@ class RayEngine:
             ray.data.from_items(items)
             .map_batches(
                 _Decode,
-                fn_constructor_args=(options,),
+                fn_constructor_args=(options, remote.storage_options()),
                 batch_size=loaded.batch_size,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=decoders),
                 num_cpus=1,
@@ -146,8 +147,10 @@ def _runs_in_actors(images: Any) -> np.ndarray:
 class _Decode:
     """Ray Data stage: paths -> model-ready images, with the local engine's decode function."""
 
-    def __init__(self, options: DecodeOptions) -> None:
+    def __init__(self, options: DecodeOptions, storage: dict[str, Any]) -> None:
         from .decode.pipeline import file_decoder
+
+        remote.configure(storage)  # objects by URL: read here, with the driver's options
 
         self._size = options.image_size
         self._decode = file_decoder(options)
@@ -163,7 +166,7 @@ class _Decode:
             if isinstance(data, BaseException):
                 images.append(None)  # the driver's failure_reason reads it again to say why
                 continue
-            path = b"" if inp.member else os.fsencode(inp.path)
+            path = b"" if fetched(inp) else os.fsencode(inp.path)
             images.append(self._decode(path, data))
         return {
             "index": batch["index"],

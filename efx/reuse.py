@@ -279,7 +279,7 @@ def kept_shards(
         facts = [
             source.failed_facts[i] if failure else source.facts[i] for _, failure, i in entries
         ]
-        if not entries or now.size < 0 or any(f[:2] != now[:2] for f in facts):
+        if not entries or now.size < 0 or now.mtime_ns < 0 or any(f[:2] != now[:2] for f in facts):
             return None
         if retry_failed and any(failure for _, failure, _ in entries):
             return None

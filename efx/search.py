@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import sources, writers
+from . import remote, sources, writers
 from .errors import EfxError
+from .writers import bucket
 
 BLOCK_ROWS = 1024  # rows compared at a time: a block of similarities is BLOCK_ROWS x N floats
 # Measured on REAL features (EfficientNet-Lite0, ImageNet weights; scripts/search_quality.py,
@@ -43,10 +44,11 @@ def similar(
     if not queries:
         raise EfxError("name at least one QUERY: a path in OUTPUT or an image file")
     _check_k(k)
+    output = bucket.reading(output)
     paths = writers.read_state(output)["paths"]
     failed = {f["path"]: f["error"] for f in writers.read_failures(output)}
     rows = _rows_of(queries, paths)
-    outside = [q for q in queries if rows[q] is None and q not in failed and os.path.isfile(q)]
+    outside = [q for q in queries if rows[q] is None and q not in failed and _is_file(q)]
     vectors, errors = _query_vectors(output, queries, rows, outside, verbose)
     asked = list(dict.fromkeys(q for q in queries if q in vectors))  # once each
     found = []
@@ -82,7 +84,7 @@ def duplicates(
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
         raise EfxError(f"--threshold must be in (0, 1]. Received: {threshold!r}")
-    paths, units = _all_units(output)
+    paths, units = _all_units(bucket.reading(output))
     parent = list(range(len(paths)))
     for first, second in _pairs_above(units, float(threshold), progress):
         _union(parent, first, second)
@@ -133,10 +135,15 @@ def _rows_of(queries: list[str], paths: list[str]) -> dict[str, int | None]:
     return found
 
 
+def _is_file(path: str) -> bool:
+    """An image file, or an object by URL (embedded from there)."""
+    return remote.exists(path) if remote.is_url(path) else os.path.isfile(path)
+
+
 def _why_no_vector(query: str, failed: dict[str, str]) -> str:
     if query in failed:
         return f"it could not be embedded when OUTPUT was made: {failed[query]}"
-    if not os.path.exists(query):
+    if not (os.path.exists(query) or _is_file(query)):
         return "not in OUTPUT, and no such file"
     return "not in OUTPUT, and not an image file"
 

@@ -26,6 +26,10 @@ def read_head(path: str) -> bytes:
 
 
 def os_reason(error: OSError) -> str:
+    from ..remote import RemoteError
+
+    if isinstance(error, RemoteError):
+        return str(error)
     if isinstance(error, NotRegularFile):
         if error.kind == "folder":
             return "is a folder, not an image file"

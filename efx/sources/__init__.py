@@ -12,6 +12,7 @@ and `read_key`, a row's key back to its image.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import queue
@@ -22,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from .. import facts as facts_
+from .. import remote
 from ..discover import IMAGE_EXTENSIONS, SHARD_NAME
 from ..errors import EfxError
 from ..facts import Facts
 from ..files import open_input
-from ..inputs import Input, Member, loose
+from ..inputs import Input, Member, fetched, loose
 from . import parquet, streams, tar, tfrecord
 from .streams import GZIP_MAGIC, NotImages, first_line
 
@@ -163,20 +165,25 @@ def _scan(
 
 READ_AHEAD_RUNS = 3  # shards read at once, each by a thread of its own
 READ_AHEAD_ITEMS = 16  # members read ahead per shard: memory is this many images, not a shard
+# Objects by URL in flight at once: a request mostly waits on the network (50 ms in a region),
+# so many more than cores keep the model fed; memory is this many images (and as many queued).
+OBJECT_REQUESTS = 16
+_OBJECTS = ""  # the run of consecutive objects by URL, read by a pool of their own
 
 
 def read_ahead(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
-    """The bytes of the member inputs of `inputs` (files of their own are skipped: the decoders
-    read those), in order, as `read_inputs`; the shards of READ_AHEAD_RUNS runs of consecutive
-    members are read at once, each by a thread of its own, at most READ_AHEAD_ITEMS ahead."""
-    runs = _runs([inp for inp in inputs if inp.member is not None])
+    """The bytes of the inputs of `inputs` efx reads itself (shard members and objects by URL:
+    efx.inputs.fetched; files of their own are skipped, the decoders read those), in order, as
+    `read_inputs`. The shards of READ_AHEAD_RUNS runs of consecutive members are read at once,
+    each by a thread of its own, at most READ_AHEAD_ITEMS ahead; a run of objects by
+    OBJECT_REQUESTS requests in flight, so a slow object delays only itself."""
+    runs = _runs([inp for inp in inputs if fetched(inp)])
     stop = threading.Event()
     started: list[queue.Queue[Any]] = []
 
     def start(path: str | None, run: list[Input]) -> None:
         pipe: queue.Queue[Any] = queue.Queue(READ_AHEAD_ITEMS)
-        members = [inp.member for inp in run]
-        threading.Thread(target=_fill, args=(pipe, path, members, stop), daemon=True).start()
+        threading.Thread(target=_fill, args=(pipe, _read(path, run), stop), daemon=True).start()
         started.append(pipe)
 
     try:
@@ -196,31 +203,69 @@ def read_ahead(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
 _END = object()
 
 
-def _fill(pipe: queue.Queue[Any], path: str, members: list[Member], stop: threading.Event) -> None:
-    for item in itertools.chain(_read_run(path, members), [_END]):
+def _fill(pipe: queue.Queue[Any], items: Iterator[Any], stop: threading.Event) -> None:
+    for item in itertools.chain(items, [_END]):
         while not stop.is_set():
             try:
                 pipe.put(item, timeout=0.1)
                 break
             except queue.Full:
                 continue
+        if stop.is_set():
+            items.close()  # type: ignore[attr-defined]
+            return
 
 
 def _runs(inputs: Sequence[Input]) -> Iterator[tuple[str | None, list[Input]]]:
-    """Runs of consecutive inputs in the same shard (its path), or of files (None)."""
-    for shard, run in itertools.groupby(inputs, lambda inp: inp.path if inp.member else None):
+    """Runs of consecutive inputs in the same shard (its path), of objects by URL (_OBJECTS),
+    or of files (None)."""
+
+    def run_of(inp: Input) -> str | None:
+        return inp.path if inp.member else _OBJECTS if remote.is_url(inp.path) else None
+
+    for shard, run in itertools.groupby(inputs, run_of):
         yield shard, list(run)
 
 
+def _read(shard: str | None, run: list[Input]) -> Iterator[bytes | BaseException]:
+    if shard is None:
+        return (b"" for _ in run)
+    if shard == _OBJECTS:
+        return _read_objects([inp.path for inp in run])
+    return _read_run(shard, [inp.member for inp in run])  # type: ignore[misc]
+
+
 def read_inputs(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
-    """The bytes of each member input, in order (an exception where they cannot be read);
-    b"" for a file of its own (its reader reads it). Each shard is opened once per run of
-    consecutive inputs in it and read forwards."""
+    """The bytes of each shard member and object by URL, in order (an exception where they
+    cannot be read); b"" for a file of its own (its reader reads it). Each shard is opened once
+    per run of consecutive inputs in it and read forwards."""
     for shard, run in _runs(inputs):
-        if shard is None:
-            yield from (b"" for _ in run)
-        else:
-            yield from _read_run(shard, [inp.member for inp in run])  # type: ignore[misc]
+        yield from _read(shard, run)
+
+
+def _read_objects(urls: list[str]) -> Iterator[bytes | BaseException]:
+    """Whole objects, in order, OBJECT_REQUESTS requests in flight (each retried by
+    efx.remote); an object that cannot be read is its error (a RemoteError with the reason)."""
+    pool = ThreadPoolExecutor(OBJECT_REQUESTS)
+    todo = iter(urls)
+    pending = collections.deque(
+        pool.submit(_object, url) for url in itertools.islice(todo, OBJECT_REQUESTS)
+    )
+    try:
+        while pending:
+            item = pending.popleft().result()
+            if (url := next(todo, None)) is not None:
+                pending.append(pool.submit(_object, url))
+            yield item
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _object(url: str) -> bytes | BaseException:
+    try:
+        return remote.read_object(url)
+    except OSError as error:
+        return error
 
 
 def _read_run(path: str, members: list[Member]) -> Iterator[bytes | BaseException]:
@@ -237,8 +282,9 @@ def _read_run(path: str, members: list[Member]) -> Iterator[bytes | BaseExceptio
 
 
 def read_one(inp: Input) -> bytes | BaseException:
-    """The bytes of one member input (to say why it failed, to show it on a page)."""
-    return next(_read_run(inp.path, [inp.member])) if inp.member else b""
+    """The bytes of one member input or object by URL (to say why it failed, to show it on a
+    page); b"" for a file."""
+    return next(read_inputs([inp]))
 
 
 FINDERS = {"tar": tar.find, "parquet": parquet.find, "tfrecord": tfrecord.find}
@@ -247,14 +293,19 @@ FINDERS = {"tar": tar.find, "parquet": parquet.find, "tfrecord": tfrecord.find}
 def shard_of(key: str) -> tuple[str, str] | None:
     """(shard, name in it) for the key of an image inside a shard whose file exists: the
     longest prefix of `key` that is a file. None for a file's own path, or nothing found."""
-    if os.path.exists(key):
+    if _is_file(key) or (not remote.is_url(key) and os.path.exists(key)):
         return None
     head = key
-    while "/" in head:
+    while "/" in head and not head.endswith("://"):
         head = head.rsplit("/", 1)[0]
-        if os.path.isfile(head):
+        if _is_file(head):
             return head, key[len(head) + 1 :]
     return None
+
+
+def _is_file(path: str) -> bool:
+    """A file, or an object by URL."""
+    return remote.exists(path) if remote.is_url(path) else os.path.isfile(path)
 
 
 def dataset_key(inp: Input) -> tuple[str | None, str | None]:
@@ -274,13 +325,13 @@ def dataset_key(inp: Input) -> tuple[str | None, str | None]:
 
 def exists(key: str) -> bool:
     """Whether an output's row name still points at something: a file, or a shard's file."""
-    return os.path.exists(key) or shard_of(key) is not None
+    return _is_file(key) or os.path.exists(key) or shard_of(key) is not None
 
 
 def locate(key: str) -> Input | None:
     """The input a row's key names (a file, or an image inside a shard, found by reading the
     shard's headers or key column), to read it again; None if it is not there."""
-    if os.path.isfile(key):
+    if _is_file(key):
         return loose(key)
     found = shard_of(key)
     kind = kind_of(found[0]) if found else None
@@ -298,7 +349,7 @@ def read_key(key: str) -> bytes | None:
     inp = locate(key)
     if inp is None:
         return None
-    if inp.member is None:
+    if not fetched(inp):
         try:
             with open_input(inp.path) as file:
                 return file.read()

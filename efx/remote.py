@@ -1,0 +1,343 @@
+"""Objects by URL (`s3://bucket/key`, `gs://bucket/key`, `https://host/path`): the one place efx
+talks to an object store or web server, through fsspec (s3fs, gcsfs, fsspec's HTTP filesystem).
+No TensorFlow.
+
+A URL is turned into a filesystem here, once per protocol (fsspec's `core.url_to_fs`); the rest
+of efx passes URLs around as it passes paths. Credentials and endpoints come the way those
+libraries take them (AWS_* variables and ~/.aws for S3, `AWS_ENDPOINT_URL` for S3 compatibles,
+Google's application default credentials for gs://, fsspec's `FSSPEC_<PROTOCOL>_<OPTION>`
+variables and config files), plus `--storage-option KEY=VALUE` (`configure`).
+
+Reads of whole objects are retried with backoff on errors that may pass (timeouts, dropped
+connections, 5xx, 429): `ATTEMPTS` in all. What cannot be read becomes a reason a person
+understands (`reason`): `HTTP 404`, `s3: access denied`, `connection reset after 3 attempts`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from .errors import EfxError
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+ATTEMPTS = 3
+BACKOFF_SECONDS = 0.5  # before the 2nd attempt; doubled before each further one
+# Shards are read through a read-ahead buffer of this many bytes per request: a 2 GB shard
+# streams in ranges, one block in memory (s3fs's own default block is 50 MiB).
+BLOCK_BYTES = 8 << 20
+
+_INSTALL = {
+    "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp",
+    "https": "aiohttp",
+}  # fmt: skip
+_EXTRA = {"s3fs": "s3", "gcsfs": "gcs", "aiohttp": "http"}
+
+_options: dict[str, Any] = {}
+_filesystems: dict[str, Any] = {}
+_listed: dict[str, dict[str, Any]] = {}  # URL -> what a listing said of it (size, date)
+_lock = threading.Lock()
+
+
+def is_url(path: str) -> bool:
+    """Whether `path` names an object by URL (any fsspec protocol but file://)."""
+    found = _URL.match(path)
+    return found is not None and found.group(1).lower() != "file"
+
+
+def protocol(url: str) -> str:
+    found = _URL.match(url)
+    return found.group(1).lower() if found else "file"
+
+
+def configure(options: dict[str, Any] | None) -> None:
+    """Storage options given to every URL's filesystem (`--storage-option`), on top of those
+    fsspec reads from its environment variables and config files."""
+    with _lock:
+        _options.clear()
+        _options.update(options or {})
+        _filesystems.clear()
+        _listed.clear()
+
+
+def storage_options() -> dict[str, Any]:
+    """The options `configure` set (for Ray workers, which configure their own process)."""
+    return dict(_options)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` of --storage-option: VALUE as JSON when it is JSON (`true`, `3`,
+    `{"a": 1}`), else as text. Raises EfxError naming what was received."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise EfxError(
+            "--storage-option takes KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000 or "
+            f"anon=true. Received: {text!r}"
+        )
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, its path for `url`). Raises EfxError when the protocol's package is
+    not installed, saying which extra installs it."""
+    scheme = protocol(url)
+    with _lock:
+        fs = _filesystems.get(scheme)
+    if fs is None:
+        try:
+            import fsspec
+
+            fs, _ = fsspec.core.url_to_fs(url, **_options)
+        except ImportError as error:
+            package = _INSTALL.get(scheme, getattr(error, "name", None) or "fsspec")
+            extra = _EXTRA.get(package)
+            how = f"pip install 'efx[{extra}]'" if extra else f"pip install {package}"
+            raise EfxError(f"{scheme}:// URLs need {package}: {how}") from None
+        except (TypeError, ValueError) as error:
+            raise EfxError(f"cannot use {scheme}:// with these storage options: {error}") from None
+        with _lock:
+            _filesystems[scheme] = fs
+    return fs, fs._strip_protocol(url)
+
+
+def url_of(fs: Any, path: str, like: str) -> str:
+    """The URL of `path` (as `fs` names it) in the protocol of the URL `like`."""
+    if protocol(like) in ("http", "https"):
+        return path
+    return f"{protocol(like)}://{path}"
+
+
+def join(url: str, name: str) -> str:
+    return url.rstrip("/") + "/" + name
+
+
+def walk(url: str, wanted: Callable[[str], bool]) -> list[str]:
+    """The URLs of the objects below the prefix `url` whose names `wanted` takes, sorted by
+    their path relative to the prefix (as a folder walk sorts). Their sizes and dates are kept
+    (`stat` answers from them: a no-change --update lists the prefix and reads nothing).
+    Raises EfxError if the prefix cannot be listed."""
+    fs, root = filesystem(url)
+    try:
+        fs.invalidate_cache(root)  # a long-lived process (the Python API) lists afresh
+        found = fs.find(root, detail=True)
+    except Exception as error:  # noqa: BLE001 - every library's error, told in words
+        raise EfxError(f"cannot list {url}: {reason(error)}") from None
+    urls = []
+    with _lock:
+        for path, info in found.items():
+            if info.get("type", "file") != "file" or not wanted(path):
+                continue
+            full = url_of(fs, path, url)
+            _listed[full] = info
+            urls.append(full)
+    prefix = len(root.rstrip("/"))
+    return sorted(urls, key=lambda u: fs._strip_protocol(u)[prefix:])
+
+
+def forget_listings() -> None:
+    """Drop what earlier listings said (a new run asks again)."""
+    with _lock:
+        _listed.clear()
+
+
+def info(url: str) -> dict[str, Any]:
+    """What the store says of an object (from a listing when it was listed); OSError if it
+    is not there or cannot be asked."""
+    with _lock:
+        known = _listed.get(url)
+    if known is not None:
+        return known
+    fs, path = filesystem(url)
+    try:
+        found: dict[str, Any] = _retried(lambda: fs.info(path))
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001
+        raise RemoteError(reason(error)) from error
+    return found
+
+
+def stat(url: str) -> tuple[int, int] | None:
+    """(size in bytes, modification time in ns since the epoch; -1 where the store does not
+    say) of an object; None if it is not there or not a file."""
+    try:
+        found = info(url)
+    except OSError:
+        return None
+    if found.get("type", "file") != "file" or found.get("size") is None:
+        return None
+    return int(found["size"]), _mtime_ns(found)
+
+
+def _mtime_ns(found: dict[str, Any]) -> int:
+    """An object's modification time: S3's LastModified, GCS's `updated`, HTTP's
+    Last-Modified; -1 when there is none (then --update reads its bytes to compare)."""
+    value = next(
+        (found[k] for k in ("LastModified", "updated", "mtime", "Last-Modified") if k in found),
+        None,
+    )
+    if isinstance(value, str):
+        from email.utils import parsedate_to_datetime
+
+        try:
+            value = (
+                parsedate_to_datetime(value)
+                if "," in value
+                else datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            )
+        except (TypeError, ValueError):
+            return -1
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1000
+    if isinstance(value, int | float):
+        return int(value * 1e9)
+    return -1
+
+
+def exists(url: str) -> bool:
+    return stat(url) is not None
+
+
+def is_prefix(url: str) -> bool:
+    """Whether `url` names a folder-like prefix (objects below it), not an object. Raises
+    EfxError when the store cannot be asked (a missing bucket, bad credentials)."""
+    if protocol(url) in ("http", "https"):
+        return False  # no listing over plain HTTP: a URL is a file
+    fs, path = filesystem(url)
+    try:
+        return bool(fs.isdir(path))
+    except Exception as error:  # noqa: BLE001
+        raise EfxError(f"cannot read {url}: {reason(error)}") from None
+
+
+def check_source(url: str) -> None:
+    """End the run before any work when `url` cannot be a source: a missing bucket, bad
+    credentials, a missing object. One clear line (EfxError)."""
+    fs, path = filesystem(url)
+    try:
+        if fs.exists(path):
+            return
+        if protocol(url) not in ("http", "https"):
+            bucket = path.split("/", 1)[0]
+            fs.ls(bucket)  # a missing bucket or bad credentials say so here
+    except Exception as error:  # noqa: BLE001
+        raise EfxError(f"source cannot be read: {url} ({reason(error)})") from None
+    raise EfxError(f"source not found: {url} (no such object or prefix)")
+
+
+def open_file(url: str) -> BinaryIO:
+    """`url` opened for reading, seekable, read in ranges of BLOCK_BYTES; RemoteError (an
+    OSError whose text is the reason) if it cannot be opened."""
+    fs, path = filesystem(url)
+    try:
+        return _retried(  # type: ignore[no-any-return]
+            lambda: fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type="readahead")
+        )
+    except Exception as error:  # noqa: BLE001
+        raise RemoteError(reason(error)) from error
+
+
+def read_object(url: str) -> bytes:
+    """The bytes of an object, retried (ATTEMPTS) on errors that may pass; RemoteError (an
+    OSError) with a reason for a person if they cannot be read."""
+    fs, path = filesystem(url)
+    try:
+        return _retried(lambda: fs.cat_file(path))  # type: ignore[no-any-return]
+    except Exception as error:  # noqa: BLE001
+        raise RemoteError(reason(error)) from error
+
+
+class RemoteError(OSError):
+    """An object that could not be read, with the reason (`str(error)`) for its failure."""
+
+
+def _retried(call: Callable[[], Any]) -> Any:
+    wait = BACKOFF_SECONDS
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001
+            if attempt == ATTEMPTS or not transient(error):
+                if transient(error):
+                    error.efx_attempts = ATTEMPTS  # type: ignore[attr-defined]
+                raise
+        time.sleep(wait)
+        wait *= 2
+    raise AssertionError("unreachable")
+
+
+_TRANSIENT_NAMES = {
+    "ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError",
+    "ClientOSError", "ServerTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
+    "ReadTimeoutError", "ConnectTimeoutError", "ResponseStreamingError", "IncompleteRead",
+    "RemoteDisconnected", "ConnectionError",
+}  # fmt: skip
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status behind an error of aiohttp, botocore or s3fs, if there is one."""
+    status = getattr(error, "status", None) or getattr(error, "code", None)
+    if isinstance(status, int) and 100 <= status < 600:
+        return status
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(code, int):
+            return code
+    cause = error.__cause__ or error.__context__
+    return status_of(cause) if cause is not None and cause is not error else None
+
+
+def transient(error: BaseException) -> bool:
+    """Whether trying again may succeed: a timeout, a dropped or refused connection, a 5xx or
+    429 answer."""
+    if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
+        return False
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(error).__mro__):
+        return True
+    status = status_of(error)
+    if status is not None:
+        return status >= 500 or status == 429
+    cause = error.__cause__ or error.__context__
+    return cause is not None and cause is not error and transient(cause)
+
+
+def reason(error: BaseException) -> str:
+    """Why an object could not be read or listed, in words: `HTTP 404`, `s3: access denied`,
+    `connection reset after 3 attempts`."""
+    if isinstance(error, RemoteError):
+        return str(error)
+    attempts = getattr(error, "efx_attempts", None)
+    after = f" after {attempts} attempts" if attempts else ""
+    text = str(error).strip()
+    status = status_of(error)
+    if isinstance(error, FileNotFoundError):
+        if "bucket does not exist" in text.lower():
+            return "no such bucket"
+        return "HTTP 404: not found" if status == 404 or "http" in text[:5] else "no such object"
+    if isinstance(error, PermissionError) or status in (401, 403):
+        return "access denied (check the credentials and the bucket's permissions)"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused{after}"
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if isinstance(error, TimeoutError) or names & {"ServerTimeoutError", "ReadTimeoutError"}:
+        return f"timed out{after}"
+    if isinstance(error, ConnectionError) or names & _TRANSIENT_NAMES:
+        return f"connection reset{after}"
+    if status is not None:
+        return f"HTTP {status}{after}"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"{first}{after}"
