@@ -760,6 +760,13 @@ class _Feed:
         if not fetched(inp):
             return failure_reason(inp.path, self.options)
         data = sources_.read_one(inp)
+        if inp.member is None:  # an object by URL: its reasons are a file's
+            if isinstance(data, OSError):
+                from .decode.reasons import os_reason
+
+                return os_reason(data)
+            if not data:
+                return "empty file"
         if isinstance(data, BaseException):
             return sources_.read_reason(data)
         return failure_reason(inp.key, self.options, data)

@@ -29,7 +29,7 @@ def similar_page(results: list[dict[str, Any]], output: str, warning: str | None
     """The page of `efx similar`: each query's image, then its hits with rank and similarity."""
     sections = []
     for result in results[:MAX_SECTIONS]:
-        cards = [_card(result["query"], "query", exists=os.path.exists(result["query"]))]
+        cards = [_card(result["query"], "query", exists=sources.exists(result["query"]))]
         cards += [
             _card(hit["path"], f"#{hit['rank']} &middot; {hit['similarity']:.3f}", hit["exists"])
             for hit in result["hits"][:MAX_CARDS]

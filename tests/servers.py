@@ -34,6 +34,7 @@ class S3Server:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.latency = latency
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.log: list[tuple[str, str]] = []  # (method, path) of every request
         self._lock = threading.Lock()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
@@ -50,6 +51,7 @@ class S3Server:
         )  # fmt: skip
         with self._lock:
             self.requests[(environ["REQUEST_METHOD"], kind)] += 1
+            self.log.append((environ["REQUEST_METHOD"], path))
         if self.latency:
             time.sleep(self.latency)
         return inner(environ, start)
@@ -57,10 +59,15 @@ class S3Server:
     def env(self) -> dict[str, str]:
         return {**S3_ENV, "AWS_ENDPOINT_URL": self.endpoint}
 
-    def reads(self) -> int:
-        """Object reads (GET and HEAD of a key) since the counter was last cleared."""
+    def clear(self) -> None:
         with self._lock:
-            return self.requests[("GET", "object")] + self.requests[("HEAD", "object")]
+            self.requests.clear()
+            self.log.clear()
+
+    def touched(self, suffixes: tuple[str, ...]) -> list[tuple[str, str]]:
+        """The requests (GET or HEAD) for keys ending with one of `suffixes` since `clear`."""
+        with self._lock:
+            return [(m, p) for m, p in self.log if p.lower().endswith(suffixes)]
 
     def stop(self) -> None:
         self._server.stop()
