@@ -223,16 +223,29 @@ def is_prefix(url: str) -> bool:
 
 def check_source(url: str) -> None:
     """End the run before any work when `url` cannot be a source: a missing bucket, bad
-    credentials, a missing object. One clear line (EfxError)."""
+    credentials, a missing object, a folder over plain HTTP (which has no listing). One clear
+    line (EfxError)."""
+    web = protocol(url) in ("http", "https")
+    if web and url.endswith("/"):
+        raise EfxError(
+            f"{url} names a folder, and plain HTTP has no listing: give the URLs of the files "
+            "or shards (as SOURCEs, or one per line on stdin with SOURCE -)"
+        )
     fs, path = filesystem(url)
     try:
-        if fs.exists(path):
-            return
-        if protocol(url) not in ("http", "https"):
-            bucket = path.split("/", 1)[0]
-            fs.ls(bucket)  # a missing bucket or bad credentials say so here
+        _retried(lambda: fs.info(path))
+        return
+    except FileNotFoundError as error:
+        missing: BaseException = error
     except Exception as error:  # noqa: BLE001
         raise EfxError(f"source cannot be read: {url} ({reason(error)})") from None
+    if not web:
+        try:
+            fs.ls(path.split("/", 1)[0])  # a missing bucket or bad credentials say so here
+        except Exception as error:  # noqa: BLE001
+            missing = error
+    if "bucket" in reason(missing) or not isinstance(missing, FileNotFoundError):
+        raise EfxError(f"source cannot be read: {url} ({reason(missing)})")
     raise EfxError(f"source not found: {url} (no such object or prefix)")
 
 

@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import h5py
 import numpy as np
 import pytest
-from conftest import EFX, SAMPLES, write_broken_images
+from conftest import EFX, SAMPLES, write_broken_images, write_good_images
 
 import efx
 
@@ -241,3 +242,36 @@ def test_ray_workers_read_images_inside_shards_as_the_local_engine(
         )  # fmt: skip
         assert (summary.embedded, summary.failed) == (6 + 6 + 5, 3)
     assert_same_output(outputs["local"], outputs["ray"])
+
+
+def test_ray_workers_read_objects_in_a_bucket_themselves(ray_instance, tiny_model, tmp_path):
+    """Sources in an S3 store (moto's server on 127.0.0.1): objects and a tar shard, read by the
+    workers with the driver's storage options (the store's endpoint and keys given only there);
+    rows, order and failures as the local engine writes them."""
+    pytest.importorskip("s3fs")
+    from servers import S3Server, filesystem
+
+    server = S3Server()
+    try:
+        fs = filesystem(server)
+        fs.mkdir("ray")
+        root, _ = str(tmp_path / "photos"), write_broken_images(str(tmp_path / "photos"))
+        write_good_images(root)
+        with tarfile.open(tmp_path / "photos" / "00000.tar", "w") as tar:
+            tar.add(os.path.join(SAMPLES, "chelsea.png"), "000000000.png")
+        fs.put(root + "/", "ray/photos/", recursive=True)
+        storage = {"endpoint_url": server.endpoint, "key": "testing", "secret": "testing"}
+        outputs = {}
+        for engine in ("local", "ray"):
+            outputs[engine] = str(tmp_path / f"{engine}.h5")
+            summary = efx.extract(
+                ["s3://ray/photos/"], outputs[engine], model=tiny_model, image_size=64,
+                batch_size=4, engine=engine, storage_options=storage,
+            )  # fmt: skip
+            assert summary.embedded >= 10 and summary.failed >= 4
+        assert_same_output(outputs["local"], outputs["ray"])
+    finally:
+        from efx import remote
+
+        remote.configure({})
+        server.stop()

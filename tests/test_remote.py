@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,14 @@ def test_a_prefix_of_images_and_shards_embeds_as_the_same_files_on_disk(
         if r.endswith((".jpg", ".PNG"))
     ]
     _tar(str(local / "shards-00000.tar"), good)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = [Path(path).read_bytes() for path in good]  # img2dataset's layout: key and jpg
+    keys = [f"{i:09d}" for i in range(len(data))]
+    pq.write_table(
+        pa.table({"key": keys, "jpg": data}), local / "shards-00001.parquet", row_group_size=2
+    )
     fs.put(str(local) + "/", f"{name}/data/", recursive=True)
 
     here = efx.extract([str(local)], str(tmp_path / "local.h5"), model=tiny_model, image_size=64)
@@ -91,6 +100,7 @@ def test_a_prefix_of_images_and_shards_embeds_as_the_same_files_on_disk(
         [f"s3://{name}/data/"], str(tmp_path / "remote.h5"), model=tiny_model, image_size=64
     )
     assert (there.embedded, there.failed) == (here.embedded, here.failed) and here.failed > 0
+    assert there.embedded == 9 + 2 * len(good)  # the photos, the tar's and the Parquet file's
     local_rows = _rows(str(tmp_path / "local.h5"))
     remote_rows = _rows(str(tmp_path / "remote.h5"))
     assert sorted(remote_rows) == sorted(
@@ -287,3 +297,22 @@ def test_parts_in_a_bucket_merge_into_a_bucket_and_similar_shows_remote_thumbnai
     assert found.stdout.count(f"{query}\t") == 2
     html = page.read_text()
     assert html.count('<img src="data:image/jpeg;base64,') == 3  # the query and its 2 hits
+
+
+def test_http_sources_that_cannot_be_read_end_the_run_with_one_line(tmp_path):
+    (tmp_path / "site").mkdir()
+    server = HTTPServer(str(tmp_path / "site"))
+    try:
+        cases = {
+            f"{server.url}/denied/a.jpg": f"source cannot be read: {server.url}/denied/a.jpg "
+            "(access denied",
+            f"{server.url}/missing.tar": f"source not found: {server.url}/missing.tar",
+            f"{server.url}/photos/": "plain HTTP has no listing",
+        }
+        for url, message in cases.items():
+            result = run_efx("extract", url, str(tmp_path / "out.h5"))
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    finally:
+        server.stop()
+    assert not (tmp_path / "out.h5").exists()
