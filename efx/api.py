@@ -111,27 +111,21 @@ def extract(
     storage_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Summary:
-    """Embed every image of `sources` into `output` (HDF5 file or folder of .npy shards).
+    """Embed every image of `sources` into `output` (HDF5, .npy shards or Parquet).
 
     `sources` are folders (walked recursively), image files, shards of images (WebDataset tar,
     Parquet, TFRecord: efx.sources; each image in one is a row named SHARD/KEY), or "-" for
-    paths read from `stdin`. Images that cannot be read or decoded are recorded as failures;
-    the run goes on. `options` are the fields of `efx.config.Settings`, the CLI's options by
-    their Python names: model, image_size, batch_size, format, resize, exif, max_pixels,
-    precision, backend, engine, ray_address, shard_size, overwrite, resume, update, checksum,
-    retry_failed, part ("I/N"), null, image_column, image_key.
-    `on_note(text)` hears what the user should know as soon as it is known (say, OpenVINO could
-    not be used); `verbose` lets TensorFlow's own C++ log lines through to stderr (hidden
-    otherwise, by pointing file descriptor 2 at /dev/null during the call; Python's sys.stderr
-    keeps the real one); `progress` shows a bar on stderr.
-    Sources and `output` may be URLs (s3://, gs://, https:// for sources: efx.remote; an output
-    in a bucket is .npy shards or Parquet: efx.writers.bucket); `storage_options` are given to
-    their fsspec filesystems (as --storage-option; None keeps those already set).
-    Raises EfxError for anything the user can fix, and `efx.Interrupted` (a
-    KeyboardInterrupt) on Ctrl-C or SIGTERM, after marking the output incomplete.
+    paths read from `stdin`; any but "-" may be a URL (efx.remote), and `output` an output in a
+    bucket (efx.writers.bucket), `storage_options` going to their fsspec filesystems (None:
+    those set before). Images that cannot be read or decoded are recorded as failures; the
+    run goes on. `options` are the fields of `efx.config.Settings` (the CLI's options by their
+    Python names). `on_note(text)` hears what the user should know as soon as it is known;
+    `verbose` lets TensorFlow's C++ log lines through to stderr (hidden otherwise, by pointing
+    file descriptor 2 at /dev/null during the call); `progress` shows a bar on stderr.
+    Raises EfxError for anything the user can fix, and `efx.Interrupted` (a KeyboardInterrupt)
+    on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
-    if storage_options is not None:
-        remote.configure(storage_options)
+    remote.configure(storage_options)
     if remote.is_url(output):
         return _extract_to_bucket(sources, output, stdin, progress, on_note, verbose, options)
     started = time.monotonic()

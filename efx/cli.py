@@ -352,6 +352,11 @@ def extract(
     they are computed (JSON Lines, or --format arrow with efx[arrow]; --json, --resume,
     --update, --shard and --overwrite need a file); anything else is a folder of .npy shards.
 
+    A SOURCE may be a URL: s3://BUCKET/PREFIX/ or gs://… (walked as a folder is), or the URL of
+    an image or shard (also https://); OUTPUT may be a folder of .npy shards or Parquet in a
+    bucket (written locally, each file uploaded whole, the manifest last). Credentials as s3fs
+    and gcsfs take them (AWS_*, AWS_ENDPOINT_URL, ~/.aws, Google's), or -S KEY=VALUE.
+
     Images that cannot be read or decoded are recorded as failures with a reason, and the run
     goes on. An existing OUTPUT is never replaced without --overwrite.
 
@@ -360,6 +365,7 @@ def extract(
       efx extract photos/ embeddings.h5
       efx extract photos/ embeddings.h5 --update      # later: only what changed
       efx extract laion/ laion.h5                     # img2dataset's .tar shards
+      efx extract s3://bucket/photos/ s3://bucket/emb.parquet
       efx extract --model b0 a.jpg b.png more/ out.h5
       find /data -name '*.jpg' -print0 | efx extract -0 - shards/
       efx extract --json --quiet photos/ out.h5 | jq .images_per_second

@@ -56,7 +56,9 @@ def protocol(url: str) -> str:
 
 def configure(options: dict[str, Any] | None) -> None:
     """Storage options given to every URL's filesystem (`--storage-option`), on top of those
-    fsspec reads from its environment variables and config files."""
+    fsspec reads from its environment variables and config files; None keeps those set."""
+    if options is None:
+        return
     with _lock:
         _options.clear()
         _options.update(options or {})
@@ -103,6 +105,11 @@ def filesystem(url: str) -> tuple[Any, str]:
             how = f"pip install 'efx[{extra}]'" if extra else f"pip install {package}"
             raise EfxError(f"{scheme}:// URLs need {package}: {how}") from None
         except (TypeError, ValueError) as error:
+            if "Protocol not known" in str(error):
+                raise EfxError(
+                    f"unknown URL scheme {scheme}:// (efx reads s3://, gs://, http(s):// and "
+                    f"fsspec's other protocols). Received: {url}"
+                ) from None
             raise EfxError(f"cannot use {scheme}:// with these storage options: {error}") from None
         with _lock:
             _filesystems[scheme] = fs
@@ -254,11 +261,52 @@ def open_file(url: str) -> BinaryIO:
     OSError whose text is the reason) if it cannot be opened."""
     fs, path = filesystem(url)
     try:
-        return _retried(  # type: ignore[no-any-return]
+        opened = _retried(
             lambda: fs.open(path, "rb", block_size=BLOCK_BYTES, cache_type="readahead")
         )
     except Exception as error:  # noqa: BLE001
         raise RemoteError(reason(error)) from error
+    return _Retrying(opened)  # type: ignore[return-value]
+
+
+class _Retrying:
+    """A file of fsspec's whose reads are retried (ATTEMPTS, from the same offset) on errors
+    that may pass, and whose errors are RemoteErrors (OSErrors) with a reason: a connection
+    dropped in the middle of a 2 GB shard costs a retry, not the shard, and the readers
+    (tarfile, pyarrow, the TFRecord reader) handle it as any read error."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def read(self, size: int = -1) -> bytes:
+        return self._again(lambda: self._file.read(size))  # type: ignore[no-any-return]
+
+    def readinto(self, buffer: Any) -> int:
+        return self._again(lambda: self._file.readinto(buffer))  # type: ignore[no-any-return]
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)  # type: ignore[no-any-return]
+
+    def _again(self, call: Callable[[], Any]) -> Any:
+        at = self._file.tell()
+
+        def from_there() -> Any:
+            self._file.seek(at)
+            return call()
+
+        try:
+            return _retried(from_there)
+        except Exception as error:  # noqa: BLE001
+            raise RemoteError(reason(error)) from error
+
+    def __enter__(self) -> _Retrying:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def __getattr__(self, name: str) -> Any:  # tell, close, closed, size, seekable ...
+        return getattr(self._file, name)
 
 
 def read_object(url: str) -> bytes:

@@ -86,7 +86,8 @@ def filesystem(server: S3Server) -> Any:
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Files of a folder, with single Range requests (as object stores and CDNs answer them).
     `/drop/...` closes every connection without an answer; `/flaky/...` drops the first request
-    for each file, then serves it; `/denied/...` answers 403."""
+    for each file, then serves it; `/unsteady/...` drops every other request for each file
+    (a connection lost in the middle of a shard); `/denied/...` answers 403."""
 
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -113,6 +114,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self.connection.close()
                 return None
             return path[len("/flaky") :]
+        if path.startswith("/unsteady/"):
+            with self.lock:
+                self.seen[path] += 1
+                odd = self.seen[path] % 2 == 1
+            if odd:
+                self.close_connection = True
+                self.connection.close()
+                return None
+            return path[len("/unsteady") :]
         return path
 
     def do_HEAD(self) -> None:

@@ -137,11 +137,13 @@ def test_urls_on_stdin_over_http_with_a_404_and_dropped_connections(tiny_model, 
     (site / "drop").mkdir()
     shutil.copy(site / jpg, site / "drop" / "a.jpg")
     _tar(str(site / "00000.tar"), [str(site / r) for r in rels[:3]])
+    _tar(str(site / "00001.tar"), [str(site / r) for r in rels[3:6]])
     server = HTTPServer(str(site))
     try:
         urls = [
             f"{server.url}/{jpg}", f"{server.url}/missing.jpg", f"{server.url}/drop/a.jpg",
             f"{server.url}/flaky/{jpg}", f"{server.url}/00000.tar",
+            f"{server.url}/unsteady/00001.tar",
         ]  # fmt: skip
         result = run_efx(
             "extract", "-", str(tmp_path / "out.h5"), "--model", tiny_model, *SIZE, "--json",
@@ -159,10 +161,19 @@ def test_urls_on_stdin_over_http_with_a_404_and_dropped_connections(tiny_model, 
     paths, embeddings = efx.load(str(tmp_path / "out.h5"))
     assert paths[:2] == [urls[0], urls[3]]  # the flaky one was read on its second attempt
     assert np.array_equal(embeddings[0], embeddings[1])
-    assert paths[2:] == [
-        f"{urls[4]}/{i:09d}{os.path.splitext(r)[1].lower()}" for i, r in enumerate(rels[:3])
+    members = [f"{i:09d}{os.path.splitext(r)[1].lower()}" for i, r in enumerate(rels[:6])]
+    assert paths[2:] == [f"{urls[4]}/{m}" for m in members[:3]] + [
+        f"{urls[5]}/{m}" for m in members[3:]
     ]
-    assert info["count"] == 5
+    # Every other request for the second tar was dropped, in listing and in reading: retried,
+    # the rows are those of the same tar read from disk.
+    here = efx.extract(
+        [str(site / "00001.tar")], str(tmp_path / "ref.h5"), model=tiny_model, image_size=64
+    )
+    assert here.embedded == 3 and np.array_equal(
+        embeddings[5:8], efx.load(str(tmp_path / "ref.h5"))[1]
+    )
+    assert info["count"] == 8
 
 
 def test_an_output_in_a_bucket_is_uploaded_whole_and_read_by_pyarrow_and_efx(
@@ -308,6 +319,7 @@ def test_http_sources_that_cannot_be_read_end_the_run_with_one_line(tmp_path):
             "(access denied",
             f"{server.url}/missing.tar": f"source not found: {server.url}/missing.tar",
             f"{server.url}/photos/": "plain HTTP has no listing",
+            "foo://bucket/x.jpg": "unknown URL scheme foo://",
         }
         for url, message in cases.items():
             result = run_efx("extract", url, str(tmp_path / "out.h5"))

@@ -15,11 +15,11 @@ or Parquet part was finished) and at least every SYNC_SECONDS; the run ends with
 (also when it stops on an error or Ctrl-C: the bucket then holds the rows so far, marked
 incomplete). `--update` writes a new version beside the working copy and syncs once, at the end.
 
-Resuming: the working copy records the SHA-256 of the manifest it last uploaded or downloaded
-(`SYNC_STATE` beside it). If the bucket's manifest is still that one, the working copy is
-this output's latest state (it may hold rows written after the last sync: a kill -9 on this
-machine loses nothing); otherwise (another machine, a cleared cache) the output is downloaded
-first, and a run resumes from what the bucket holds.
+Resuming: the working copy records the SHA-256 of the manifest it last uploaded or downloaded,
+and of the one being uploaded (`SYNC_STATE` beside it). If the bucket's manifest is one of
+those, the working copy is this output's latest state (it may hold rows written after the last
+sync: a kill -9 on this machine loses nothing); otherwise (another machine, a cleared cache) the
+output is downloaded first, and a run resumes from what the bucket holds.
 """
 
 from __future__ import annotations
@@ -119,10 +119,13 @@ class Bucket:
         if mode == "new" and manifest is not None:
             self._refuse_existing(manifest)
         state = self._read_state()
-        current = manifest is not None and state.get("manifest_sha256") == _sha(manifest)
+        # The bucket holds the manifest this working copy last uploaded (or was uploading when
+        # the upload failed or the run was killed): the working copy is that state or newer.
+        ours = {state.get("manifest_sha256"), state.get("pending_sha256")} - {None}
+        current = manifest is not None and _sha(manifest) in ours
         if mode in ("resume", "update", "read") and current and os.path.isdir(self.local):
             self._uploaded = state.get("files", {})
-            self._manifest_sha = state["manifest_sha256"]
+            self._manifest_sha = _sha(manifest)  # type: ignore[arg-type]
             self._forget_missing(names)
             return self.local
         self._wipe()
@@ -205,9 +208,9 @@ class Bucket:
             return False
         for name in changed:
             self._put(name, local[name])
-        self._manifest_sha = _sha(manifest)
-        self._write_state()  # before the manifest: a kill in between re-downloads, never trusts
+        self._write_state(pending=_sha(manifest))  # a kill or failure in between: still ours
         self._put_bytes(manifest_name, manifest)
+        self._manifest_sha = _sha(manifest)
         for name in stale:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.rm_file(f"{self._root}/{name}")
@@ -254,8 +257,11 @@ class Bucket:
             return {}
         return state if state.get("url") == self.url else {}
 
-    def _write_state(self) -> None:
-        state = {"url": self.url, "manifest_sha256": self._manifest_sha, "files": self._uploaded}
+    def _write_state(self, pending: str | None = None) -> None:
+        state = {
+            "url": self.url, "manifest_sha256": self._manifest_sha, "pending_sha256": pending,
+            "files": self._uploaded,
+        }  # fmt: skip
         write_atomically(self._state_path, json.dumps(state).encode(), sync=False)
 
     @contextlib.contextmanager
