@@ -13,7 +13,8 @@ Part 3, memory: peak RSS (GNU time) of `efx extract` over one tar shard in the s
 the shard.
 
     python scripts/bench_remote.py [--photos 2000] [--model-photos N] [--rounds 1]
-                                   [--latency 0.05] [--big-gb 2] [--skip-model] [--skip-big]
+                                   [--latency 0.05] [--big-gb 2] [--skip-tiny] [--skip-model]
+                                   [--skip-big]
 
 The store runs in this script's process, on the same 2 cores as efx: its CPU counts against
 efx's figures (a real store's does not). Name the CPU with the figures.
@@ -86,11 +87,12 @@ def pace(
     tars = os.path.join(work, "tars")
     write_tars(tars, photos, 4)
     latency, server.latency = server.latency, 0.0  # uploading is not measured
+    bucket = label.split()[0].lower()  # a bucket of each part's own
     sources = {
         "folder": os.path.join(work, "photos"),
-        "s3 objects": upload(server, os.path.join(work, "photos"), "photos"),
+        "s3 objects": upload(server, os.path.join(work, "photos"), f"{bucket}-photos"),
         "4 tars": tars,
-        "s3 4 tars": upload(server, tars, "tars"),
+        "s3 4 tars": upload(server, tars, f"{bucket}-tars"),
     }
     server.latency = latency
     env = server.env()
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--big-gb", type=float, default=2.0)
+    parser.add_argument("--skip-tiny", action="store_true", help="no tiny-model part")
     parser.add_argument("--skip-model", action="store_true", help="no B6 stand-in part")
     parser.add_argument("--skip-big", action="store_true", help="no large-shard part")
     args = parser.parse_args()
