@@ -244,6 +244,8 @@ def check_source(url: str) -> None:
         return
     except FileNotFoundError as error:
         missing: BaseException = error
+        if status_of(error) not in (None, 404):  # fsspec's HTTP says "not found" for a 403
+            raise EfxError(f"source cannot be read: {url} ({reason(error)})") from None
     except Exception as error:  # noqa: BLE001
         raise EfxError(f"source cannot be read: {url} ({reason(error)})") from None
     if not web:
@@ -385,12 +387,12 @@ def reason(error: BaseException) -> str:
     after = f" after {attempts} attempts" if attempts else ""
     text = str(error).strip()
     status = status_of(error)
-    if isinstance(error, FileNotFoundError):
+    if isinstance(error, PermissionError) or status in (401, 403):
+        return "access denied (check the credentials and the bucket's permissions)"
+    if isinstance(error, FileNotFoundError) and status in (None, 404):
         if "bucket does not exist" in text.lower():
             return "no such bucket"
         return "HTTP 404: not found" if status == 404 or "http" in text[:5] else "no such object"
-    if isinstance(error, PermissionError) or status in (401, 403):
-        return "access denied (check the credentials and the bucket's permissions)"
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused{after}"
     names = {cls.__name__ for cls in type(error).__mro__}
