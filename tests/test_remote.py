@@ -162,6 +162,7 @@ def test_urls_on_stdin_over_http_with_a_404_and_dropped_connections(tiny_model, 
     paths, embeddings = efx.load(str(tmp_path / "out.h5"))
     assert paths[:2] == [urls[0], urls[3]]  # the flaky one was read on its second attempt
     assert np.array_equal(embeddings[0], embeddings[1])
+
     def members(url: str, files: list[str]) -> list[str]:
         return [f"{url}/{i:09d}{os.path.splitext(r)[1].lower()}" for i, r in enumerate(files)]
 
