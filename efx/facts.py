@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-from . import files
+from . import files, remote
 
 # Files are hashed by this many threads: hashlib releases the GIL, and reads overlap.
 HASH_THREADS = max(2, min(8, os.cpu_count() or 2))
@@ -48,8 +48,6 @@ def inspect(path: str) -> tuple[Facts, str | None]:
     socket (None otherwise): such a path is never opened (reading a pipe waits forever).
     An object by URL: its size and modification time as the store lists them (efx.remote;
     S3's LastModified, as `aws s3 sync` compares)."""
-    from . import remote
-
     if remote.is_url(path):
         listed = remote.stat(path)
         return (UNKNOWN if listed is None else Facts(*listed, "")), None
@@ -73,8 +71,6 @@ def same_file(stored: Facts, now: Facts) -> bool:
 def sha256(path: str, stop: threading.Event | None = None) -> str:
     """The SHA-256 of the file's bytes, as hex; "" if it cannot be read (or `stop` is set
     before it is read to the end: a Ctrl-C does not wait for a large file)."""
-    from . import remote
-
     if remote.is_url(path):  # one GET (retried), not an open's HEAD and ranged reads
         try:
             return hashlib.sha256(remote.read_object(path)).hexdigest()
@@ -104,9 +100,7 @@ def hash_files(paths: Sequence[str], on_done: Callable[[int], None] | None = Non
         return facts._replace(sha256=digest) if digest and facts.size >= 0 else UNKNOWN
 
     found = []
-    from .remote import is_url
-
-    pool = ThreadPoolExecutor(URL_HASH_THREADS if any(map(is_url, paths)) else HASH_THREADS)
+    pool = ThreadPoolExecutor(URL_HASH_THREADS if any(map(remote.is_url, paths)) else HASH_THREADS)
     try:
         for facts in pool.map(one, paths):  # in order; progress told from this thread
             found.append(facts)

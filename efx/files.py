@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from . import remote
+
 
 def write_atomically(path: str, data: bytes, sync: bool = True) -> None:
     """Replace `path` with `data`. With `sync`, the bytes and the rename reach the disk."""
@@ -128,8 +130,6 @@ def open_input(path: str) -> BinaryIO:
     """`path` opened for reading if it is a regular file (after symlinks); OSError otherwise,
     without blocking: a named pipe, device or socket called `x.jpg` is never read. A URL
     (s3://, gs://, https://) is opened through efx.remote: seekable, read in ranges."""
-    from . import remote
-
     if remote.is_url(path):
         return remote.open_file(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
