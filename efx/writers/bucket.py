@@ -42,6 +42,7 @@ MANIFESTS = {"npy": "manifest.json", "parquet": ".efx/manifest.json"}
 SYNC_SECONDS = 60.0  # the longest the bucket lags the working copy while a run writes
 _POLL_SECONDS = 1.0
 SYNC_STATE = ".sync.json"  # beside the working copy (never uploaded)
+READ_COPY = ".read"  # beside it: an output read (efx info, similar) that is not its state
 
 
 def working_copy(url: str) -> str:
@@ -128,11 +129,13 @@ class Bucket:
             self._manifest_sha = _sha(manifest)  # type: ignore[arg-type]
             self._forget_missing(names)
             return self.local
+        if mode == "read":  # never in place of a working copy a run on this machine may use
+            return self._download(list(names), self.local + READ_COPY)
         self._wipe()
         if mode == "overwrite" or manifest is None:
             self._uploaded = {name: [-1, -1] for name in names}  # to be deleted at the 1st sync
             return self.local
-        self._download(list(names))
+        self._download(list(names), self.local)
         self._uploaded = {name: _local_facts(self._path(name)) for name in names}
         self._manifest_sha = _sha(manifest)
         self._write_state()
@@ -163,19 +166,22 @@ class Bucket:
             os.remove(self._state_path)
         os.makedirs(os.path.dirname(self.local), exist_ok=True)
 
-    def _download(self, names: list[str]) -> None:
-        """The objects `names` into a new working copy (built aside, renamed into place)."""
-        scratch = self.local + ".downloading"
+    def _download(self, names: list[str], folder: str) -> str:
+        """The objects `names` into `folder`, made anew (built aside, renamed into place;
+        fetched concurrently by the filesystem's own batch `get`)."""
+        scratch = folder + ".downloading"
         shutil.rmtree(scratch, ignore_errors=True)
+        targets = [os.path.join(scratch, name) for name in names]
+        for target in targets:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
-            for name in names:
-                target = os.path.join(scratch, name)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                self._fs.get_file(f"{self._root}/{name}", target)
+            self._fs.get([f"{self._root}/{name}" for name in names], targets)
         except Exception as error:  # noqa: BLE001
             shutil.rmtree(scratch, ignore_errors=True)
             raise EfxError(f"cannot download {self.url}: {remote.reason(error)}") from None
-        os.replace(scratch, self.local)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(scratch, folder)
+        return folder
 
     # -- uploading ----------------------------------------------------------------------
 
