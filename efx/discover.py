@@ -56,7 +56,8 @@ def find_files(
         if source == STDIN:
             if stdin is None:
                 raise EfxError("- (stdin) given as a SOURCE but no input stream is available")
-            found.extend((path, False) for path in read_path_list(stdin, null=null))
+            listed = read_path_list(stdin, null=null)  # a URL's spaces around it are not its own
+            found.extend((p.strip() if remote.is_url(p.strip()) else p, False) for p in listed)
         elif remote.is_url(source):
             if remote.is_prefix(source):
                 found.extend((url, True) for url in remote.walk(source, walked))

@@ -16,7 +16,9 @@ understands (`reason`): `HTTP 404`, `s3: access denied`, `connection reset after
 from __future__ import annotations
 
 import datetime
+import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -95,6 +97,8 @@ def filesystem(url: str) -> tuple[Any, str]:
     with _lock:
         fs = _filesystems.get(scheme)
     if fs is None:
+        # gcsfs logs each failed attempt with its traceback at WARNING: efx says why, once.
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
         try:
             import fsspec
 
@@ -111,6 +115,8 @@ def filesystem(url: str) -> tuple[Any, str]:
                     f"fsspec's other protocols). Received: {url}"
                 ) from None
             raise EfxError(f"cannot use {scheme}:// with these storage options: {error}") from None
+        except Exception as error:  # noqa: BLE001 - ftp:// and others connect when made
+            raise EfxError(f"cannot open {url}: {reason(error)}") from None
         with _lock:
             _filesystems[scheme] = fs
     return fs, fs._strip_protocol(url)
@@ -253,8 +259,9 @@ def check_source(url: str) -> None:
             fs.ls(path.split("/", 1)[0])  # a missing bucket or bad credentials say so here
         except Exception as error:  # noqa: BLE001
             missing = error
-    if "bucket" in reason(missing) or not isinstance(missing, FileNotFoundError):
-        raise EfxError(f"source cannot be read: {url} ({reason(missing)})")
+    why = reason(missing)
+    if why not in ("no such object", "HTTP 404: not found"):
+        raise EfxError(f"source cannot be read: {url} ({why})")
     raise EfxError(f"source not found: {url} (no such object or prefix)")
 
 
@@ -340,6 +347,34 @@ def _retried(call: Callable[[], Any]) -> Any:
     raise AssertionError("unreachable")
 
 
+# Errors of reaching the server at all (a wrong endpoint, no network, a name not resolved).
+_CONNECTING = {
+    "EndpointConnectionError", "ClientConnectorError", "ClientConnectorDNSError",
+    "ConnectTimeoutError", "gaierror", "ConnectionRefusedError",
+}  # fmt: skip
+
+
+def names_in_chain(error: BaseException) -> set[str]:
+    """The class names of `error` and of the errors it was raised from."""
+    found: set[str] = set()
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        found.update(cls.__name__ for cls in type(current).__mro__)
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return found
+
+
+def _short(error: BaseException) -> str:
+    """The innermost error's first line: where the connection failed."""
+    inner = error
+    while (inner.__cause__ or inner.__context__) is not None:
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    text = " ".join(str(inner).split())
+    return text[:160] or type(inner).__name__
+
+
 _TRANSIENT_NAMES = {
     "ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError",
     "ClientOSError", "ServerTimeoutError", "EndpointConnectionError", "ConnectionClosedError",
@@ -389,18 +424,24 @@ def reason(error: BaseException) -> str:
     status = status_of(error)
     if isinstance(error, PermissionError) or status in (401, 403):
         return "access denied (check the credentials and the bucket's permissions)"
+    names = names_in_chain(error)
+    if isinstance(error, FileNotFoundError) and names & _CONNECTING:  # fsspec's HTTP says so
+        return f"cannot connect to the server ({_short(error)})"
     if isinstance(error, FileNotFoundError) and status in (None, 404):
         if "bucket does not exist" in text.lower():
             return "no such bucket"
         return "HTTP 404: not found" if status == 404 or "http" in text[:5] else "no such object"
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused{after}"
-    names = {cls.__name__ for cls in type(error).__mro__}
+    connecting = names_in_chain(error) & _CONNECTING
+    if connecting or isinstance(error, socket.gaierror):
+        return f"cannot connect to the server{after} ({_short(error)})"
     if isinstance(error, TimeoutError) or names & {"ServerTimeoutError", "ReadTimeoutError"}:
         return f"timed out{after}"
     if isinstance(error, ConnectionError) or names & _TRANSIENT_NAMES:
         return f"connection reset{after}"
     if status is not None:
         return f"HTTP {status}{after}"
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"{first}{after}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines or [""])[0]
+    return f"{first or type(error).__name__}{after}"

@@ -205,8 +205,16 @@ def test_an_output_in_a_bucket_is_uploaded_whole_and_read_by_pyarrow_and_efx(
     assert (
         again.returncode == 1 and f"OUTPUT {out} already exists; pass --overwrite" in again.stderr
     )
-    h5 = run_efx("extract", source, f"s3://{name}/emb.h5", "--model", tiny_model)
-    assert h5.returncode == 1 and "HDF5 needs a local file" in h5.stderr
+    refusals = {  # before any work: no model loaded
+        f"s3://{name}/emb.h5": "HDF5 needs a local file",
+        "s3://no-such-bucket/emb.parquet": "cannot use OUTPUT s3://no-such-bucket/emb.parquet: "
+        "no such bucket",
+        "http://127.0.0.1:1/emb.parquet": "an output cannot be written over plain HTTP",
+    }
+    for output, message in refusals.items():
+        refused = run_efx("extract", source, output, "--model", tiny_model)
+        assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+        assert "loading" not in refused.stderr and len(refused.stderr.splitlines()) == 1
 
     # A .npy output, and an update that finds a new object.
     npy = f"s3://{name}/emb-npy"
@@ -322,6 +330,9 @@ def test_http_sources_that_cannot_be_read_end_the_run_with_one_line(tmp_path):
             f"{server.url}/missing.tar": f"source not found: {server.url}/missing.tar",
             f"{server.url}/photos/": "plain HTTP has no listing",
             "foo://bucket/x.jpg": "unknown URL scheme foo://",
+            "http://127.0.0.1:1/x.jpg": "source cannot be read: http://127.0.0.1:1/x.jpg (cannot "
+            "connect to the server",
+            "ftp://127.0.0.1:1/x.jpg": "cannot open ftp://127.0.0.1:1/x.jpg: connection refused",
         }
         for url, message in cases.items():
             result = run_efx("extract", url, str(tmp_path / "out.h5"))

@@ -65,6 +65,11 @@ class Bucket:
                 f"example `aws s3 cp out.h5 {url}`), or name a Parquet output "
                 f"({url.rstrip('/').rsplit('.', 1)[0]}.parquet). Received: OUTPUT {url}"
             )
+        if remote.protocol(url) in ("http", "https"):
+            raise EfxError(
+                "an output cannot be written over plain HTTP: name a bucket (s3://, gs://) or a "
+                f"local path. Received: OUTPUT {url}"
+            )
         self.url = url.rstrip("/")
         self.format = fmt
         self.local = working_copy(url)
@@ -81,10 +86,16 @@ class Bucket:
         try:
             self._fs.invalidate_cache(self._root)
             found = self._fs.find(self._root, detail=True)
-        except FileNotFoundError:
-            return {}
         except Exception as error:  # noqa: BLE001
-            raise EfxError(f"cannot read {self.url}: {remote.reason(error)}") from None
+            raise EfxError(f"cannot use OUTPUT {self.url}: {remote.reason(error)}") from None
+        if not found:  # before any work: a bucket that is not there, or cannot be written to
+            bucket = self._root.split("/", 1)[0]
+            try:
+                self._fs.ls(bucket)
+            except Exception as error:  # noqa: BLE001
+                raise EfxError(
+                    f"cannot use OUTPUT {self.url}: {remote.reason(error)} ({bucket})"
+                ) from None
         prefix = self._root.rstrip("/") + "/"
         return {
             path[len(prefix) :]: int(info.get("size") or 0)
