@@ -433,8 +433,7 @@ def reason(error: BaseException) -> str:
         return "HTTP 404: not found" if status == 404 or "http" in text[:5] else "no such object"
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused{after}"
-    connecting = names_in_chain(error) & _CONNECTING
-    if connecting or isinstance(error, socket.gaierror):
+    if names & _CONNECTING or isinstance(error, socket.gaierror):
         return f"cannot connect to the server{after} ({_short(error)})"
     if isinstance(error, TimeoutError) or names & {"ServerTimeoutError", "ReadTimeoutError"}:
         return f"timed out{after}"

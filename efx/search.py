@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import remote, sources, writers
+from . import sources, writers
 from .errors import EfxError
 from .writers import bucket
 
@@ -48,7 +48,7 @@ def similar(
     paths = writers.read_state(output)["paths"]
     failed = {f["path"]: f["error"] for f in writers.read_failures(output)}
     rows = _rows_of(queries, paths)
-    outside = [q for q in queries if rows[q] is None and q not in failed and _is_file(q)]
+    outside = [q for q in queries if rows[q] is None and q not in failed and sources.is_file(q)]
     vectors, errors = _query_vectors(output, queries, rows, outside, verbose)
     asked = list(dict.fromkeys(q for q in queries if q in vectors))  # once each
     found = []
@@ -135,15 +135,10 @@ def _rows_of(queries: list[str], paths: list[str]) -> dict[str, int | None]:
     return found
 
 
-def _is_file(path: str) -> bool:
-    """An image file, or an object by URL (embedded from there)."""
-    return remote.exists(path) if remote.is_url(path) else os.path.isfile(path)
-
-
 def _why_no_vector(query: str, failed: dict[str, str]) -> str:
     if query in failed:
         return f"it could not be embedded when OUTPUT was made: {failed[query]}"
-    if not (os.path.exists(query) or _is_file(query)):
+    if not (os.path.exists(query) or sources.is_file(query)):
         return "not in OUTPUT, and no such file"
     return "not in OUTPUT, and not an image file"
 

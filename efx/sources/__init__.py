@@ -293,18 +293,18 @@ FINDERS = {"tar": tar.find, "parquet": parquet.find, "tfrecord": tfrecord.find}
 def shard_of(key: str) -> tuple[str, str] | None:
     """(shard, name in it) for the key of an image inside a shard whose file exists: the
     longest prefix of `key` that is a file. None for a file's own path, or nothing found."""
-    if _is_file(key) or (not remote.is_url(key) and os.path.exists(key)):
+    if is_file(key) or (not remote.is_url(key) and os.path.exists(key)):
         return None
     head = key
     while "/" in head and not head.endswith("://"):
         head = head.rsplit("/", 1)[0]
-        if _is_file(head):
+        if is_file(head):
             return head, key[len(head) + 1 :]
     return None
 
 
-def _is_file(path: str) -> bool:
-    """A file, or an object by URL."""
+def is_file(path: str) -> bool:
+    """A file, or an object by URL (efx similar embeds either as a query)."""
     return remote.exists(path) if remote.is_url(path) else os.path.isfile(path)
 
 
@@ -325,13 +325,13 @@ def dataset_key(inp: Input) -> tuple[str | None, str | None]:
 
 def exists(key: str) -> bool:
     """Whether an output's row name still points at something: a file, or a shard's file."""
-    return _is_file(key) or os.path.exists(key) or shard_of(key) is not None
+    return is_file(key) or os.path.exists(key) or shard_of(key) is not None
 
 
 def locate(key: str) -> Input | None:
     """The input a row's key names (a file, or an image inside a shard, found by reading the
     shard's headers or key column), to read it again; None if it is not there."""
-    if _is_file(key):
+    if is_file(key):
         return loose(key)
     found = shard_of(key)
     kind = kind_of(found[0]) if found else None
