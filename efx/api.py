@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import facts as facts_
-from . import files, process, remote, reuse, writers
+from . import files, process, remote, reuse, timeline, writers
 from . import resume as resume_
 from . import sources as sources_
 from .config import DEFAULT_SHARD_SIZE, DecodeOptions, Settings
@@ -138,6 +138,7 @@ def extract(
     with hidden, _one_update_at_a_time(output, settings):
         with process.sigterm_stops():  # Ctrl-C and SIGTERM stop the walk and the reading alike
             plan = plan_run(sources, output, settings, stdin, progress, on_note)
+        timeline.mark("planned")
         if settings.resume and plan.state is not None and plan.state["complete"]:
             return _already_complete(plan)
         assert plan.work is not None
@@ -161,6 +162,7 @@ def extract(
                         phase = "loading the model"
                         raise process.Interrupted(output, wrote=False, phase=phase) from None
                 clock.append(time.monotonic())
+                timeline.mark("model loaded")
                 counts = _write(plan, settings, loaded, engine, progress)
             finally:
                 if engine is not None:
@@ -169,6 +171,7 @@ def extract(
             files.swap_in(plan.target, output)
             reuse.remove_leftovers(output)
         clock.append(time.monotonic())
+        timeline.mark("written")
         return _summary(plan, settings, loaded, counts, clock)
 
 
@@ -531,7 +534,8 @@ def _refresh_facts(plan: Plan) -> None:
 def _load(
     engine: Engine, plan: Plan, settings: Settings, on_note: Callable[[str], None] | None
 ) -> LoadedModel:
-    loaded = engine.load_model(plan.spec, settings)
+    assert plan.work is not None
+    loaded = engine.load_model(plan.spec, settings, len(plan.work.to_embed))
     if on_note is not None:
         for note in loaded.notes:
             on_note(note)
@@ -812,6 +816,7 @@ def stream(
                     )
                 rows, failed = rows + int(ok.sum()), failed + len(reasons)
                 writer.flush(sync=sync.due(stop - start))
+                timeline.mark("first rows written")
                 bar.update(int((work.kind[start:stop] == reuse.EMBED).sum()))
                 signals.deliver()  # a Ctrl-C or SIGTERM that came during this step acts now
     finally:

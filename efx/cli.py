@@ -7,6 +7,7 @@ answer at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 
+from . import timeline
 from .config import (
     BACKENDS,
     DEFAULT_MAX_PIXELS,
@@ -91,21 +93,26 @@ def _stdout_closed() -> None:
 
 
 def run() -> None:
-    """The `efx` command. After a failed HDF5 write (disk full), the HDF5 library retries the
-    flush at process exit and can crash (HDF5 1.14, h5py 3.14): the process then leaves without
-    native teardown, with the exit status it was going to have."""
+    """The `efx` command. Once the command is done (its outputs closed, its lines flushed), the
+    process leaves without Python's and the native libraries' teardown: TensorFlow's and
+    OpenVINO's took about 1.2 s of every run that loaded a model (README: Start-up time), and
+    after a failed HDF5 write (disk full) the HDF5 library retries the flush at exit and can
+    crash (HDF5 1.14, h5py 3.14). The exit status is the one the command was going to have."""
     code: Any = 0
+    timeline.mark("started")
     try:
         main()
     except SystemExit as done:
         code = done.code
-    hdf5 = sys.modules.get("efx.writers.hdf5")
-    if hdf5 is not None and hdf5.write_failed():
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code if isinstance(code, int) else 1)
-    sys.exit(code)
+    timeline.mark("finished")
+    timeline.report()
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): Python prints it
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()  # (flushes any handler a library added)
+    os._exit(code or 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -372,6 +379,7 @@ def extract(
       efx extract photos/ - | jq -c '{path, n: (.embedding | length)}'
       efx extract --engine ray --ray-address auto /shared/photos /shared/out.h5
     """
+    timeline.mark("command parsed")
     from .api import extract as run_extract
     from .process import Interrupted
 

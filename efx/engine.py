@@ -7,21 +7,26 @@ local: the tf.data pipeline and the model in this process. ray: Ray Data actors 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 
+from . import timeline
 from .config import DecodeOptions, Settings
 from .inputs import Input, fetched
-from .model import LoadedModel, ModelSpec, load_model
+from .model import LoadedModel, ModelSpec, load_model, tensorflow
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions, embeddings of the ok, ok
 
 
 class Engine(Protocol):
-    def load_model(self, spec: ModelSpec, settings: Settings) -> LoadedModel: ...
+    def load_model(
+        self, spec: ModelSpec, settings: Settings, images: int | None = None
+    ) -> LoadedModel: ...
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]: ...
@@ -39,10 +44,17 @@ def open_engine(settings: Settings, verbose: bool = False) -> Engine:
 class LocalEngine:
     """tf.data (parallel read + decode) into the model, in this process."""
 
-    def load_model(self, spec: ModelSpec, settings: Settings) -> LoadedModel:
+    def load_model(
+        self, spec: ModelSpec, settings: Settings, images: int | None = None
+    ) -> LoadedModel:
+        """The model, loaded while another thread imports TensorFlow and the decoders: on a
+        CPU with OpenVINO and its converted model cached, the two do not wait for each other
+        (a one-image run's start-up, README: Start-up time)."""
+        threading.Thread(target=_import_decoders, name="efx-import", daemon=True).start()
         return load_model(
-            spec, settings.image_size, settings.batch_size, settings.precision, settings.backend
-        )
+            spec, settings.image_size, settings.batch_size, settings.precision,
+            settings.backend, images,
+        )  # fmt: skip
 
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
@@ -60,7 +72,9 @@ class LocalEngine:
             members = functools.partial(_member_bytes, inputs)
         expected = 0  # the next index not yet accounted for
         batches = pipeline.image_batches(paths, options, loaded.batch_size, members)
+        timeline.mark("pipeline built")
         for index, images in batches:
+            timeline.mark("first images decoded")
             index = index.numpy()
             positions = np.arange(expected, index[-1] + 1)
             expected = int(index[-1]) + 1
@@ -72,6 +86,15 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
+
+
+def _import_decoders() -> None:
+    """Import the tf.data pipeline (and TensorFlow) ahead of its first use; a failure here is
+    met again, and reported, where the pipeline is used."""
+    with contextlib.suppress(Exception):
+        tensorflow()
+        from .decode import pipeline  # noqa: F401
+    timeline.mark("decoders imported")
 
 
 def _member_bytes(inputs: Sequence[Input]) -> Iterator[bytes]:

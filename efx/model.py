@@ -13,13 +13,14 @@ import json
 import os
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from . import files
+from . import files, timeline
 from .errors import EfxError
 
 STANDIN_MARKER = "efx_standin.json"
@@ -108,26 +109,27 @@ def load_model(
     batch_size: int | None = None,
     precision: str = "float32",
     backend: str = "auto",
+    images: int | None = None,
 ) -> LoadedModel:
     """Fetch (cached by tensorflow-hub), load and probe a model, or raise EfxError saying why.
 
     `backend`: "tensorflow", "openvino" (CPU), or "auto": OpenVINO on a CPU when it is
     installed and converts the model, TensorFlow otherwise (and always on a GPU).
+    `images`: how many images the caller will embed, when known: OpenVINO then compiles for
+    batches of at most that many (one image is not computed as a padded batch of 8; OpenVINO's
+    rows do not depend on the batch they are computed in, tests/test_startup.py checks it).
+
+    TensorFlow is imported only where it is needed: a GPU to look for (a device file says
+    whether there is one), a handle to resolve, a conversion, or the TensorFlow backend. So
+    OpenVINO with a converted model cached loads while another thread imports TensorFlow for
+    the decoders (efx.engine).
 
     The probe runs one full batch: the first call at a new input shape costs about a batch's
     compute again (kernel selection), so paying it here keeps it out of the streaming rate, and
     `embed` pads short batches to the same shape so that it is paid once.
     """
-    import tensorflow as tf
-    import tensorflow_hub as hub
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        # Take GPU memory as needed so that several runs can share a GPU; a GPU already
-        # initialised in this process (library use) keeps its setting.
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    folder = _local_folder(spec, hub)
+    device = _device()
+    folder = _local_folder(spec)
     marker = _standin_marker(folder)
     name = spec.handle
     if marker:
@@ -140,6 +142,8 @@ def load_model(
     if backend == "openvino" or (backend == "auto" and device == "CPU"):
         from . import openvino_model
 
+        if batch_size is None and images:
+            wanted = replace(wanted, batch_size=max(1, min(wanted.batch_size, images)))
         try:
             return _load_openvino(folder, wanted, notes)
         except openvino_model.Unavailable as why:
@@ -147,7 +151,36 @@ def load_model(
                 raise EfxError(f"--backend openvino: {why}") from None
             if not isinstance(why, openvino_model.NotInstalled):  # an optional extra: no news
                 notes.append(f"using TensorFlow for the model, not OpenVINO: {why}")
+            wanted = replace(wanted, batch_size=batch_size or DEFAULT_BATCH_SIZE[device])
     return _load_tensorflow(folder, wanted, device, notes)
+
+
+_TENSORFLOW = threading.Lock()
+
+
+def tensorflow() -> Any:
+    """`import tensorflow`, by one thread at a time. efx imports it in a thread of its own
+    while the model loads (efx.engine); two threads inside TensorFlow's __init__ at once can
+    meet each other's partly imported modules (Python's import locks break the cycle by handing
+    one of them a module without its attributes): every other import of TensorFlow while that
+    thread may run (a GPU to list, a handle to resolve, a conversion) comes through here."""
+    with _TENSORFLOW:
+        import tensorflow as tf
+    return tf
+
+
+def _device() -> str:
+    """ "GPU" when TensorFlow finds one, else "CPU"; without a GPU device file there is none to
+    find, and TensorFlow is not imported to say so."""
+    if not _gpu_device_present():
+        return "CPU"
+    tf = tensorflow()
+    for gpu in tf.config.list_physical_devices("GPU"):
+        # Take GPU memory as needed so that several runs can share a GPU; a GPU already
+        # initialised in this process (library use) keeps its setting.
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
 @dataclass(frozen=True)
@@ -171,6 +204,7 @@ def _load_openvino(folder: str, wanted: _Wanted, notes: list[str]) -> LoadedMode
     )
     size = wanted.image_size or ov.image_size or _flexible_size(notes)
     notes += [ov.note] if ov.note else []
+    timeline.mark("model compiled")
     ov.embed(np.zeros([batch, size, size, 3], np.float32))  # the first call's set-up
     return LoadedModel(
         wanted.name, int(size), ov.feature_dim, batch, wanted.standin, "CPU", ov.precision,
@@ -179,12 +213,10 @@ def _load_openvino(folder: str, wanted: _Wanted, notes: list[str]) -> LoadedMode
 
 
 def _load_tensorflow(folder: str, wanted: _Wanted, device: str, notes: list[str]) -> LoadedModel:
-    import tensorflow as tf
-    import tensorflow_hub as hub
-
+    tf = tensorflow()
     _set_precision(tf, wanted.precision, device)
     try:
-        module = hub.load(folder)
+        module = _restore(tf, folder)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
         raise EfxError(
             f"could not load the SavedModel in {folder}: {_first_line(error)}. If this is a "
@@ -294,13 +326,24 @@ def _cpu_has_float16() -> bool:
     return flags is None or bool(flags & {"avx512_fp16", "amx_fp16"})
 
 
-def _local_folder(spec: ModelSpec, hub: Any) -> str:
-    """A local SavedModel folder for the spec: as given, unpacked from a tarball, or downloaded."""
+def _restore(tf: Any, folder: str) -> Any:
+    """What `hub.load(folder)` does for a local folder (tensorflow_hub/module_v2.py: a TF1 Hub
+    module loads with tags=[]), without importing tensorflow-hub, which imports tf-keras."""
+    tags: list[str] | None = [] if os.path.isfile(os.path.join(folder, "tfhub_module.pb")) else None
+    return tf.saved_model.load(folder, tags=tags)
+
+
+def _local_folder(spec: ModelSpec) -> str:
+    """A local SavedModel folder for the spec: as given, unpacked from a tarball, or downloaded
+    (tensorflow-hub, imported only then)."""
     handle = spec.handle
     if os.path.isdir(handle):
         return handle
     if os.path.isfile(handle):
         return _unpack_tarball(handle)
+    tensorflow()
+    import tensorflow_hub as hub
+
     try:
         return str(hub.resolve(handle))
     except Exception as error:  # noqa: BLE001 - network, HTTP and cache errors all end here

@@ -151,6 +151,9 @@ def _converted(ov: Any, folder: str, cache_root: str) -> Any:
             return core.read_model(xml)
         except Exception:  # noqa: BLE001 - a damaged cache entry is converted again
             shutil.rmtree(target, ignore_errors=True)
+    from .model import tensorflow
+
+    tensorflow()  # what the conversion imports, one thread at a time (efx.model.tensorflow)
     try:
         model = ov.convert_model(folder)
     except Exception as error:  # noqa: BLE001 - conversion errors come in many types

@@ -141,8 +141,10 @@ def tensorflow_options_restored() -> Iterator[None]:
 
 
 def _grappler_options() -> dict[str, Any]:
-    tf = sys.modules.get("tensorflow")  # not imported yet: nothing set
-    return dict(tf.config.optimizer.get_experimental_options()) if tf else {}
+    # Not imported yet, or still being imported by efx's import thread (efx.engine): nothing
+    # set, and nothing to ask of a module without its attributes.
+    config = getattr(sys.modules.get("tensorflow"), "config", None)
+    return dict(config.optimizer.get_experimental_options()) if config else {}
 
 
 @contextlib.contextmanager

@@ -74,7 +74,9 @@ class RayEngine:
         self._spec: ModelSpec | None = None
         self._settings: tuple[Any, ...] = ()
 
-    def load_model(self, spec: ModelSpec, settings: Settings) -> LoadedModel:
+    def load_model(
+        self, spec: ModelSpec, settings: Settings, images: int | None = None
+    ) -> LoadedModel:
         """What the model actors will run: loaded once on a worker like theirs, to learn its
         size, dimension, device and backend (and to fail early, with efx's message)."""
         ray = self._ray

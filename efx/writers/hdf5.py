@@ -107,8 +107,8 @@ def _as_os_error() -> Iterator[None]:
 
 def write_failed() -> bool:
     """Whether a write failed in this process. The HDF5 library then retries the flush when the
-    process exits and can segfault (HDF5 1.14, h5py 3.14): the `efx` command, whose process is
-    one run, leaves without native teardown then (cli.run); a library caller may do the same."""
+    process exits and can segfault (HDF5 1.14, h5py 3.14): the `efx` command leaves without
+    native teardown (cli.run); a library caller may do the same when this is true."""
     return _write_failed
 
 
