@@ -28,7 +28,7 @@ from .discover import check_sources, find_files
 from .engine import Batch, Engine, open_engine
 from .errors import EfxError
 from .facts import Facts
-from .inputs import Input, fetched
+from .inputs import Input
 from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, check_precision, resolve_model
 
 # Rows reach the OS (and survive kill -9) after every batch; they are synced to the disk (and
@@ -155,7 +155,7 @@ def extract(
                     # The load takes seconds to minutes (a first run downloads): say so.
                     if progress:
                         print(f"efx: loading {plan.spec.handle} ...", file=sys.stderr, flush=True)
-                    engine = open_engine(settings, verbose)
+                    engine = open_engine(settings, verbose, plan.spec)
                     try:
                         loaded = _load(engine, plan, settings, on_note)
                     except KeyboardInterrupt:
@@ -652,7 +652,7 @@ def _attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> dict[s
         "standin": loaded.standin,
         "image_size": loaded.image_size,
         "feature_dim": loaded.feature_dim,
-        "tensorflow_version": _tf_version(),
+        "tensorflow_version": loaded.tensorflow_version,
         "device": loaded.device,
         "backend": loaded.backend,
         "precision": loaded.precision,  # float32 where the CPU lacks the precision asked for
@@ -752,22 +752,8 @@ class _Feed:
         return self.engine.batches(inputs, self.options, self.loaded)
 
     def reason(self, inp: Input) -> str:
-        from .decode.pipeline import failure_reason  # imports TensorFlow: the engine already has
-
-        assert self.options is not None
-        if not fetched(inp):
-            return failure_reason(inp.path, self.options)
-        data = sources_.read_one(inp)
-        if inp.member is None:  # an object by URL: its reasons are a file's
-            if isinstance(data, OSError):
-                from .decode.reasons import os_reason
-
-                return os_reason(data)
-            if not data:
-                return "empty file"
-        if isinstance(data, BaseException):
-            return sources_.read_reason(data)
-        return failure_reason(inp.key, self.options, data)
+        assert self.engine is not None and self.options is not None
+        return self.engine.reason(inp, self.options)
 
 
 def stream(
@@ -1016,9 +1002,3 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _tf_version() -> str:
-    import tensorflow as tf
-
-    return str(tf.__version__)

@@ -642,6 +642,51 @@ def similar(
 
 
 @main.command()
+@model_options
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="What runs the model (as for efx extract).",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    default=None,
+    metavar="PATH",
+    help="Where to listen. Default: EFX_SOCKET, else $XDG_RUNTIME_DIR/efx-serve.sock, else "
+    "/tmp/efx-UID/serve.sock. Runs look there (set EFX_SOCKET=PATH for another place).",
+)
+@verbose_option
+def serve(socket_path: str | None, verbose: bool, **settings: Any) -> None:
+    """Keep a model loaded, so that efx extract and efx similar start in a second.
+
+    A fresh efx process spends seconds before its first embedding (importing TensorFlow,
+    loading and compiling the model, preparing the decoders). efx serve pays that once and
+    waits on a Unix socket (no network port; only your user can connect). While it runs,
+    efx extract and efx similar with the same model and settings send it their images and
+    write their outputs themselves: the same rows, bit for bit, as without it. A run whose
+    model or settings differ, or a server of another efx version, is not used (the run says
+    why and loads the model itself). EFX_SOCKET= (empty) turns its use off.
+
+    \b
+    Examples:
+      efx serve &                                   # B6, as efx extract's default
+      efx extract new.jpg out.h5                    # then: about a second
+      efx similar out.h5 query.jpg -k 5
+      efx serve -m ./my-model --precision bfloat16  # runs must ask for the same
+    """
+    from .config import Settings
+    from .serve import run as run_server
+
+    with native_logs_hidden(verbose):
+        run_server(
+            Settings(**settings), socket_path, lambda text: click.echo(f"efx: {text}", err=True)
+        )
+
+
+@main.command()
 @click.argument("output")
 @click.option(
     "--threshold",

@@ -7,8 +7,11 @@ local: the tf.data pipeline and the model in this process. ray: Ray Data actors 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import itertools
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -30,19 +33,31 @@ class Engine(Protocol):
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]: ...
+    def reason(self, inp: Input, options: DecodeOptions) -> str: ...
     def close(self) -> None: ...
 
 
-def open_engine(settings: Settings, verbose: bool = False) -> Engine:
+def open_engine(settings: Settings, verbose: bool = False, spec: ModelSpec | None = None) -> Engine:
+    """Ray; else an `efx serve` running this model (efx.serve), else this process."""
     if settings.engine == "ray":
         from .ray_engine import RayEngine
 
         return RayEngine(settings.ray_address, verbose)
+    if spec is not None:
+        from . import serve
+
+        served, why = serve.connect(spec, settings)
+        if served is not None:
+            return served
+        return LocalEngine([why] if why else [])
     return LocalEngine()
 
 
 class LocalEngine:
     """tf.data (parallel read + decode) into the model, in this process."""
+
+    def __init__(self, notes: Sequence[str] = ()) -> None:
+        self._notes = list(notes)  # said with the model's own (why a server was not used)
 
     def load_model(
         self, spec: ModelSpec, settings: Settings, images: int | None = None
@@ -51,10 +66,12 @@ class LocalEngine:
         CPU with OpenVINO and its converted model cached, the two do not wait for each other
         (a one-image run's start-up, README: Start-up time)."""
         threading.Thread(target=_import_decoders, name="efx-import", daemon=True).start()
-        return load_model(
+        loaded = load_model(
             spec, settings.image_size, settings.batch_size, settings.precision,
             settings.backend, images,
         )  # fmt: skip
+        loaded.notes[:0] = self._notes
+        return loaded
 
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
@@ -84,8 +101,70 @@ class LocalEngine:
             empty = np.zeros([0, loaded.feature_dim], np.float32)
             yield positions, empty, np.zeros(len(positions), bool)
 
+    def reason(self, inp: Input, options: DecodeOptions) -> str:
+        return failure_reason(inp, options)
+
     def close(self) -> None:
         pass
+
+
+def direct_batches(
+    inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
+) -> Iterator[Batch]:
+    """The batches `LocalEngine.batches` gives, decoded without a tf.data pipeline: the same
+    decode function (efx.decode.pipeline.file_decoder) called on a few threads, in order. A
+    pipeline instantiates its decode function anew for every iterator (0.5-0.7 s measured);
+    a process that answers many small requests (efx serve) keeps one instantiation."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from . import sources
+    from .decode.pipeline import file_decoder
+
+    decode = file_decoder(options)
+
+    def image(inp: Input, data: bytes | BaseException) -> np.ndarray | None:
+        if isinstance(data, BaseException):
+            return None
+        return decode(b"" if fetched(inp) else os.fsencode(inp.path), data)
+
+    pending: collections.deque[Future[np.ndarray | None]] = collections.deque()
+    ahead = 2 * loaded.batch_size  # decoded ahead of the model, as the pipeline's prefetch
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        read = zip(inputs, sources.read_inputs(inputs), strict=True)
+        for start in range(0, len(inputs), loaded.batch_size):
+            stop = min(len(inputs), start + loaded.batch_size)
+            for inp, data in itertools.islice(read, stop + ahead - start - len(pending)):
+                pending.append(pool.submit(image, inp, data))
+            images = [pending.popleft().result() for _ in range(stop - start)]
+            ok = np.array([one is not None for one in images])
+            found = [one for one in images if one is not None]
+            embeddings = (
+                loaded.embed(np.stack(found))
+                if found
+                else np.zeros([0, loaded.feature_dim], np.float32)
+            )
+            yield np.arange(start, stop), embeddings, ok
+
+
+def failure_reason(inp: Input, options: DecodeOptions) -> str:
+    """Why an input the pipeline dropped could not be embedded: read and decoded again, alone,
+    to say so (efx.decode.pipeline.failure_reason). Rare: only failed inputs come here."""
+    from . import sources
+    from .decode.pipeline import failure_reason as decoding_failure
+
+    if not fetched(inp):
+        return decoding_failure(inp.path, options)
+    data = sources.read_one(inp)
+    if inp.member is None:  # an object by URL: its reasons are a file's
+        if isinstance(data, OSError):
+            from .decode.reasons import os_reason
+
+            return os_reason(data)
+        if not data:
+            return "empty file"
+    if isinstance(data, BaseException):
+        return sources.read_reason(data)
+    return decoding_failure(inp.key, options, data)
 
 
 def _import_decoders() -> None:

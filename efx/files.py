@@ -11,7 +11,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from . import remote
 
@@ -162,3 +162,16 @@ def file_kind(mode: int) -> str:
         (stat.S_ISDIR, "folder"),
     ]
     return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def digest_tree(digest: Any, folder: str) -> None:
+    """Feed `digest` (a hashlib object) each file's path below `folder`, size and modification
+    time, in a fixed order: what says that a model folder changed, without reading it."""
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            digest.update(
+                f"{os.path.relpath(path, folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+            )

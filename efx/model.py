@@ -101,6 +101,9 @@ class LoadedModel:
     embed: Callable[[Any], np.ndarray]
     backend: str = "tensorflow"  # what runs the model: "tensorflow" or "openvino"
     notes: list[str] = field(default_factory=list)  # said once to the user (a fallback, and why)
+    # The TensorFlow installed where the model runs (it decodes the images there): outputs
+    # record it. Read from the package's metadata: the model may load before TensorFlow does.
+    tensorflow_version: str = field(default_factory=lambda: _installed("tensorflow"))
 
 
 def load_model(
@@ -242,6 +245,15 @@ def _load_tensorflow(folder: str, wanted: _Wanted, device: str, notes: list[str]
         wanted.name, int(size), int(probe.shape[1]), batch, wanted.standin, device,
         wanted.precision, embed, "tensorflow", notes,
     )  # fmt: skip
+
+
+def _installed(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # (a build of one's own, say)
+        return str(tensorflow().__version__)
 
 
 def _flexible_size(notes: list[str]) -> int:

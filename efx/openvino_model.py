@@ -172,14 +172,7 @@ def _converted(ov: Any, folder: str, cache_root: str) -> Any:
 
 def _cache_key(folder: str, version: str) -> str:
     digest = hashlib.sha1(os.path.abspath(folder).encode())
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            stat = os.stat(path)
-            digest.update(
-                f"{os.path.relpath(path, folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-            )
+    files.digest_tree(digest, folder)
     digest.update(version.encode())
     name = os.path.basename(os.path.normpath(folder))[:40]
     return f"{name}-{digest.hexdigest()[:16]}-ov{version.split('-')[0]}"

@@ -128,6 +128,11 @@ class RayEngine:
             ok = batch["ok"].astype(bool)
             yield batch["index"].astype(np.int64), batch["embedding"][ok], ok
 
+    def reason(self, inp: Input, options: DecodeOptions) -> str:
+        from .engine import failure_reason  # (read and decoded again here, by the driver)
+
+        return failure_reason(inp, options)
+
     def close(self) -> None:
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No efx serve of the developer's own answers the suite's runs; tests/test_serve.py starts its
+# own servers and points EFX_SOCKET at them.
+os.environ["EFX_SOCKET"] = ""
 
 import numpy as np
 import pytest

@@ -64,11 +64,10 @@ def image_batches(
     tuning = tf.data.Options()
     tuning.autotune.enabled = False
     tuning.experimental_optimization.apply_default_optimizations = False
+    decode = _decoder(options)
     return (
         dataset.map(
-            _graph_only(
-                lambda index, path, data: (index, decode_image(_bytes(path, data), options))
-            ),
+            _graph_only(lambda index, path, data: (index, decode(path, data))),
             num_parallel_calls=workers,
             deterministic=True,
         )
@@ -101,15 +100,26 @@ def _bytes(path: tf.Tensor, data: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path), lambda: data)
 
 
-def file_decoder(options: DecodeOptions) -> Callable[[bytes, bytes], np.ndarray | None]:
-    """A (path, bytes) -> image function for engines that schedule inputs themselves (Ray):
-    the same read + `decode_image` as the tf.data pipeline, traced once; the file at `path` is
-    read, or `bytes` decoded when path is b"" (a shard's member). None when the input cannot be
-    read or decoded (as the pipeline flags it ok=False)."""
+@functools.lru_cache(maxsize=16)
+def _decoder(options: DecodeOptions) -> Any:
+    """The read + `decode_image` of one input as a TensorFlow function, traced once per
+    process and options: each pipeline's map then only calls it. Tracing the ~1,350 operations
+    costs ~1.2 s, which a process that runs several pipelines (efx serve, a library caller)
+    would otherwise pay for each one; the operations, and so the pixels, are the same."""
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)] * 2, autograph=False)
     def decode(path: tf.Tensor, data: tf.Tensor) -> tf.Tensor:
         return decode_image(_bytes(path, data), options)
+
+    return decode
+
+
+def file_decoder(options: DecodeOptions) -> Callable[[bytes, bytes], np.ndarray | None]:
+    """A (path, bytes) -> image function for engines that schedule inputs themselves (Ray):
+    the same read + `decode_image` as the tf.data pipeline (`_decoder`); the file at `path` is
+    read, or `bytes` decoded when path is b"" (a shard's member). None when the input cannot be
+    read or decoded (as the pipeline flags it ok=False)."""
+    decode = _decoder(options)
 
     def one(path: bytes, data: bytes = b"") -> np.ndarray | None:
         try:
