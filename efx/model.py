@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import inspect
 import json
 import os
 import tarfile
@@ -431,14 +432,16 @@ def _standin_size(folder: str) -> int | None:
 def _model_call(module: Any) -> Callable[[Any], Any]:
     """The module's forward function: its __call__ (TF2 hub modules), else its serving signature."""
     if callable(module):
-
-        def call(images: Any) -> Any:
-            try:
-                return module(images, training=False)
-            except TypeError:
-                return module(images)
-
-        return call
+        # Asked of the signature, not tried: a call that fails to bind its arguments leaves the
+        # restored function's lock held (TensorFlow 2.21), and every later call from another
+        # thread (efx serve answers in threads) then waits forever.
+        try:
+            training = "training" in inspect.signature(module.__call__).parameters
+        except (TypeError, ValueError):
+            training = False
+        if training:
+            return lambda images: module(images, training=False)
+        return lambda images: module(images)
     signature = module.signatures.get("serving_default") if hasattr(module, "signatures") else None
     if signature is None:
         raise EfxError("the model is neither callable nor has a serving_default signature")
