@@ -207,7 +207,7 @@ def _load_openvino(folder: str, wanted: _Wanted, notes: list[str]) -> LoadedMode
         folder, wanted.image_size, batch, wanted.precision, cache, DEFAULT_IMAGE_SIZE
     )
     size = wanted.image_size or ov.image_size or _flexible_size(notes)
-    notes += [ov.note] if ov.note else []
+    notes += ov.notes
     timeline.mark("model compiled")
     ov.embed(np.zeros([batch, size, size, 3], np.float32))  # the first call's set-up
     return LoadedModel(

@@ -8,6 +8,7 @@ only when asked to, so efx works without it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -39,7 +40,7 @@ class OpenVINOModel:
     image_size: int | None  # the size the converted model fixes, if it fixes one
     feature_dim: int
     precision: str  # what runs: the requested precision, or float32 where the CPU lacks it
-    note: str | None  # said once to the user (a precision fallback)
+    notes: list[str]  # said once to the user (a precision fallback, a cache entry rebuilt)
 
 
 def import_openvino() -> Any:
@@ -73,7 +74,7 @@ def load(
     `fallback_size`. Raises Unavailable with the reason when it cannot."""
     ov = import_openvino()
     core = ov.Core()
-    model = _converted(ov, folder, cache_root)
+    model, cache_note = _converted(ov, folder, cache_root)
     if len(model.inputs) != 1 or len(model.outputs) < 1:
         raise Unavailable(
             f"the model has {len(model.inputs)} inputs; efx runs single-input image models"
@@ -112,7 +113,8 @@ def load(
         result = request.infer({0: batch}, share_inputs=True)
         return np.array(result[output][:count], dtype=np.float32)
 
-    return OpenVINOModel(embed, fixed, int(dim.get_length()), precision, note)
+    notes = [text for text in (cache_note, note) if text]
+    return OpenVINOModel(embed, fixed, int(dim.get_length()), precision, notes)
 
 
 def _precision_hint(core: Any, precision: str) -> tuple[str, str, str | None]:
@@ -136,21 +138,24 @@ def cpu_capabilities(core: Any) -> list[str]:
     return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def _converted(ov: Any, folder: str, cache_root: str) -> Any:
-    """The OpenVINO model of a SavedModel folder, converted once and kept in the cache.
+def _converted(ov: Any, folder: str, cache_root: str) -> tuple[Any, str | None]:
+    """The OpenVINO model of a SavedModel folder, converted once and kept in the cache; and a
+    note when a damaged cache entry had to be converted again.
 
     Keyed by the folder's path, its files' sizes and modification times and the OpenVINO
     version: a changed model or another OpenVINO converts afresh. Written to a scratch folder
-    and renamed into place, so a killed run never leaves half a model in the cache.
+    and renamed into place, so a killed run never leaves half a model in the cache, and runs
+    converting at once each rename a whole entry (the first one stays). The entry records its
+    files' sizes (`efx-entry.json`): one cut short or unreadable is converted again, with a note.
     """
     target = os.path.join(cache_root, _cache_key(folder, ov.get_version()))
-    xml = os.path.join(target, "model.xml")
-    core = ov.Core()
-    if os.path.isfile(xml):
-        try:
-            return core.read_model(xml)
-        except Exception:  # noqa: BLE001 - a damaged cache entry is converted again
-            shutil.rmtree(target, ignore_errors=True)
+    note = None
+    if os.path.isdir(target):
+        model, damage = _read_entry(ov, target)
+        if model is not None:
+            return model, None
+        note = f"the cached OpenVINO conversion of this model ({target}) {damage}: converted again"
+        shutil.rmtree(target, ignore_errors=True)
     from .model import tensorflow
 
     tensorflow()  # what the conversion imports, one thread at a time (efx.model.tensorflow)
@@ -164,10 +169,35 @@ def _converted(ov: Any, folder: str, cache_root: str) -> Any:
         with files.scratch_folder(cache_root, ".convert-") as scratch:
             # compress_to_fp16=False: keep the weights as published (the default halves them).
             ov.save_model(model, os.path.join(scratch, "model.xml"), compress_to_fp16=False)
+            sizes = {name: os.path.getsize(os.path.join(scratch, name)) for name in _ENTRY_FILES}
+            files.write_atomically(os.path.join(scratch, _ENTRY), json.dumps(sizes).encode())
             files.replace(scratch, target, sync=False)  # a cache: a lost rename converts again
     except OSError:
         pass  # an unwritable or raced cache costs a conversion next time, nothing else
-    return model
+    return model, note
+
+
+_ENTRY = "efx-entry.json"  # the sizes of a cache entry's files, as written
+_ENTRY_FILES = ("model.xml", "model.bin")
+
+
+def _read_entry(ov: Any, target: str) -> tuple[Any, str]:
+    """(the cached model, "") or (None, what is wrong with the entry)."""
+    try:
+        try:
+            with open(os.path.join(target, _ENTRY), encoding="utf-8") as file:
+                sizes = json.load(file)
+        except FileNotFoundError:  # an entry written by efx 0.4: as read_model finds it
+            sizes = {name: os.path.getsize(os.path.join(target, name)) for name in _ENTRY_FILES}
+        for name in _ENTRY_FILES:
+            found = os.path.getsize(os.path.join(target, name))
+            if found != sizes[name]:
+                return None, f"was damaged ({name} is {found} bytes, {sizes[name]} were written)"
+        return ov.Core().read_model(os.path.join(target, "model.xml")), ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "was incomplete"
+    except Exception as error:  # noqa: BLE001 - OpenVINO's reading errors
+        return None, f"could not be read ({_first_line(error)})"
 
 
 def _cache_key(folder: str, version: str) -> str:

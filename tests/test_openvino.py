@@ -11,7 +11,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import EFX, SAMPLES, write_broken_images
+from conftest import EFX, SAMPLES, run_efx, write_broken_images
 
 import efx
 from efx.model import _cpu_has_bfloat16
@@ -158,10 +158,46 @@ def test_conversion_is_cached_and_the_cache_is_what_runs(tiny_model, keras_model
     shutil.copytree(cache / other, cache / entry)
     efx.extract(SAMPLES, str(tmp_path / "b.h5"), model=tiny_model, image_size=48)
     assert np.array_equal(efx.load(str(tmp_path / "b.h5"))[1], efx.load(str(tmp_path / "k.h5"))[1])
-    # A damaged entry is converted again, not fatal.
-    (cache / entry / "model.xml").write_text("not xml")
-    efx.extract(SAMPLES, str(tmp_path / "c.h5"), model=tiny_model, image_size=48)
-    assert np.array_equal(efx.load(str(tmp_path / "c.h5"))[1], efx.load(str(tmp_path / "a.h5"))[1])
+    # A damaged entry is converted again, with a note, not fatal: an unreadable model.xml, a
+    # model.bin cut short (which OpenVINO might map and read as weights).
+    for name, damage in [("model.xml", b"not xml"), ("model.bin", b"")]:
+        written = os.path.getsize(cache / entry / name)
+        (cache / entry / name).write_bytes(damage)
+        notes: list[str] = []
+        efx.extract(SAMPLES, str(tmp_path / "c.h5"), model=tiny_model, image_size=48,
+                    overwrite=True, on_note=notes.append)  # fmt: skip
+        assert notes == [
+            f"the cached OpenVINO conversion of this model ({cache / entry}) was damaged ({name} "
+            f"is {len(damage)} bytes, {written} were written): converted "
+            "again"
+        ]
+        rows = efx.load(str(tmp_path / "c.h5"))[1]
+        assert np.array_equal(rows, efx.load(str(tmp_path / "a.h5"))[1])
+
+
+def test_runs_converting_at_once_share_the_cache(tiny_model, tmp_path):
+    """Two processes with an empty cache convert at the same time: both finish, one entry
+    stays, whole, and a third run reads it; all three give the same rows. EFX_CACHE_DIR says
+    where the cache is."""
+    env = {**os.environ, "EFX_CACHE_DIR": str(tmp_path / "elsewhere")}
+    runs = [
+        subprocess.Popen([EFX, "extract", SAMPLES, str(tmp_path / f"{i}.h5"), "-m", tiny_model,
+                          "--image-size", "48", "-q"], env=env, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read() if run.stderr else ""
+    third = run_efx("extract", SAMPLES, str(tmp_path / "2.h5"), "-m", tiny_model,
+                    "--image-size", "48", env=env)  # fmt: skip
+    assert third.returncode == 0 and "note" not in third.stderr, third.stderr
+    (entry,) = os.listdir(tmp_path / "elsewhere" / "openvino")
+    assert sorted(os.listdir(tmp_path / "elsewhere" / "openvino" / entry)) == [
+        "efx-entry.json",
+        "model.bin",
+        "model.xml",
+    ]
+    rows = [efx.load(str(tmp_path / f"{i}.h5"))[1] for i in range(3)]
+    assert np.array_equal(rows[0], rows[1]) and np.array_equal(rows[0], rows[2])
 
 
 def test_a_changed_model_is_converted_afresh(tiny_model, tmp_path):
