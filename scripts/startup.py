@@ -15,6 +15,8 @@ round the configurations run in turn (alternating), so they meet the same machin
   --json summary (load_seconds, seconds) and the wall time.
 - `python -c "import tensorflow"` and one image through the compiled model in a warm process:
   the issue's yardstick (1.5 x their sum).
+- OpenVINO's compiled-model cache (CACHE_DIR), a lever evaluated: compiling B6 without it and
+  from a warm one, in fresh processes.
 - 8 and 96 images (`--skip-jobs` leaves them out; 96 on TensorFlow with --tensorflow-96): the
   whole run against the model alone (the same images' batches through the loaded model, timed
   in a process of their own).
@@ -88,6 +90,37 @@ print(json.dumps(out))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, check=True)  # fmt: skip
     return imported, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+COMPILE = """
+import os, sys, time
+from efx import openvino_model
+from efx.model import cache_dir
+ov = openvino_model.import_openvino()
+model, _ = openvino_model._converted(ov, sys.argv[1], os.path.join(cache_dir(), "openvino"))
+model.reshape([1, 528, 528, 3])
+config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+if len(sys.argv) > 2:
+    config["CACHE_DIR"] = sys.argv[2]
+start = time.perf_counter()
+ov.Core().compile_model(model, "CPU", config)
+print(time.perf_counter() - start)
+"""
+
+
+def compile_lever(env: dict[str, str], work: str) -> dict[str, float]:
+    """OpenVINO's compiled-model cache (CACHE_DIR), evaluated: compiling B6 in a fresh process
+    without it, and with it warm (a blob written by an earlier process)."""
+    blobs = os.path.join(work, "ov-compiled")
+
+    def seconds(*extra: str) -> float:
+        done = subprocess.run([sys.executable, "-c", COMPILE, STANDIN, *extra], env=env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return float(done.stdout.strip().splitlines()[-1])
+
+    if not os.path.isdir(blobs):
+        seconds(blobs)  # writes the blob
+    return {"compile": seconds(), "compile from CACHE_DIR": seconds(blobs)}
 
 
 def start_server(backend: str, sock: str, env: dict[str, str]) -> tuple[subprocess.Popen, float]:
@@ -171,6 +204,7 @@ def main() -> None:
                 figures.setdefault(name, []).append({"wall": wall, "moments": moments,
                                                      "summary": _summary(stdout)})  # fmt: skip
             imported, model = yardstick(env, args.tensorflow_96)
+            model.update(compile_lever({**env, "EFX_CACHE_DIR": caches["now"]}, work))
             figures.setdefault("import tensorflow", []).append(imported)
             figures.setdefault("model alone", []).append(model)
             print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr, flush=True)
