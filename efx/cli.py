@@ -95,7 +95,7 @@ def _stdout_closed() -> None:
 def run() -> None:
     """The `efx` command. Once the command is done (its outputs closed, its lines flushed), the
     process leaves without Python's and the native libraries' teardown: TensorFlow's and
-    OpenVINO's took about 1.2 s of every run that loaded a model (README: Start-up time), and
+    OpenVINO's took about 1.2 s of every run that loaded a model (README: Start-up, measured), and
     after a failed HDF5 write (disk full) the HDF5 library retries the flush at exit and can
     crash (HDF5 1.14, h5py 3.14). The exit status is the one the command was going to have."""
     code: Any = 0
@@ -130,6 +130,7 @@ def main() -> None:
       efx duplicates embeddings.h5 --html d.html    # near-duplicates, as a page
       find . -name '*.jpg' -print0 | efx extract -0 - shards/
       efx extract photos/ - | jq -c .path           # rows to stdout, as JSON Lines
+      efx serve &                                   # keep the model loaded: runs start at once
 
     Run `efx COMMAND --help` for each command's options.
     """
@@ -161,7 +162,8 @@ model_options = _options(
     ),
     click.option(
         "--batch-size", "-b", type=int, default=None, metavar="N",
-        help="Images per model call. Default: 8 on CPU, 32 on GPU.",
+        help="Images per model call. Default: 8 on CPU (OpenVINO: no more than the images to "
+        "embed; efx serve: 1), 32 on GPU.",
     ),
     click.option(
         "--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,

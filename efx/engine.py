@@ -64,7 +64,7 @@ class LocalEngine:
     ) -> LoadedModel:
         """The model, loaded while another thread imports TensorFlow and the decoders: on a
         CPU with OpenVINO and its converted model cached, the two do not wait for each other
-        (a one-image run's start-up, README: Start-up time)."""
+        (a one-image run's start-up: README, Interactive use)."""
         threading.Thread(target=_import_decoders, name="efx-import", daemon=True).start()
         loaded = load_model(
             spec, settings.image_size, settings.batch_size, settings.precision,

@@ -1,6 +1,6 @@
 """`efx serve`: a model kept loaded behind a local socket, so that `efx extract` and `efx similar`
 skip the start-up a fresh process pays (TensorFlow's import, the model's load and first call,
-the decoders' tracing: README, Start-up time).
+the decoders' tracing: README, Interactive use).
 
 The server is an engine in another process: a run that finds one serving its model sends it
 its inputs (paths, and where in a shard or bucket an image is) and gets back, batch by batch,
