@@ -82,9 +82,14 @@ def read_path_list(stream: BinaryIO, null: bool = False) -> list[str]:
     data = stream.read()
     separator = b"\0" if null else b"\n"
     paths = []
-    for raw in data.split(separator):
+    for number, raw in enumerate(data.split(separator), 1):
         if not null:
             raw = raw.rstrip(b"\r")
+        if b"\0" in raw:  # no path holds one: NUL-separated paths, or not paths at all
+            raise EfxError(
+                f"stdin line {number} holds a NUL byte: SOURCE - reads paths, one per line "
+                "(with -0: separated by NUL bytes, as find -print0 writes them), not image bytes"
+            )
         if raw.strip():
             paths.append(os.fsdecode(raw))
     return paths

@@ -6,6 +6,7 @@ import io
 import os
 
 import pytest
+from conftest import SAMPLES, assert_user_error, run_cli
 
 from efx.discover import check_sources, find_images, walk_images
 from efx.errors import EfxError
@@ -78,3 +79,11 @@ def test_walks_take_shards_by_their_names_too(tmp_path):
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     assert walk_images(str(tmp_path)) == sorted(names[:9])
+
+
+def test_image_bytes_on_stdin_instead_of_paths_is_a_clear_error(tmp_path):
+    with open(os.path.join(SAMPLES, "coffee.jpg"), "rb") as image:
+        data = image.read()  # holds NUL bytes
+    result = run_cli("extract", "-", str(tmp_path / "o.h5"), input=data)
+    assert_user_error(result, "stdin line 1 holds a NUL byte: SOURCE - reads paths")
+    assert not os.path.exists(tmp_path / "o.h5")
