@@ -176,8 +176,12 @@ def main() -> None:
         action="store_true",
         help="96-image runs on TensorFlow too (about 2 minutes each here)",
     )
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="openvino,tensorflow (TensorFlow's runs take minutes each here)")
     parser.add_argument("--out", default=None, help="write every measurement here (JSON)")
     args = parser.parse_args()
+    global BACKENDS
+    BACKENDS = tuple(args.backends.split(","))
     if not os.path.isdir(STANDIN):
         subprocess.run([sys.executable, "-c", LAUNCH, "make-standin", STANDIN], check=True)
     work = tempfile.mkdtemp(prefix="efx-startup-")
