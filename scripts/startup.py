@@ -180,8 +180,7 @@ def main() -> None:
                         help="openvino,tensorflow (TensorFlow's runs take minutes each here)")
     parser.add_argument("--out", default=None, help="write every measurement here (JSON)")
     args = parser.parse_args()
-    global BACKENDS
-    BACKENDS = tuple(args.backends.split(","))
+    globals()["BACKENDS"] = tuple(args.backends.split(","))  # (read by the functions below)
     if not os.path.isdir(STANDIN):
         subprocess.run([sys.executable, "-c", LAUNCH, "make-standin", STANDIN], check=True)
     work = tempfile.mkdtemp(prefix="efx-startup-")
