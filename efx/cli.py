@@ -204,6 +204,16 @@ storage_option = click.option(
     "(AWS_* variables, AWS_ENDPOINT_URL, ~/.aws, Google's default credentials).",
 )  # fmt: skip
 
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="What runs the model. auto: OpenVINO on a CPU when installed (efx[openvino]) and able "
+    "to convert the model, 1.4x (AVX-512) to 2.3x (AVX2) TensorFlow's speed in float32; "
+    "TensorFlow otherwise and on GPUs.",
+)
+
 json_option = click.option(
     "--json", "as_json", is_flag=True,
     help="Print one JSON object on stdout (and nothing else there).",
@@ -245,15 +255,7 @@ verbose_option = click.option(
     help="Refuse (as a failure, before decoding) images whose header claims more pixels: "
     "decompression bombs.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="auto",
-    show_default=True,
-    help="What runs the model. auto: OpenVINO on a CPU when installed (efx[openvino]) and able "
-    "to convert the model, 1.4x (AVX-512) to 2.3x (AVX2) TensorFlow's speed in float32; "
-    "TensorFlow otherwise and on GPUs.",
-)
+@backend_option
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),
@@ -645,13 +647,7 @@ def similar(
 
 @main.command()
 @model_options
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="auto",
-    show_default=True,
-    help="What runs the model (as for efx extract).",
-)
+@backend_option
 @click.option(
     "--socket",
     "socket_path",
