@@ -315,7 +315,10 @@ def plan_run(
             plan, files_, settings, earlier[:1] if state else [], on_note, progress
         )
     if not inputs and count == 1:  # (a part of a few large shards may well be empty)
-        raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
+        raise EfxError(
+            f"no images found in {', '.join(sources)}: the shards there hold no samples (an "
+            "empty tar, Parquet or TFRecord file), or only metadata"
+        )
     if count == 1:  # (one part may hold no shard, or only some of the columns' sources)
         _check_kept_columns(plan.shard_options.keep_columns, inputs)
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
@@ -770,7 +773,11 @@ def stream(
     committed after every step. Returns (rows, failures) written."""
     embed_at = work.to_embed
     paths = [inp.key for inp in inputs]
-    batches = feed.batches([inputs[i] for i in embed_at])
+    # Each input with the facts the plan found (an object by URL's SHA-256, when it was
+    # hashed): what the engine reads is checked against them (efx.sources._as_listed).
+    batches = feed.batches(
+        [inputs[i] if inputs[i].facts else inputs[i]._replace(facts=work.facts[i]) for i in embed_at]
+    )
     readers: dict[int, writers.RowReader] = {}
     held: dict[int, np.ndarray | str] = {}  # embedded once, repeated later (SAME_AS)
     repeated = set(work.index[work.kind == reuse.SAME_AS].tolist())

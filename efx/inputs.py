@@ -16,16 +16,20 @@ from .remote import is_url
 class Member(NamedTuple):
     """Where an input's bytes are inside a shard file (`Input.path`).
 
-    tar: `at` is the member's first data byte (in the uncompressed stream), `size` its bytes;
+    tar: `at` is the member's first header byte (in the uncompressed stream: tarfile reads it
+    from there), `size` its bytes as extracted;
     tfrecord: `at` is the record's first payload byte, `size` the payload's bytes, `field` the
     `tf.train.Example` feature holding the image; parquet: `at` is the row group, `size` the
-    row within it, `field` the image column (`image.bytes` for a struct column).
+    row within it, `field` the image column (`image.bytes` for a struct column, `images[]` or
+    `images[].bytes` for a list of them). `item` is the image's place in its record's feature
+    or its cell's list, where one holds several.
     """
 
     kind: str  # "tar", "tfrecord" or "parquet"
     at: int
     size: int
     field: str = ""
+    item: int = 0  # the image's place in its record's or cell's list (several per record)
 
 
 class Input(NamedTuple):

@@ -13,6 +13,7 @@ and `read_key`, a row's key back to its image.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import os
 import queue
@@ -30,7 +31,7 @@ from ..facts import Facts
 from ..files import open_input
 from ..inputs import Input, Member, fetched, loose
 from . import parquet, streams, tar, tfrecord
-from .streams import GZIP_MAGIC, NotImages, first_line
+from .streams import GZIP_MAGIC, Ambiguous, NotImages, first_line
 
 READERS = {"tar": tar.read, "parquet": parquet.read, "tfrecord": tfrecord.read}
 SCAN_THREADS = max(2, min(8, os.cpu_count() or 2))
@@ -47,8 +48,15 @@ class ShardOptions(NamedTuple):
 
 
 def kind_of(path: str) -> str | None:
-    """ "tar", "parquet" or "tfrecord" for a shard, told by its first bytes; None for anything
-    else (an image, or a file the decoder will say is not one). Never blocks on a pipe."""
+    """ "tar", "parquet" or "tfrecord" for a shard, told by its first bytes as each format's
+    own parser reads them; None for anything else (an image, or a file the decoder will say is
+    not one). Never blocks on a pipe.
+
+    A tar is a first block that tarfile reads as a header (its checksum holds: POSIX ustar and
+    pre-POSIX v7 tars alike), or, for a file named as a tar, the end-of-archive blocks alone (an
+    empty shard: what a WebDataset writer leaves when every download failed). A TFRecord file
+    is a record whose length passes its CRC-32C, plain, gzip'd or zlib'd (TensorFlow's three
+    compression types). Parquet starts with `PAR1`."""
     try:
         with open_input(path) as file:
             head = file.read(1024)
@@ -65,10 +73,14 @@ def kind_of(path: str) -> str | None:
         return None
     if head.startswith(b"PAR1"):
         return "parquet"
-    if head[257:262] == b"ustar":
+    if tar.is_header(head):
         return "tar"
-    if tfrecord.looks_like_tfrecord(head):
+    if tfrecord.looks_like_tfrecord(head) or tfrecord.looks_like_zlib_tfrecord(head):
         return "tfrecord"
+    named = SHARD_NAME.search(path)
+    if named is not None and named.group(1).lower() in ("tar", "tgz", "tar.gz"):
+        if len(head) == 1024 and head.count(0) == len(head):
+            return "tar"
     return None
 
 
@@ -99,11 +111,14 @@ def list_inputs(
         try:
             jobs = [(files[i][0], options, kept) for i in maybe]
             for i, found in zip(maybe, pool.map(_scan, jobs), strict=True):
+                if isinstance(found, EfxError) and not files[i][1]:
+                    raise found  # named: the user says which column, or gives the shards
                 if isinstance(found, NotImages):
-                    if not files[i][1]:
-                        raise found
                     skipped.append(found)
                     found = []
+                elif isinstance(found, Ambiguous):  # found by a walk: the others go on
+                    path = files[i][0]
+                    found = [Input(path, path, facts=facts_.stat(path), reason=found.reason)]
                 if found is not None:
                     scanned[i] = found
                     if progress is not None:
@@ -135,7 +150,7 @@ def _is_image_name(path: str) -> bool:
 
 def _scan(
     job: tuple[str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
-) -> list[Input] | NotImages | None:
+) -> list[Input] | NotImages | Ambiguous | None:
     """A shard's inputs (kept unread when an earlier output holds it unchanged), or None for a
     file that is not a shard."""
     path, options, kept = job
@@ -149,13 +164,13 @@ def _scan(
     if kind == "tfrecord":
         try:
             return tfrecord.scan(path, now, options.image_key, options.keep_columns)
-        except NotImages as error:
+        except (NotImages, Ambiguous) as error:
             return error
     if kind is None:
         return _not_a_shard(path, now)
     try:
         field, key = parquet.layout(path, options.image_column)
-    except NotImages as error:
+    except (NotImages, Ambiguous) as error:
         return error
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         reason = f"not a readable Parquet file ({first_line(error)})"
@@ -231,8 +246,26 @@ def _read(shard: str | None, run: list[Input]) -> Iterator[bytes | BaseException
     if shard is None:
         return (b"" for _ in run)
     if shard == _OBJECTS:
-        return _read_objects([inp.path for inp in run])
-    return _read_run(shard, [inp.member for inp in run])  # type: ignore[misc]
+        return _as_listed(run, _read_objects([inp.path for inp in run]))
+    return _as_listed(run, _read_run(shard, [inp.member for inp in run]))  # type: ignore[misc]
+
+
+class NotAsListed(ValueError):
+    """Bytes read for the embedding pass that are not those the listing pass hashed."""
+
+
+def _as_listed(
+    run: list[Input], items: Iterator[bytes | BaseException]
+) -> Iterator[bytes | BaseException]:
+    """`items`, each checked against the SHA-256 its input was listed with: bytes that differ
+    (a shard rewritten while efx ran, or a reader that found other bytes than the listing's)
+    become a NotAsListed error, so the row of an input is never another picture's. Every
+    reader's bytes pass here, for both engines; an input listed without a digest is passed."""
+    for inp, data in zip(run, items, strict=True):
+        listed = inp.facts.sha256 if inp.facts is not None else ""
+        if listed and isinstance(data, bytes) and hashlib.sha256(data).hexdigest() != listed:
+            data = NotAsListed("its bytes are not those efx listed (another SHA-256)")
+        yield data
 
 
 def read_inputs(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
@@ -381,6 +414,11 @@ def _not_a_shard(path: str, now: Facts) -> list[Input] | None:
 
 def read_reason(error: BaseException) -> str:
     """Why a member's bytes could not be read, for its failure."""
+    if isinstance(error, NotAsListed):
+        return (
+            "its bytes changed while efx ran: they are not those listed (another SHA-256); "
+            "run the command again"
+        )
     if isinstance(error, OSError) and not isinstance(error, EOFError):
         from ..decode.reasons import os_reason
 

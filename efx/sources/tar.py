@@ -8,7 +8,14 @@ for (`--image-key`), else the first of IMAGE_EXTENSIONS it has. The input's key 
 
 Read with the standard library's tarfile, in one forward pass, a member at a time, plain or
 gzip-compressed alike (members that are not images are skipped, not read); never unpacked,
-never held whole.
+never held whole. A member is read again, for the embedding pass, by tarfile from its header
+(`Member.at` is the header's offset), so a sparse member (GNU tar --sparse, in any of its three
+formats) gives the bytes `tar -x` writes, never the raw bytes stored after its header.
+
+A member name stored twice in one sample (`tar -rf` appending a corrected image right after
+the first) is read as tar reads it: the later copy wins, as `tar -x` leaves it and tarfile's
+`getmember` returns it (webdataset refuses such a shard). A key stored in two places, apart,
+is a failure (see `_sample_input`).
 """
 
 from __future__ import annotations
@@ -24,13 +31,23 @@ from typing import BinaryIO
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import check_stop, open_stream, read_exactly
+from .streams import check_stop, open_stream
 
 # In this order of preference when a sample has several (case-insensitive).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "jpe")
 KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
 KEPT_TEXT_BYTES = 1 << 20  # of a member kept as a column (--keep-columns)
+
+
+def is_header(head: bytes) -> bool:
+    """Whether `head` starts with a block tarfile reads as a member's header (its checksum
+    holds), with or without the POSIX `ustar` magic (a v7 tar has none)."""
+    try:
+        tarfile.TarInfo.frombuf(head[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -43,7 +60,8 @@ def split_name(name: str) -> tuple[str, str] | None:
 class _Sample:
     key: str
     start: int  # the position of its input in the shard's list
-    images: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # ext -> ...
+    # ext -> (member name, header offset, size, SHA-256); a name stored again replaces it
+    images: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)
     others: list[str] = field(default_factory=list)  # extensions of members that are not images
     columns: dict[str, str] = field(default_factory=dict)  # kept members' text, by extension
     places: int = 1  # > 1: the key came back after other samples (not contiguous)
@@ -89,7 +107,8 @@ class _Scan:
         self.reading = info.name
         digest = _digest(tar, info)
         self.reading = ""
-        self.current.images.setdefault(ext, (info.name, info.offset_data, info.size, digest))
+        self.current.images.pop(ext, None)  # stored again: the later copy, as tar -x keeps
+        self.current.images[ext] = (info.name, info.offset, info.size, digest)
 
     def end_sample(self) -> None:
         if self.current is not None:
@@ -245,16 +264,34 @@ class _Tail:
 
 
 def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
-    """The bytes of `members` (ascending), in order; OSError if the shard cannot give them."""
+    """The bytes of `members` (ascending), in order, each read by tarfile from its header as
+    `tar -x` would extract it (sparse members filled in); OSError if the shard cannot give
+    them, EOFError if a member is no longer where it was listed."""
     with open_stream(path) as stream:
         for member in members:
-            yield read_exactly(stream, member.at, member.size)
+            yield _member_bytes(stream, member)
+
+
+def _member_bytes(stream: BinaryIO, member: Member) -> bytes:
+    stream.seek(member.at)
+    with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
+        info = tar.firstmember
+        if info is None or not info.isreg() or info.size != member.size:
+            raise EOFError("no such member where it was listed")
+        file = tar.extractfile(info)
+        assert file is not None  # a regular file
+        data: bytes = file.read()
+    if len(data) != member.size:
+        raise EOFError(f"the shard ends {member.size - len(data)} bytes short of this member's end")
+    return data
 
 
 def find(path: str, name: str) -> Member | None:
-    """Where member `name` is in the shard (the first of that name), reading headers only."""
+    """Where member `name` is in the shard (the last of that name, as `tar -x` keeps it),
+    reading headers only."""
+    found = None
     with open_stream(path) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
         for info in _members(tar):
             if info.name == name and info.isreg():
-                return Member("tar", info.offset_data, info.size)
-    return None
+                found = Member("tar", info.offset, info.size)
+    return found

@@ -1,8 +1,12 @@
-"""TFRecord files of `tf.train.Example` records (TFDS, img2dataset), plain or GZIP-compressed.
+"""TFRecord files of `tf.train.Example` or `tf.train.SequenceExample` records (TFDS,
+img2dataset, video datasets), plain, GZIP- or ZLIB-compressed (told by content).
 
-The image is the bytes feature asked for (`--image-key`), else the only bytes feature whose
-value is an image file (TFDS: `image`; the Object Detection API: `image/encoded`); several are
-refused with the choices named. An input's key is `FILE/N`, N the record's number from 0.
+The image is the bytes feature asked for (`--image-key`), else the only bytes feature holding
+image files in the first record that holds any (a first record with an empty or damaged image
+does not decide a file); several are refused with the choices named. A SequenceExample's
+feature list (a clip's `frames`) is a feature whose values are its steps'. An input's key is
+`FILE/N`, N the record's number from 0; a record whose feature holds several images (a gallery,
+a clip), one input per image, `FILE/N/I` with I from 0, as `tf.io.VarLenFeature` lists them.
 
 Read here in pure Python, without TensorFlow: TFRecord framing is 16 bytes around each record
 (TensorFlow's `tensorflow/core/lib/io/record_writer.cc`), and `Example` is three nested
@@ -16,7 +20,9 @@ damaged image then fails to decode, or its record to parse, as that record's fai
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
@@ -24,7 +30,7 @@ from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
-from .streams import NotImages, check_stop, open_stream, read_exactly
+from .streams import Ambiguous, NotImages, check_stop, is_zlib, open_stream, read_exactly
 
 NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 
@@ -54,6 +60,17 @@ def masked_crc32c(data: bytes) -> int:
 def looks_like_tfrecord(head: bytes) -> bool:
     """The first 12 bytes are a record length and its masked CRC-32C."""
     return len(head) >= 12 and struct.unpack_from("<I", head, 8)[0] == masked_crc32c(head[:8])
+
+
+def looks_like_zlib_tfrecord(head: bytes) -> bool:
+    """A zlib stream (TFRecordOptions(compression_type="ZLIB")) whose first bytes, inflated,
+    are a TFRecord record's length and its CRC-32C."""
+    if not is_zlib(head) or looks_like_tfrecord(head):
+        return False
+    try:
+        return looks_like_tfrecord(zlib.decompressobj().decompress(head, 12))
+    except zlib.error:
+        return False
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
@@ -91,23 +108,39 @@ def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def bytes_features(record: bytes) -> dict[str, list[bytes]]:
-    """An Example's features of kind bytes_list, by name (float and int64 lists are left out)."""
+    """A record's bytes values by feature name: a `tf.train.Example`'s features, or a
+    `tf.train.SequenceExample`'s context features and feature lists (a clip's `frames`: the
+    one value of each step, in order), as `tf.io.parse_single_sequence_example` gives them.
+    Float and int64 lists are left out. ValueError for a record that is neither."""
     found: dict[str, list[bytes]] = {}
-    for number, features in _fields(record):
-        if number != 1:
-            continue
-        for entry_number, entry in _fields(features):
-            if entry_number != 1:
-                continue
-            name, values = "", None
-            for part, value in _fields(entry):
-                if part == 1:
-                    name = value.decode("utf-8", "replace")
-                elif part == 2:
-                    values = _bytes_list(value)
-            if values is not None and name:
+    for number, message in _fields(record):
+        if number == 1:  # Example.features, SequenceExample.context
+            for name, feature in _entries(message):
+                if (values := _bytes_list(feature)) is not None:
+                    found[name] = values
+        elif number == 2:  # SequenceExample.feature_lists: map<string, FeatureList>
+            for name, steps in _entries(message):
+                values = []
+                for kind, feature in _fields(steps):  # FeatureList.feature, repeated
+                    if kind == 1:
+                        values.extend(_bytes_list(feature) or [])
                 found[name] = values
     return found
+
+
+def _entries(message: bytes) -> Iterator[tuple[str, bytes]]:
+    """(key, value) of each entry of a protobuf map<string, message> (field 1 of `message`)."""
+    for number, entry in _fields(message):
+        if number != 1:
+            continue
+        name, value = "", b""
+        for part, data in _fields(entry):
+            if part == 1:
+                name = data.decode("utf-8", "replace")
+            elif part == 2:
+                value = data
+        if name:
+            yield name, value
 
 
 def _bytes_list(feature: bytes) -> list[bytes] | None:
@@ -133,59 +166,81 @@ def _records(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
         at += 16 + size
 
 
-def image_feature(path: str, features: dict[str, list[bytes]], asked: str | None) -> str:
-    """The feature that holds the images, told from the first record; EfxError otherwise."""
-    names = ", ".join(sorted(features)) or "none"  # (a protobuf map has no order)
-    if asked is not None:
-        if asked not in features:
-            raise EfxError(
-                f"{path}: its records have no bytes feature {asked!r} (bytes features: "
-                f"{names}). Received: --image-key {asked}"
-            )
-        return asked
-    images = sorted(
-        n for n, v in features.items() if v and sniff_format(v[0][:64]) not in NOT_IMAGES
+def _image_names(features: dict[str, list[bytes]]) -> list[str]:
+    """The features of a record whose values include an image file."""
+    return sorted(
+        name
+        for name, values in features.items()
+        if any(sniff_format(value[:64]) not in NOT_IMAGES for value in values)
     )
-    if len(images) == 1:
-        return images[0]
-    if not images:
-        raise NotImages(
-            f"{path}: no feature of its first record holds an image file (bytes features: "
-            f"{names}): name the one that does with --image-key",
-            f"{path} has no feature holding an image file, its bytes features being {names}",
-        )
-    raise EfxError(
-        f"{path}: several features hold images ({', '.join(images)}): choose one with --image-key"
+
+
+def image_feature(path: str, asked: str | None) -> str:
+    """The feature that holds the images: `asked`, else the only one holding image files in
+    the first record that holds any (a record with an empty or damaged image, or none, does
+    not decide). NotImages when no record holds an image file, Ambiguous when one holds them
+    in several features."""
+    if asked is not None:
+        return asked
+    names: set[str] = set()
+    with open_stream(path, looks_like_tfrecord) as stream:
+        for _at, record in _records(stream):
+            check_stop()
+            try:
+                features = bytes_features(record)
+            except ValueError:
+                continue
+            names.update(features)
+            images = _image_names(features)
+            if len(images) == 1:
+                return images[0]
+            if images:
+                raise Ambiguous(
+                    f"{path}: several features hold images ({', '.join(images)}): choose one "
+                    "with --image-key"
+                )
+    found = ", ".join(sorted(names)) or "none"
+    raise NotImages(
+        f"{path}: no feature of any record holds an image file (bytes features: {found}): "
+        "name the one that does with --image-key",
+        f"{path} has no feature holding an image file, its bytes features being {found}",
     )
 
 
 def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = ()) -> list[Input]:
-    """The file's inputs, one per record in stored order, each with the SHA-256 of its image
-    and, for each bytes feature named in `keep`, its first value as text (UTF-8); damage fails
-    by the file's name after the records before it."""
+    """The file's inputs in stored order, each with the SHA-256 of its image and, for each
+    bytes feature named in `keep`, its first value as text (UTF-8): one per record, keyed
+    `FILE/N`; a record whose feature holds several images (a gallery, a clip's frames), one
+    per image, keyed `FILE/N/I`. Damage fails by the file's name after the records before it.
+    EfxError when no record has the feature `--image-key` names."""
+    feature = image_feature(path, image_key)
     found: list[Input] = []
-    feature: str | None = None  # told (or --image-key checked) by the first record
+    records, named = 0, False
     try:
-        with open_stream(path) as stream:
+        with open_stream(path, looks_like_tfrecord) as stream:
             for number, (at, record) in enumerate(_records(stream)):
                 check_stop()
+                records += 1
                 try:
                     features = bytes_features(record)
                 except ValueError as error:  # this record only: its framing was sound
                     reason = f"this record is not a tf.train.Example ({error})"
                     found.append(Input(f"{path}/{number}", path, facts=shard, reason=reason))
                     continue
-                if feature is None:  # the first record tells which feature holds the images
-                    feature = image_feature(path, features, image_key)
-                inp = _record_input(path, shard, number, at, len(record), feature, features)
-                if keep and inp.member is not None:
-                    inp = inp._replace(columns=_texts(features, keep))
-                found.append(inp)
+                named = named or feature in features
+                texts = _texts(features, keep) if keep else None
+                for inp in _record_inputs(path, shard, number, at, len(record), feature, features):
+                    found.append(inp._replace(columns=texts) if inp.member is not None else inp)
     except (EOFError, ValueError, OSError) as error:
         what = str(error) if not isinstance(error, OSError) else (error.strerror or str(error))
-        where = f"after record {len(found) - 1}" if found else "at its start"
+        where = f"after record {records - 1}" if records else "at its start"
         reason = f"TFRecord file damaged {where} ({what}): anything stored after that is lost"
         found.append(Input(path, path, facts=shard, reason=reason))
+    if image_key is not None and records and not named:
+        raise EfxError(
+            f"{path}: its records have no bytes feature {image_key!r}. Received: --image-key "
+            f"{image_key}"
+        )
     return found
 
 
@@ -195,7 +250,7 @@ def _texts(features: dict[str, list[bytes]], keep: Sequence[str]) -> dict[str, s
     }
 
 
-def _record_input(
+def _record_inputs(
     path: str,
     shard: Facts,
     number: int,
@@ -203,35 +258,54 @@ def _record_input(
     size: int,
     feature: str,
     features: dict[str, list[bytes]],
-) -> Input:
+) -> list[Input]:
     key = f"{path}/{number}"
     values = features.get(feature)
-    if not values:
+    if values is None:
         others = ", ".join(sorted(features)) or "none"
         reason = f"this record has no {feature!r} feature (its bytes features: {others})"
-        return Input(key, path, facts=shard, reason=reason)
-    digest = hashlib.sha256(values[0]).hexdigest()
-    return Input(key, path, Member("tfrecord", at, size, feature), shard._replace(sha256=digest))
+        return [Input(key, path, facts=shard, reason=reason)]
+    if not values:
+        reason = f"no image in this record: its {feature!r} feature holds no value"
+        return [Input(key, path, facts=shard, reason=reason)]
+    inputs = []
+    for item, value in enumerate(values):
+        name = key if len(values) == 1 else f"{key}/{item}"
+        if not value:
+            reason = f"no image in this record: its {feature!r} value is empty (0 bytes)"
+            inputs.append(Input(name, path, facts=shard, reason=reason))
+            continue
+        digest = hashlib.sha256(value).hexdigest()
+        member = Member("tfrecord", at, size, feature, item)
+        inputs.append(Input(name, path, member, shard._replace(sha256=digest)))
+    return inputs
 
 
 def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
     """The image bytes of `members` (ascending), in order; OSError, EOFError or ValueError if
-    the file cannot give them."""
-    with open_stream(path) as stream:
+    the file cannot give them. Several images of one record read it once."""
+    last: tuple[int, dict[str, list[bytes]]] = (-1, {})
+    with open_stream(path, looks_like_tfrecord) as stream:
         for member in members:
-            values = bytes_features(read_exactly(stream, member.at, member.size)).get(member.field)
-            if not values:
-                raise ValueError(f"the record has no {member.field!r} feature")
-            yield values[0]
+            if member.at != last[0]:
+                last = (member.at, bytes_features(read_exactly(stream, member.at, member.size)))
+            values = last[1].get(member.field) or []
+            if member.item >= len(values):
+                raise ValueError(f"the record has no image {member.item} in {member.field!r}")
+            yield values[member.item]
 
 
 def find(path: str, name: str, image_key: str | None = None) -> Member | None:
-    """Where record number `name` is in the file, with the feature that holds its image."""
-    if not name.isdigit():
+    """Where image `name` (`N`, or `N/I` in a record of several) is in the file."""
+    number, _, item = name.partition("/")
+    if not number.isdigit() or (item and not item.isdigit()):
         return None
-    with open_stream(path) as stream:
-        for number, (at, record) in enumerate(_records(stream)):
-            if number == int(name):
-                features = bytes_features(record)
-                return Member("tfrecord", at, len(record), image_feature(path, features, image_key))
+    feature = image_feature(path, image_key)
+    with open_stream(path, looks_like_tfrecord) as stream:
+        for at, record in itertools.islice(_records(stream), int(number), None):
+            values = bytes_features(record).get(feature) or []
+            index = int(item) if item else 0
+            if (len(values) > 1) == bool(item) and index < len(values):
+                return Member("tfrecord", at, len(record), feature, index)
+            return None
     return None

@@ -4,6 +4,7 @@ of which the manifest counts the committed lines. No TensorFlow, no pyarrow."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from typing import Any, Protocol
@@ -30,6 +31,20 @@ def check_target(output: str, overwrite: bool, manifest: str, a_file: str) -> No
         )
     if not overwrite:
         raise EfxError(f"OUTPUT {output} already exists; pass --overwrite to replace it")
+
+
+def own_files(folder: str, pattern: str) -> list[str]:
+    """The paths of the files directly in `folder` whose names match `pattern` (`part-*.parquet`).
+
+    The folder is listed and its names filtered: never `glob(folder + pattern)`, which reads
+    `[`, `*` and `?` in an OUTPUT such as `emb[v1].parquet` as a pattern, matching other
+    folders beside it (whose files a clean-up would delete) and missing this one's own files.
+    """
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(folder, name) for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
 def read_manifest(output: str, name: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ loadable without efx (numpy, a text reader, a JSON reader).
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,7 +45,7 @@ def _remove_previous(output: str) -> None:
     """Delete an earlier efx output's own files (and nothing else) from `output`."""
     names = [MANIFEST, FAILURES]
     for pattern in (*_SHARD_PATTERNS, "*.partial"):
-        names += [os.path.basename(p) for p in glob.glob(os.path.join(output, pattern))]
+        names += [os.path.basename(p) for p in folder.own_files(output, pattern)]
     for name in names:
         path = os.path.join(output, name)
         if os.path.exists(path):

@@ -31,7 +31,6 @@ last (short) file is in place.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -144,9 +143,9 @@ def _failure_schema() -> Any:
 
 def _remove_previous(output: str) -> None:
     """Delete an earlier efx output's own files (and nothing else) from `output`."""
-    for path in glob.glob(os.path.join(output, "part-*.parquet")):
+    for path in folder.own_files(output, "part-*.parquet"):
         os.remove(path)
-    for path in glob.glob(os.path.join(output, META, "*")):
+    for path in folder.own_files(os.path.join(output, META), "*"):
         os.remove(path)
 
 
@@ -371,14 +370,14 @@ class ParquetWriter:
         just before the kill (its rows are still in the file being filled), an older file being
         filled, scratch files."""
         listed = {part["file"] for part in self._parts}
-        for path in glob.glob(os.path.join(self._output, "part-*.parquet")):
+        for path in folder.own_files(self._output, "part-*.parquet"):
             if os.path.basename(path) not in listed:
                 os.remove(path)
         current = self._path(self._filling) if self._stream is not None else None
-        for path in glob.glob(os.path.join(self._output, META, "filling-*.arrows")):
+        for path in folder.own_files(os.path.join(self._output, META), "filling-*.arrows"):
             if path != current:
                 os.remove(path)
-        for path in glob.glob(os.path.join(self._output, META, "*.partial")):
+        for path in folder.own_files(os.path.join(self._output, META), "*.partial"):
             os.remove(path)
 
     def _path(self, name: str) -> str:
