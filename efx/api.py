@@ -776,7 +776,10 @@ def stream(
     # Each input with the facts the plan found (an object by URL's SHA-256, when it was
     # hashed): what the engine reads is checked against them (efx.sources._as_listed).
     batches = feed.batches(
-        [inputs[i] if inputs[i].facts else inputs[i]._replace(facts=work.facts[i]) for i in embed_at]
+        [
+            inputs[i] if inputs[i].facts else inputs[i]._replace(facts=work.facts[i])
+            for i in embed_at
+        ]
     )
     readers: dict[int, writers.RowReader] = {}
     held: dict[int, np.ndarray | str] = {}  # embedded once, repeated later (SAME_AS)

@@ -78,9 +78,9 @@ def kind_of(path: str) -> str | None:
     if tfrecord.looks_like_tfrecord(head) or tfrecord.looks_like_zlib_tfrecord(head):
         return "tfrecord"
     named = SHARD_NAME.search(path)
-    if named is not None and named.group(1).lower() in ("tar", "tgz", "tar.gz"):
-        if len(head) == 1024 and head.count(0) == len(head):
-            return "tar"
+    as_tar = named is not None and named.group(1).lower() in ("tar", "tgz", "tar.gz")
+    if as_tar and len(head) == 1024 and head.count(0) == len(head):
+        return "tar"
     return None
 
 

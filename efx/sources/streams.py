@@ -35,8 +35,11 @@ def check_stop() -> None:
 def is_zlib(head: bytes) -> bool:
     """A zlib stream's two header bytes (RFC 1950: deflate, and a check value that makes the
     pair a multiple of 31): what TensorFlow's ZLIB TFRecord writer starts a file with."""
-    return len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (
-        (head[0] << 8 | head[1]) % 31 == 0
+    return (
+        len(head) >= 2
+        and head[0] & 0x0F == 8
+        and head[0] >> 4 <= 7
+        and ((head[0] << 8 | head[1]) % 31 == 0)
     )
 
 
