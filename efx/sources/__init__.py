@@ -128,10 +128,33 @@ def list_inputs(
             pool.shutdown(wait=False, cancel_futures=True)
     if skipped and on_note is not None:
         on_note(_skipped_note(skipped))
+    if on_note is not None:
+        for note in _unused_options(options, [inp for found in scanned.values() for inp in found]):
+            on_note(note)
     inputs: list[Input] = []
     for i, (path, _) in enumerate(files):
         inputs.extend(scanned[i] if i in scanned else [loose(path)])
     return inputs
+
+
+def _unused_options(options: ShardOptions, listed: list[Input]) -> list[str]:
+    """A note for each option that no shard of this run took: --image-column names a Parquet
+    column, --image-key a tar member's extension or a TFRecord feature."""
+    if any(inp.kept is not None for inp in listed):  # unchanged shards, not read: unknown
+        return []
+    kinds = {inp.member.kind for inp in listed if inp.member is not None}
+    notes = []
+    if options.image_column and "parquet" not in kinds:
+        notes.append(
+            f"--image-column {options.image_column} was not used: it names a Parquet shard's "
+            "column, and no Parquet shard was read (tar and TFRecord shards take --image-key)"
+        )
+    if options.image_key and not kinds & {"tar", "tfrecord"}:
+        notes.append(
+            f"--image-key {options.image_key} was not used: it names a tar sample's member or a "
+            "TFRecord feature, and no such shard was read (Parquet shards take --image-column)"
+        )
+    return notes
 
 
 def _skipped_note(skipped: list[NotImages]) -> str:

@@ -1,12 +1,16 @@
 """Parquet files with a column of encoded images: img2dataset's `jpg` column (binary), Hugging
-Face's `Image` feature (a struct `{bytes, path}`), or any binary column of image files.
+Face's `Image` feature (a struct `{bytes, path}`), its `Sequence(Image())` (a list of them per
+row), or any column of image files, whatever Arrow type holds the bytes (binary, large_binary
+as Polars writes, fixed-size, view, dictionary-encoded).
 
-The image column is the one asked for (`--image-column`), else the only binary column (or
-struct with a binary `bytes` field), else the only one of several whose first value is an image
-file; anything else is refused with the choices named. An input's key is `FILE/KEY` with the
-file's string `key` column (img2dataset's) when it names every row once, else `FILE/ROW` (the
-row number in the file, from 0). Read with pyarrow a row group at a time, in batches of
-BATCH_ROWS rows: never the whole file, or a whole row group, in memory.
+The image column is the one asked for (`--image-column`), else the only column that can hold
+images, else the only one holding image files in the first batch of rows where any does (a
+null or damaged first image does not decide); several are refused with the choices named. An
+input's key is `FILE/KEY` with the file's `key` column of text (img2dataset's; string or
+large_string) when it names every row once, else `FILE/ROW` (the row number in the file, from
+0); each image of a list column adds its place, `FILE/KEY/I` (I from 0). Read with pyarrow a
+row group at a time, in batches of BATCH_ROWS rows: never the whole file, or a whole row group,
+in memory.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from ..facts import Facts
 from ..files import open_input
 from ..inputs import Input, Member
 from ..remote import is_url
-from .streams import NotImages, check_stop, first_line
+from .streams import Ambiguous, NotImages, check_stop, first_line
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
 INSTALL_HINT = "pip install 'efx[parquet]'"
 NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
+EMPTY_LIST = "[]"  # stands for the stored path of a row whose list of images is empty
 
 
 class NoImageColumn(NotImages):
@@ -57,28 +62,80 @@ def _open(path: str) -> Any:
     return _pyarrow().ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
 
 
-def image_field(
-    path: str, schema: Any, first: Callable[[], dict[str, bytes]], asked: str | None
-) -> str:
-    """The column (`name`, or `name.bytes` for a struct) holding the images; NoImageColumn or
-    EfxError naming the choices when that cannot be told. `first()` gives the first value of
-    each binary column, read only when several could hold the images."""
+def _unwrapped(kind: Any) -> Any:
+    """A dictionary-encoded type's value type (pandas Categorical, `dictionary_encode()`)."""
     import pyarrow as pa
 
-    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+
+def is_binary_like(kind: Any) -> bool:
+    """Bytes, whatever Arrow type holds them: binary, large, fixed-size, view, dictionary."""
+    import pyarrow as pa
+
+    kind = _unwrapped(kind)
+    tests = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
+    return any(test(kind) for test in tests) or _is(pa.types, "is_binary_view", kind)
+
+
+def is_string_like(kind: Any) -> bool:
+    """Text, whatever Arrow type holds it: string, large (Polars), view, dictionary."""
+    import pyarrow as pa
+
+    kind = _unwrapped(kind)
+    return (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or _is(pa.types, "is_string_view", kind)
+    )
+
+
+def _is(types: Any, name: str, kind: Any) -> bool:
+    test = getattr(types, name, None)  # (view types: pyarrow 16 and newer)
+    return bool(test is not None and test(kind))
+
+
+def _image_fields(schema: Any) -> dict[str, str]:
+    """Column name -> the field that can hold images: `name` (bytes), `name.bytes` (a struct
+    with bytes: Hugging Face's Image), `name[]` / `name[].bytes` (a list of either: Hugging
+    Face's Sequence(Image()), a row of several images)."""
+    import pyarrow as pa
+
+    def field_of(kind: Any) -> str | None:
+        kind = _unwrapped(kind)
+        if is_binary_like(kind):
+            return ""
+        if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+            return ".bytes" if is_binary_like(kind.field("bytes").type) else None
+        return None
+
+    lists = ("is_list", "is_large_list", "is_fixed_size_list", "is_list_view", "is_large_list_view")
     fields = {}
     for column in schema:
-        if any(test(column.type) for test in binary):
-            fields[column.name] = column.name
-        elif pa.types.is_struct(column.type):
-            inner = (
-                column.type.field("bytes") if column.type.get_field_index("bytes") >= 0 else None
-            )
-            if inner is not None and any(test(inner.type) for test in binary):
-                fields[column.name] = f"{column.name}.bytes"
+        kind = _unwrapped(column.type)
+        inner = field_of(kind)
+        if inner is None and any(_is(pa.types, test, kind) for test in lists):
+            item = field_of(kind.value_type)
+            inner = None if item is None else f"[]{item}"
+        if inner is not None:
+            fields[column.name] = f"{column.name}{inner}"
+    return fields
+
+
+def image_field(
+    path: str, schema: Any, values: Callable[[list[str]], Iterator[dict[str, list[Any]]]],
+    asked: str | None,
+) -> str:  # fmt: skip
+    """The field (`name`, `name.bytes`, `name[]`, `name[].bytes`: see `_image_fields`) holding
+    the images: the one asked for, else the only one that can, else the only one holding image
+    files in the first batch of rows where any does (a first row with a null, empty or damaged
+    image does not decide a file). `values(fields)` gives each batch's values of `fields`.
+    NoImageColumn when no column can hold images, Ambiguous when several do, EfxError for a
+    column asked for that cannot."""
+    fields = _image_fields(schema)
     names = ", ".join(schema.names)
     if asked is not None:
-        field = fields.get(asked.removesuffix(".bytes"))
+        field = fields.get(asked.split(".")[0].removesuffix("[]"))
         if field is None:
             choices = ", ".join(fields) or "none"
             raise EfxError(
@@ -90,75 +147,78 @@ def image_field(
         raise NoImageColumn(path, names)
     if len(fields) == 1:
         return next(iter(fields.values()))
-    values = first()
-    images = [name for name, field in fields.items() if _is_image(values.get(field))]
-    if len(images) == 1:
-        return fields[images[0]]
-    raise EfxError(
-        f"{path} has several columns of bytes ({', '.join(fields)}) and efx cannot tell which "
+    for batch in values(list(fields.values())):
+        images = [name for name, field in fields.items() if any(map(_is_image, batch[field]))]
+        if len(images) == 1:
+            return fields[images[0]]
+        if images:
+            break
+    raise Ambiguous(
+        f"{path}: several columns of bytes ({', '.join(fields)}) and efx cannot tell which "
         "holds the images: name it with --image-column"
     )
 
 
-def _is_image(data: bytes | None) -> bool:
-    return data is not None and sniff_format(data[:64]) not in NOT_IMAGES
+def _is_image(data: Any) -> bool:
+    if isinstance(data, list):
+        return any(map(_is_image, data))
+    return isinstance(data, bytes) and sniff_format(data[:64]) not in NOT_IMAGES
 
 
-def _values(batch: Any, field: str) -> list[bytes | None]:
-    column = batch.column(field.split(".")[0])
-    if field.endswith(".bytes") and hasattr(column, "field"):
-        column = column.field("bytes")
-    values: list[bytes | None] = column.to_pylist()
+def _values(batch: Any, field: str) -> list[Any]:
+    """Each row's value of `field`: bytes or None; for a list field, a list of them (or None)."""
+    column = batch.column(field.split(".")[0].removesuffix("[]"))
+    values: list[Any] = column.to_pylist()
+    if field.endswith(".bytes"):
+        inner = field.endswith("[].bytes")
+        values = [
+            None if v is None else [_bytes_of(i) for i in v] if inner else _bytes_of(v)
+            for v in values
+        ]
     return values
 
 
-def _first_values(parquet: Any) -> dict[str, bytes]:
-    """The first non-null value of each binary column (of the first batch), to sniff."""
-    import pyarrow as pa
-
-    found: dict[str, bytes] = {}
-    if parquet.metadata.num_rows == 0:
-        return found
-    batch = next(parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[0]))
-    for column in batch.schema:
-        kind = column.type
-        names = [column.name] if not pa.types.is_struct(kind) else []
-        if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
-            names = [f"{column.name}.bytes"]
-        for name in names:
-            try:
-                value = next((v for v in _values(batch, name) if isinstance(v, bytes)), None)
-            except (TypeError, ValueError):
-                continue
-            if value is not None:
-                found[name] = value
-    return found
+def _bytes_of(item: dict[str, Any] | None) -> bytes | None:
+    return None if item is None else item.get("bytes")
 
 
-def layout(path: str, asked: str | None) -> tuple[str, str | None]:
-    """(image column, key column or None) of a Parquet file; NoImageColumn, EfxError, OSError."""
-    import pyarrow as pa
+def _batches(
+    parquet: Any, fields: list[str], stop: Callable[[], None]
+) -> Iterator[dict[str, list[Any]]]:
+    """The values of `fields` in each batch of rows, the whole file through (until the caller
+    stops: it stops at the first batch that decides)."""
+    columns = list(dict.fromkeys(f.split(".")[0].removesuffix("[]") for f in fields))
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        stop()
+        yield {field: _values(batch, field) for field in fields}
 
+
+def layout(
+    path: str, asked: str | None, stop: Callable[[], None] = check_stop
+) -> tuple[str, str | None]:
+    """(image field, key column or None) of a Parquet file; NoImageColumn, Ambiguous,
+    EfxError, OSError. `stop()` is called between batches (a listing stops on Ctrl-C)."""
     parquet = _open(path)
     schema = parquet.schema_arrow
-    field = image_field(path, schema, lambda: _first_values(parquet), asked)
-    key = "key" if "key" in schema.names and pa.types.is_string(schema.field("key").type) else None
-    return field, key
+    field = image_field(path, schema, lambda fields: _batches(parquet, fields, stop), asked)
+    named = "key" in schema.names and is_string_like(schema.field("key").type)
+    return field, "key" if named else None
 
 
 def scan(
     path: str, shard: Facts, field: str, key_column: str | None, keep: Sequence[str] = ()
 ) -> list[Input]:
-    """The file's inputs, one per row in stored order, each with the SHA-256 of its image and
-    its values of the columns in `keep` (those the file has). Damage (a row group that cannot
-    be read) fails by the file's name; other row groups go on."""
+    """The file's inputs in stored order, one per row (a list field: one per image of the
+    row), each with the SHA-256 of its image and its values of the columns in `keep` (those
+    the file has). Damage (a row group that cannot be read) fails by the file's name; other
+    row groups go on."""
     found: list[Input] = []
-    keys: list[tuple[str | None, int]] = []  # (key column's value, row number)
+    keys: list[tuple[str | None, int, int | None]] = []  # (key column's value, row, item)
     parquet = _open(path)
     kept = [name for name in keep if name in parquet.schema_arrow.names]
-    columns = list(
-        dict.fromkeys([field.split(".")[0], *([key_column] if key_column else []), *kept])
-    )
+    base = field.split(".")[0].removesuffix("[]")
+    columns = list(dict.fromkeys([base, *([key_column] if key_column else []), *kept]))
+    listed = "[]" in field
     row = 0
     for group in range(parquet.metadata.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
@@ -172,21 +232,34 @@ def scan(
                 for i, (value, name, where) in enumerate(
                     zip(_values(batch, field), names, stored, strict=True)
                 ):
-                    inp = _row_input(path, shard, field, group, at, value, where)
-                    if kept:
-                        inp = inp._replace(
-                            columns={n: v[i] for n, v in zip(kept, values, strict=True)}
-                        )
-                    found.append(inp)
-                    keys.append((name, row + at))
+                    cells = {n: v[i] for n, v in zip(kept, values, strict=True)}
+                    items = _row_items(value, where, listed)
+                    for item, (data, path_of) in enumerate(items):
+                        inp = _row_input(path, shard, field, group, at, data, path_of, item)
+                        if not listed or (len(items) == 1 and items[0][0] is None):
+                            keys.append((name, row + at, None))
+                        else:
+                            keys.append((name, row + at, item))
+                        found.append(inp._replace(columns=cells) if kept else inp)
                     at += 1
         except (OSError, ValueError, EfxError) as error:
             lost = f"rows {row + at}-{row + size - 1}" if size - at > 1 else f"row {row + at}"
             reason = f"Parquet row group {group} cannot be read ({first_line(error)}): {lost} lost"
             found.append(Input(path, path, facts=shard, reason=reason))
-            keys.append((None, -1))
+            keys.append((None, -1, None))
         row += size
     return _named(found, keys, path)
+
+
+def _row_items(value: Any, stored: Any, listed: bool) -> list[tuple[Any, Any]]:
+    """(bytes or None, stored path or None) of each image of a row: one for a plain field;
+    for a list field, one per item (a null or empty list: one empty item, which fails)."""
+    if not listed:
+        return [(value, stored)]
+    if not value:  # null, or an empty list: the row's one failure
+        return [(None, None if value is None else EMPTY_LIST)]
+    paths = stored if isinstance(stored, list) else [None] * len(value)
+    return list(zip(value, paths, strict=True))
 
 
 def _plain(values: list[Any]) -> list[Any]:
@@ -196,25 +269,28 @@ def _plain(values: list[Any]) -> list[Any]:
     return [json.dumps(v, default=str) if isinstance(v, (list, dict)) else v for v in values]
 
 
-def _stored_paths(batch: Any, field: str) -> list[str | None]:
-    """The `path` field of a Hugging Face image struct, per row (None elsewhere)."""
-    column = batch.column(field.split(".")[0])
-    struct = field.endswith(".bytes") and hasattr(column, "field")
-    if struct and column.type.get_field_index("path") >= 0:
-        paths: list[str | None] = column.field("path").to_pylist()
-        return paths
-    return [None] * len(batch)
+def _stored_paths(batch: Any, field: str) -> list[Any]:
+    """The `path` field of a Hugging Face image struct, per row (a list of them for a list
+    field; None elsewhere)."""
+    if not field.endswith(".bytes"):
+        return [None] * len(batch)
+    values = batch.column(field.split(".")[0].removesuffix("[]")).to_pylist()
+    if field.endswith("[].bytes"):
+        return [None if v is None else [i and i.get("path") for i in v] for v in values]
+    return [v and v.get("path") for v in values]
 
 
 def _row_input(
     path: str, shard: Facts, field: str, group: int, at: int, value: bytes | None,
-    stored: str | None = None,
+    stored: str | None = None, item: int = 0,
 ) -> Input:  # fmt: skip
-    member = Member("parquet", group, at, field)
-    column = field.removesuffix(".bytes")
+    member = Member("parquet", group, at, field, item)
+    column = field.split(".")[0].removesuffix("[]")
     if value is None:
         reason = f"no image in this row: its {column} cell is null"
-        if stored:  # Hugging Face's Image feature, pointing at a file outside the dataset
+        if stored is EMPTY_LIST:
+            reason = f"no image in this row: its {column} list is empty"
+        elif stored:  # Hugging Face's Image feature, pointing at a file outside the dataset
             reason = (
                 f"no image bytes in this row: its {column} holds only a path ({stored!r}); "
                 "efx embeds images stored in the file"
@@ -223,16 +299,21 @@ def _row_input(
     return Input(path, path, member, shard._replace(sha256=hashlib.sha256(value).hexdigest()))
 
 
-def _named(found: list[Input], keys: list[tuple[str | None, int]], path: str) -> list[Input]:
-    """Each row's key: FILE/KEY where the key column names each row once, else FILE/ROW."""
-    names = [key for inp, (key, _) in zip(found, keys, strict=True) if inp.member is not None]
+def _named(
+    found: list[Input], keys: list[tuple[str | None, int, int | None]], path: str
+) -> list[Input]:
+    """Each row's key: FILE/KEY where the key column names each row once, else FILE/ROW; an
+    image of a list field, FILE/KEY/I or FILE/ROW/I (I its place in the row's list)."""
+    rows = {row: key for inp, (key, row, _) in zip(found, keys, strict=True) if inp.member}
+    names = list(rows.values())
     unique = all(names) and len(set(names)) == len(names)
     named = []
-    for inp, (key, row) in zip(found, keys, strict=True):
+    for inp, (key, row, item) in zip(found, keys, strict=True):
         if inp.member is None:  # a lost row group: the file's own name
             named.append(inp)
-        else:
-            named.append(inp._replace(key=f"{path}/{key if unique else row}"))
+            continue
+        name = f"{path}/{key if unique else row}"
+        named.append(inp._replace(key=name if item is None else f"{name}/{item}"))
     return named
 
 
@@ -247,13 +328,15 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
         group = member.at
         at = 0
         batches = parquet.iter_batches(
-            BATCH_ROWS, row_groups=[group], columns=[field.split(".")[0]]
+            BATCH_ROWS, row_groups=[group], columns=[field.split(".")[0].removesuffix("[]")]
         )
         for batch in batches:
             values = None
             while member is not None and member.at == group and member.size < at + len(batch):
                 values = values if values is not None else _values(batch, field)
                 value = values[member.size - at]
+                if isinstance(value, list):
+                    value = value[member.item] if member.item < len(value) else None
                 if value is None:
                     raise EOFError("null image cell")
                 yield value
@@ -267,8 +350,15 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
 
 
 def find(path: str, name: str, asked: str | None = None) -> Member | None:
-    """Where the row called `name` (its key, or its number) is in the file."""
-    field, key_column = layout(path, asked)
+    """Where the image called `name` (its row's key or number; `/I` after it for the I-th
+    image of a list field) is in the file."""
+    field, key_column = layout(path, asked, stop=lambda: None)
+    item = 0
+    if "[]" in field:
+        name, _, place = name.rpartition("/")
+        if not place.isdigit():
+            return None
+        item = int(place)
     parquet = _open(path)
     sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
     row = int(name) if name.isdigit() else -1
@@ -278,6 +368,6 @@ def find(path: str, name: str, asked: str | None = None) -> Member | None:
             row = keys.index(name) if name in keys else -1
     for group, size in enumerate(sizes):
         if 0 <= row < size:
-            return Member("parquet", group, row, field)
+            return Member("parquet", group, row, field, item)
         row -= size
     return None

@@ -1,9 +1,10 @@
 """WebDataset tar shards (`.tar`, `.tar.gz`, `.tgz`): samples as webdataset reads them.
 
 A member's sample key is its name up to the first dot of its base name, its extension the rest
-(`a/000123.seg.png` -> key `a/000123`, extension `seg.png`: webdataset's `base_plus_ext`). A
-sample is the run of members sharing a key; its image is the member with the extension asked
-for (`--image-key`), else the first of IMAGE_EXTENSIONS it has. The input's key is
+(`a/000123.seg.png` -> key `a/000123`, extension `seg.png`: webdataset's `base_plus_ext`),
+compared lower-cased as webdataset does (`.JPG` is `jpg`). A sample is the run of members
+sharing a key; its image is the member with the extension asked for (`--image-key`), else the
+first of IMAGE_EXTENSIONS it has. The input's key is
 `SHARD/MEMBER` (`data/00000.tar/000000123.jpg`). Text, JSON and other members are not read.
 
 Read with the standard library's tarfile, in one forward pass, a member at a time, plain or
@@ -73,7 +74,10 @@ class _Scan:
     def __init__(
         self, path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = ()
     ) -> None:
-        self.path, self.shard, self.image_key, self.keep = path, shard, image_key, keep
+        self.path, self.shard, self.image_key = path, shard, image_key
+        # Extensions compared lower-cased, as webdataset does (a camera's .JPG is a jpg);
+        # a kept member's column is named as the user spelt it.
+        self.keep = {name.lower(): name for name in keep}
         self.found: list[Input] = []
         self.samples: dict[str, _Sample] = {}  # every key seen: one seen again is not contiguous
         self.current: _Sample | None = None
@@ -100,8 +104,8 @@ class _Scan:
                 self.found.append(Input(f"{self.path}/{key}", self.path))  # set when it ends
         if not _is_image(ext, self.image_key):
             self.current.others.append(ext)
-            if ext in self.keep:
-                self.current.columns[ext] = _text(tar, info)
+            if ext.lower() in self.keep:
+                self.current.columns[self.keep[ext.lower()]] = _text(tar, info)
             return
         self.imaged = True
         self.reading = info.name
@@ -196,7 +200,7 @@ def _text(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
 
 
 def _is_image(ext: str, image_key: str | None) -> bool:
-    return ext == image_key if image_key else ext.lower() in IMAGE_EXTENSIONS
+    return ext.lower() == image_key.lower() if image_key else ext.lower() in IMAGE_EXTENSIONS
 
 
 def _sample_input(path: str, shard: Facts, sample: _Sample, image_key: str | None) -> Input:

@@ -23,7 +23,7 @@ import hashlib
 import itertools
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from ..decode.reasons import sniff_format
@@ -175,7 +175,7 @@ def _image_names(features: dict[str, list[bytes]]) -> list[str]:
     )
 
 
-def image_feature(path: str, asked: str | None) -> str:
+def image_feature(path: str, asked: str | None, stop: Callable[[], None] = check_stop) -> str:
     """The feature that holds the images: `asked`, else the only one holding image files in
     the first record that holds any (a record with an empty or damaged image, or none, does
     not decide). NotImages when no record holds an image file, Ambiguous when one holds them
@@ -185,7 +185,7 @@ def image_feature(path: str, asked: str | None) -> str:
     names: set[str] = set()
     with open_stream(path, looks_like_tfrecord) as stream:
         for _at, record in _records(stream):
-            check_stop()
+            stop()  # (a listing stops on Ctrl-C; a look-up by key never does)
             try:
                 features = bytes_features(record)
             except ValueError:
@@ -300,7 +300,7 @@ def find(path: str, name: str, image_key: str | None = None) -> Member | None:
     number, _, item = name.partition("/")
     if not number.isdigit() or (item and not item.isdigit()):
         return None
-    feature = image_feature(path, image_key)
+    feature = image_feature(path, image_key, stop=lambda: None)
     with open_stream(path, looks_like_tfrecord) as stream:
         for at, record in itertools.islice(_records(stream), int(number), None):
             values = bytes_features(record).get(feature) or []
