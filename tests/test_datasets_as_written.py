@@ -387,7 +387,7 @@ def test_an_output_named_with_glob_characters_is_cleaned_and_its_neighbours_unto
         picture(i).save(three / f"{i}.png")
     picture(3).save(one / "new.png")
     neighbour = tmp_path / f"embv{suffix}"  # what the pattern emb[v1] matches
-    efx.extract([str(three)], str(neighbour), model=tiny_model, image_size=SIZE, shard_size=1)
+    efx.extract([str(three)], str(neighbour), model=tiny_model, image_size=SIZE)  # one file
     before = sorted(os.listdir(neighbour))
     output = str(tmp_path / f"emb[v1]{suffix}")
     efx.extract([str(three)], output, model=tiny_model, image_size=SIZE, shard_size=1)
@@ -401,7 +401,7 @@ def test_an_output_named_with_glob_characters_is_cleaned_and_its_neighbours_unto
             "embeddings-00000.npy"
         ]
     assert sorted(os.listdir(neighbour)) == before
-    assert len(efx.load(str(neighbour))[0]) == 3
+    assert len(efx.load(str(neighbour))[0]) == 3 and len(efx.load(output)[0]) == 1
 
 
 # 10. Tests write only below their own temporary folders.
