@@ -15,6 +15,7 @@ understands (`reason`): `HTTP 404`, `s3: access denied`, `connection reset after
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
@@ -180,15 +181,16 @@ def info(url: str) -> dict[str, Any]:
 
 
 def stat(url: str) -> tuple[int, int] | None:
-    """(size in bytes, modification time in ns since the epoch; -1 where the store does not
-    say) of an object; None if it is not there or not a file."""
+    """(size in bytes, modification time in ns since the epoch; each -1 where the store does
+    not say) of an object; None if it is not there or not a file."""
     try:
         found = info(url)
     except OSError:
         return None
-    if found.get("type", "file") != "file" or found.get("size") is None:
+    if found.get("type", "file") != "file":
         return None
-    return int(found["size"]), _mtime_ns(found)
+    size = found.get("size")  # None: a web server that gives no length (chunked)
+    return (-1 if size is None else int(size)), _mtime_ns(found)
 
 
 def _mtime_ns(found: dict[str, Any]) -> int:
@@ -265,9 +267,16 @@ def check_source(url: str) -> None:
     raise EfxError(f"source not found: {url} (no such object or prefix)")
 
 
-def open_file(url: str) -> BinaryIO:
+def open_file(url: str, whole: bool = False) -> BinaryIO:
     """`url` opened for reading, seekable, read in ranges of BLOCK_BYTES; RemoteError (an
-    OSError whose text is the reason) if it cannot be opened."""
+    OSError whose text is the reason) if it cannot be opened.
+
+    A web server that serves no byte ranges (it answers a Range request with the whole body,
+    as `python -m http.server` does) or gives no length (chunked transfer) is read front to
+    back as one stream instead, as curl and webdataset read it: a seek forwards skips, a seek
+    backwards asks again from the start. With `whole` (a format read from its end: Parquet's
+    footer), such an object is first copied into an anonymous temporary file (removed when
+    closed) and read from there."""
     fs, path = filesystem(url)
     try:
         opened = _retried(
@@ -275,17 +284,38 @@ def open_file(url: str) -> BinaryIO:
         )
     except Exception as error:  # noqa: BLE001
         raise RemoteError(reason(error)) from error
-    return _Retrying(opened)  # type: ignore[return-value]
+    restart = None
+    if protocol(url) in ("http", "https"):
+        restart = lambda: fs.open(path, "rb", block_size=0)  # noqa: E731 - a stream from the top
+    file = _Retrying(opened, restart, whole)
+    if getattr(opened, "size", 0) is None:  # no length: fsspec gave a stream
+        file.front_to_back()
+    return file  # type: ignore[return-value]
 
 
 class _Retrying:
     """A file of fsspec's whose reads are retried (ATTEMPTS, from the same offset) on errors
     that may pass, and whose errors are RemoteErrors (OSErrors) with a reason: a connection
     dropped in the middle of a 2 GB shard costs a retry, not the shard, and the readers
-    (tarfile, pyarrow, the TFRecord reader) handle it as any read error."""
+    (tarfile, pyarrow, the TFRecord reader) handle it as any read error. A web object whose
+    server serves no ranges is read on as a stream (`front_to_back`: see open_file)."""
 
-    def __init__(self, file: Any) -> None:
+    def __init__(
+        self, file: Any, restart: Callable[[], Any] | None = None, whole: bool = False
+    ) -> None:
         self._file = file
+        self._restart = restart
+        self._whole = whole
+
+    def front_to_back(self) -> None:
+        """Read the object as one stream from its start from now on (see open_file)."""
+        assert self._restart is not None
+        at = self._file.tell()
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self._file = _spooled(self._restart) if self._whole else _Stream(self._restart)
+        self._file.seek(at)
+        self._restart = None
 
     def read(self, size: int = -1) -> bytes:
         return self._again(lambda: self._file.read(size))  # type: ignore[no-any-return]
@@ -306,6 +336,12 @@ class _Retrying:
         try:
             return _retried(from_there)
         except Exception as error:  # noqa: BLE001
+            if self._restart is not None and _no_ranges(error):
+                try:
+                    self.front_to_back()
+                except Exception as again:  # noqa: BLE001
+                    raise RemoteError(reason(again)) from again
+                return self._again(call)
             raise RemoteError(reason(error)) from error
 
     def __enter__(self) -> _Retrying:
@@ -316,6 +352,99 @@ class _Retrying:
 
     def __getattr__(self, name: str) -> Any:  # tell, close, closed, size, seekable ...
         return getattr(self._file, name)
+
+
+def _no_ranges(error: BaseException) -> bool:
+    """fsspec's word for a web server that answered a Range request with the whole body."""
+    return isinstance(error, ValueError) and (
+        "support range requests" in str(error) or "Cannot seek streaming" in str(error)
+    )
+
+
+class _Stream:
+    """A web object read front to back through fsspec's streaming file (`restart()` opens one
+    from the start): seeks are noted, and done at the next read, skipping forwards or asking
+    again from the top; the first HEAD_BYTES are kept, so sniffing a format costs one request."""
+
+    HEAD_BYTES = 64 << 10
+
+    def __init__(self, restart: Callable[[], Any]) -> None:
+        self._restart = restart
+        self._file = restart()
+        self._at = 0  # where the stream is
+        self._want = 0  # where the reader asked to be
+        self._head = b""
+        self.size = None
+
+    def tell(self) -> int:
+        return self._want
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            raise OSError("cannot seek from the end: the server gives no length")
+        self._want = offset + (self._want if whence == 1 else 0)
+        return self._want
+
+    def read(self, size: int = -1) -> bytes:
+        if self._want < self._at:  # backwards: from the kept head, else from the top again
+            end = self._want + size
+            if size >= 0 and end <= len(self._head):
+                data = self._head[self._want : end]
+                self._want = end
+                return data
+            self._file.close()
+            self._file, self._at = self._restart(), 0
+        while self._at < self._want and self._take(min(self._want - self._at, 1 << 20)):
+            pass
+        parts, left = [], size
+        while left != 0:  # a stream's read may give fewer bytes than asked: read them all
+            chunk = self._take(left if left > 0 else 1 << 20)
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk) if left > 0 else 0
+        self._want = self._at
+        return b"".join(parts)
+
+    def _take(self, size: int) -> bytes:
+        """Up to `size` bytes from where the stream is (fewer only at its end)."""
+        data: bytes = self._file.read(size)
+        if self._at == len(self._head) < self.HEAD_BYTES:
+            self._head = (self._head + data)[: self.HEAD_BYTES]
+        self._at += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _spooled(restart: Callable[[], Any]) -> BinaryIO:
+    """The whole object, copied into an anonymous temporary file (gone once closed)."""
+    import tempfile
+
+    def copy() -> BinaryIO:
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - handed to the caller, open
+        source = restart()
+        try:
+            while chunk := source.read(1 << 20):
+                spool.write(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            source.close()
+        spool.seek(0)
+        return spool  # type: ignore[return-value]
+
+    return _retried(copy)  # type: ignore[no-any-return]
 
 
 def read_object(url: str) -> bytes:

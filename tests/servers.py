@@ -87,7 +87,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     """Files of a folder, with single Range requests (as object stores and CDNs answer them).
     `/drop/...` closes every connection without an answer; `/flaky/...` drops the first request
     for each file, then serves it; `/unsteady/...` drops every other request for each file
-    (a connection lost in the middle of a shard); `/denied/...` answers 403."""
+    (a connection lost in the middle of a shard); `/denied/...` answers 403; `/whole/...`
+    ignores Range and answers 200 with the whole body (as `python -m http.server` does);
+    `/chunked/...` sends the body in chunks with no Content-Length, not even to HEAD (a dynamic
+    endpoint, a streaming gateway)."""
 
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -125,12 +128,44 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return path[len("/unsteady") :]
         return path
 
+    plain = False  # this request is answered as a server without ranges answers it
+
     def do_HEAD(self) -> None:
-        if (path := self._gate()) is not None:
-            self.path = path
+        self.plain = self.path.startswith(("/chunked/", "/whole/"))
+        if self.path.startswith("/chunked/"):
+            self._chunked(head=True)
+        elif (path := self._gate()) is not None:
+            self.path = path.removeprefix("/whole")
             super().do_HEAD()
 
+    def _chunked(self, head: bool) -> None:
+        file = self.translate_path(self.path[len("/chunked") :])
+        if not os.path.isfile(file):
+            self.send_error(404)
+            return
+        with open(file, "rb") as handle:
+            data = handle.read()
+        self.protocol_version = "HTTP/1.1"
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if not head:
+            for at in range(0, len(data), 16384):
+                piece = data[at : at + 16384]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
     def do_GET(self) -> None:
+        self.plain = self.path.startswith(("/chunked/", "/whole/"))
+        if self.path.startswith("/chunked/"):
+            self._chunked(head=False)
+            return
+        if self.path.startswith("/whole/"):
+            self.path = self.path[len("/whole") :]
+            super().do_GET()  # SimpleHTTPRequestHandler ignores Range (python/cpython#86809)
+            return
         path = self._gate()
         if path is None:
             return
@@ -161,7 +196,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(data)
 
     def end_headers(self) -> None:
-        if "Accept-Ranges" not in str(getattr(self, "_headers_buffer", b"")):
+        if not self.plain and "Accept-Ranges" not in str(getattr(self, "_headers_buffer", b"")):
             self.send_header("Accept-Ranges", "bytes")
         super().end_headers()
 

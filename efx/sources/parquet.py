@@ -22,9 +22,8 @@ from typing import Any
 from ..decode.reasons import sniff_format
 from ..errors import EfxError
 from ..facts import Facts
-from ..files import open_input
 from ..inputs import Input, Member
-from ..remote import is_url
+from ..remote import is_url, open_file
 from .streams import Ambiguous, NotImages, check_stop, first_line
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
@@ -57,8 +56,9 @@ def _pyarrow() -> Any:
 
 
 def _open(path: str) -> Any:
-    # An object by URL: pyarrow reads the footer and row groups by ranges of the file efx opens.
-    source = open_input(path) if is_url(path) else path
+    # An object by URL: pyarrow reads the footer and row groups by ranges of the file efx
+    # opens (from a server without ranges: of a temporary copy, efx.remote.open_file).
+    source = open_file(path, whole=True) if is_url(path) else path
     return _pyarrow().ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
 
 
