@@ -429,10 +429,10 @@ def _phase(output: str, doing: str) -> Iterator[None]:
         raise process.Interrupted(output, wrote=False, phase=doing) from None
 
 
-def _hashing(progress: bool) -> Callable[[Sequence[str]], list[Facts]]:
+def _hashing(progress: bool) -> Callable[..., list[Facts]]:
     """efx.facts.hash_files, with a bar on stderr when there are many files to read."""
 
-    def hash_files(paths: Sequence[str]) -> list[Facts]:
+    def hash_files(paths: Sequence[str], heads: list[bytes | None] | None = None) -> list[Facts]:
         from tqdm import tqdm
 
         show = progress and len(paths) >= 200
@@ -440,7 +440,7 @@ def _hashing(progress: bool) -> Callable[[Sequence[str]], list[Facts]]:
             total=len(paths), unit="file", desc="efx: reading", disable=not show,
             file=sys.stderr, dynamic_ncols=True, leave=False,
         ) as bar:  # fmt: skip
-            return facts_.hash_files(paths, bar.update)
+            return facts_.hash_files(paths, bar.update, heads)
 
     return hash_files
 

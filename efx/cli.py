@@ -638,9 +638,11 @@ def similar(
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.similar_page(results, output, warning)
     )
-    failed = [r for r in results if r["error"]]
+    # No hits is a failure too (the help says so): OUTPUT holds no row but the query itself.
+    failed = [r for r in results if r["error"] or not r["hits"]]
     for result in failed:
-        click.echo(f"efx: {escape(result['query'])}: {result['error']}", err=True)
+        why = result["error"] or "no hits: OUTPUT holds no other row to compare it with"
+        click.echo(f"efx: {escape(result['query'])}: {why}", err=True)
     if failed:
         sys.exit(1)
 

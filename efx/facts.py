@@ -24,6 +24,7 @@ HASH_THREADS = max(2, min(8, os.cpu_count() or 2))
 # (measured, 2,000 objects with 50 ms per request: 2 threads took 100 s to hash them).
 URL_HASH_THREADS = 32
 _READ_BYTES = 1 << 20
+HEAD_BYTES = 64  # (efx.decode.reasons.HEAD_BYTES: what tells a format)
 
 
 class Facts(NamedTuple):
@@ -71,39 +72,57 @@ def same_file(stored: Facts, now: Facts) -> bool:
 def sha256(path: str, stop: threading.Event | None = None) -> str:
     """The SHA-256 of the file's bytes, as hex; "" if it cannot be read (or `stop` is set
     before it is read to the end: a Ctrl-C does not wait for a large file)."""
+    return _hashed(path, stop)[0]
+
+
+def _hashed(path: str, stop: threading.Event | None = None) -> tuple[str, bytes | None]:
+    """(`sha256`, the file's first HEAD_BYTES: None where it could not be read)."""
     if remote.is_url(path):  # one GET (retried), not an open's HEAD and ranged reads
         try:
-            return hashlib.sha256(remote.read_object(path)).hexdigest()
+            data = remote.read_object(path)
         except OSError:
-            return ""
+            return "", None
+        return hashlib.sha256(data).hexdigest(), data[:HEAD_BYTES]
     digest = hashlib.sha256()
+    head = None
     try:
         with files.open_input(path) as file:
             while chunk := file.read(_READ_BYTES):
+                head = chunk[:HEAD_BYTES] if head is None else head
                 digest.update(chunk)
                 if stop is not None and stop.is_set():
-                    return ""
+                    return "", None
     except OSError:
-        return ""
-    return digest.hexdigest()
+        return "", None
+    return digest.hexdigest(), b"" if head is None else head
 
 
-def hash_files(paths: Sequence[str], on_done: Callable[[int], None] | None = None) -> list[Facts]:
+def hash_files(
+    paths: Sequence[str],
+    on_done: Callable[[int], None] | None = None,
+    heads: list[bytes | None] | None = None,
+) -> list[Facts]:
     """The facts of each file, hash included, in order: stat before hashing, so that a file
-    written meanwhile is seen as changed by the next run rather than trusted."""
+    written meanwhile is seen as changed by the next run rather than trusted. `heads`, when
+    given, receives each file's first HEAD_BYTES (None for one that could not be read): what
+    tells a file that is no image without reading it again."""
 
     stop = threading.Event()
 
-    def one(path: str) -> Facts:
+    def one(path: str) -> tuple[Facts, bytes | None]:
         facts = stat(path)
-        digest = sha256(path, stop)
-        return facts._replace(sha256=digest) if digest and facts.size >= 0 else UNKNOWN
+        digest, head = _hashed(path, stop)
+        if not digest or facts.size < 0:
+            return UNKNOWN, None
+        return facts._replace(sha256=digest), head
 
     found = []
     pool = ThreadPoolExecutor(URL_HASH_THREADS if any(map(remote.is_url, paths)) else HASH_THREADS)
     try:
-        for facts in pool.map(one, paths):  # in order; progress told from this thread
+        for facts, head in pool.map(one, paths):  # in order; progress told from this thread
             found.append(facts)
+            if heads is not None:
+                heads.append(head)
             if on_done is not None:
                 on_done(1)
     finally:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import facts as facts_
+from .decode.reasons import head_reason
 from .facts import UNKNOWN, Facts
 from .inputs import Input
 
@@ -119,7 +120,7 @@ def plan(
     unstorable: dict[int, str],
     checksum: bool = False,
     retry_failed: bool = False,
-    hash_files: Callable[[Sequence[str]], list[Facts]] = facts_.hash_files,
+    hash_files: Callable[..., list[Facts]] = facts_.hash_files,
 ) -> Work:
     """Decide, for each of `inputs`, how its row is made (see the module's docstring).
 
@@ -134,9 +135,21 @@ def plan(
     stored = _Stored(sources)
     to_hash, trusted = _fast_path(work, inputs, stored, checksum, retry_failed)
     loose = [p for p in to_hash if inputs[p].facts is None]
+    heads: list[bytes | None] = []
     hashed = dict(
-        zip(loose, hash_files([inputs[p].path for p in loose]) if loose else [], strict=True)
+        zip(
+            loose,
+            hash_files([inputs[p].path for p in loose], heads=heads) if loose else [],
+            strict=True,
+        )
     )
+    # A file that does not start like an image fails now, never read whole by a decoder (a
+    # 3 GB file of zeros called huge.jpg took 3.8 GB to fail).
+    for position, head in zip(loose, heads, strict=True):
+        if head is not None and (why := head_reason(head)) is not None:
+            work.kind[position], work.reasons[position] = REFUSED, why
+            work.facts[position] = hashed[position]
+    to_hash = [p for p in to_hash if work.kind[p] != REFUSED]
     found = [hashed[p] if p in hashed else inputs[p].facts or UNKNOWN for p in to_hash]
     _match_bytes(work, inputs, stored, to_hash, found, trusted, retry_failed)
     for failed in np.flatnonzero(work.kind == FAILED):

@@ -290,3 +290,20 @@ def test_a_thumbnail_shows_what_efx_embeds_and_never_waits_on_a_pipe(tmp_path):
     assert result.returncode == 0, result.stderr
     with open(page, encoding="utf-8") as file:
         assert file.read().count("cannot be shown") == 1
+
+
+def test_similar_exits_1_when_a_query_has_no_hits_as_its_help_says(tmp_path):
+    """An OUTPUT of one row queried by that row: no other row, so no hits. efx printed
+    nothing and exited 0."""
+    from PIL import Image
+
+    path = str(tmp_path / "only.png")
+    Image.new("RGB", (16, 16), "red").save(path)
+    output = str(tmp_path / "one.h5")
+    attrs = {"model": "known", "feature_dim": 4, "image_size": 8, "standin": False}
+    writer = writers.open_writer("hdf5", output, attrs, inputs=[path])
+    writer.write([path], np.ones((1, 4), np.float32))
+    writer.close()
+    result = run_cli("similar", output, path)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"efx: {path}: no hits: OUTPUT holds no other row" in result.stderr

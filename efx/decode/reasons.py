@@ -13,6 +13,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 HEAD_BYTES = 64  # enough for every header field a reason reads (BMP compression: bytes 30-33)
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")  # what efx decodes (sniff_format's names)
+# What sniff_format calls a file that is no image at all (others are images efx cannot decode).
+NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF", "zero-filled")
 
 # BMP compression field values TensorFlow and Pillow do not decode (BITMAPINFOHEADER).
 _BMP_COMPRESSIONS = {4: "JPEG", 5: "PNG", 11: "CMYK", 12: "CMYK RLE8", 13: "CMYK RLE4"}
@@ -51,7 +54,7 @@ def decode_reason(message: str, head: bytes) -> str:
     if "Input is empty" in message:
         return "empty file"
     if "Unknown image file format" in message:
-        if kind in (None, "text", "HTML/XML/SVG text", "PDF"):
+        if kind in NOT_IMAGES:
             return f"not an image ({kind or 'unknown'} file)"
         return f"unsupported format: {kind}"
     if kind == "BMP" and len(head) >= 34:
@@ -61,6 +64,17 @@ def decode_reason(message: str, head: bytes) -> str:
     if kind in ("JPEG", "PNG", "GIF", "BMP", "WebP"):
         return f"truncated or corrupt {kind}"
     return "cannot decode: " + message.split("[Op:")[0].split("}}")[-1].strip()
+
+
+def head_reason(head: bytes) -> str | None:
+    """Why a file whose first bytes are `head` (HEAD_BYTES of them, or all it has) can never be
+    embedded, told before it is read whole: empty, not an image, or a format efx does not
+    decode; None when it starts like an image (the decoder then says the rest)."""
+    if not head:
+        return "empty file"
+    if sniff_format(head) in IMAGE_FORMATS:
+        return None
+    return decode_reason("Unknown image file format", head)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -94,4 +108,6 @@ def sniff_format(head: bytes) -> str | None:
         return "HTML/XML/SVG text"
     if head and all(32 <= byte < 127 or byte in (9, 10, 13) for byte in head):
         return "text"
+    if head and head.count(0) == len(head):  # a file allocated but never written
+        return "zero-filled"
     return None

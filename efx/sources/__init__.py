@@ -16,7 +16,6 @@ import collections
 import hashlib
 import itertools
 import os
-import queue
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -203,6 +202,9 @@ def _scan(
 
 READ_AHEAD_RUNS = 3  # shards read at once, each by a thread of its own
 READ_AHEAD_ITEMS = 16  # members read ahead per shard: memory is this many images, not a shard
+# ... and at most this many bytes of them per shard (one larger image is read alone): a shard
+# of 50 MB scans holds one scan in hand, not 16 (README: Datasets in shards, memory).
+READ_AHEAD_BYTES = 32 << 20
 # Objects by URL in flight at once: a request mostly waits on the network (50 ms in a region),
 # so many more than cores keep the model fed; memory is this many images (and as many queued).
 OBJECT_REQUESTS = 16
@@ -213,14 +215,14 @@ def read_ahead(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
     """The bytes of the inputs of `inputs` efx reads itself (shard members and objects by URL:
     efx.inputs.fetched; files of their own are skipped, the decoders read those), in order, as
     `read_inputs`. The shards of READ_AHEAD_RUNS runs of consecutive members are read at once,
-    each by a thread of its own, at most READ_AHEAD_ITEMS ahead; a run of objects by
-    OBJECT_REQUESTS requests in flight, so a slow object delays only itself."""
+    each by a thread of its own, at most READ_AHEAD_ITEMS and READ_AHEAD_BYTES ahead; a run of
+    objects by OBJECT_REQUESTS requests in flight, so a slow object delays only itself."""
     runs = _runs([inp for inp in inputs if fetched(inp)])
     stop = threading.Event()
-    started: list[queue.Queue[Any]] = []
+    started: list[_Pipe] = []
 
     def start(path: str | None, run: list[Input]) -> None:
-        pipe: queue.Queue[Any] = queue.Queue(READ_AHEAD_ITEMS)
+        pipe = _Pipe(READ_AHEAD_ITEMS, READ_AHEAD_BYTES)
         threading.Thread(target=_fill, args=(pipe, _read(path, run), stop), daemon=True).start()
         started.append(pipe)
 
@@ -241,15 +243,44 @@ def read_ahead(inputs: Sequence[Input]) -> Iterator[bytes | BaseException]:
 _END = object()
 
 
-def _fill(pipe: queue.Queue[Any], items: Iterator[Any], stop: threading.Event) -> None:
+class _Pipe:
+    """A queue bounded in items and in bytes: `put` waits while it holds `items` items, or
+    while what it holds and the new item exceed `size` bytes (an item larger than `size` goes
+    through alone)."""
+
+    def __init__(self, items: int, size: int) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._limit, self._size, self._held = items, size, 0
+        self._changed = threading.Condition()
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        """False when `stop` was set while waiting for room."""
+        size = len(item) if isinstance(item, bytes) else 0
+        with self._changed:
+            while self._items and (
+                len(self._items) >= self._limit or self._held + size > self._size
+            ):
+                if stop.is_set():
+                    return False
+                self._changed.wait(0.1)
+            self._items.append(item)
+            self._held += size
+            self._changed.notify_all()
+        return True
+
+    def get(self) -> Any:
+        with self._changed:
+            while not self._items:
+                self._changed.wait()
+            item = self._items.popleft()
+            self._held -= len(item) if isinstance(item, bytes) else 0
+            self._changed.notify_all()
+        return item
+
+
+def _fill(pipe: _Pipe, items: Iterator[Any], stop: threading.Event) -> None:
     for item in itertools.chain(items, [_END]):
-        while not stop.is_set():
-            try:
-                pipe.put(item, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        if stop.is_set():
+        if stop.is_set() or not pipe.put(item, stop):
             items.close()  # type: ignore[attr-defined]
             return
 

@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..decode.reasons import sniff_format
+from ..decode.reasons import NOT_IMAGES, head_reason, sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
@@ -28,7 +28,6 @@ from .streams import Ambiguous, NotImages, check_stop, first_line
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
 INSTALL_HINT = "pip install 'efx[parquet]'"
-NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 EMPTY_LIST = "[]"  # stands for the stored path of a row whose list of images is empty
 
 
@@ -296,7 +295,8 @@ def _row_input(
                 "efx embeds images stored in the file"
             )
         return Input(path, path, member, shard, reason=reason)
-    return Input(path, path, member, shard._replace(sha256=hashlib.sha256(value).hexdigest()))
+    facts = shard._replace(sha256=hashlib.sha256(value).hexdigest())
+    return Input(path, path, member, facts, reason=head_reason(value[:64]))
 
 
 def _named(

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from ..decode.reasons import HEAD_BYTES, head_reason
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
@@ -61,8 +62,8 @@ def split_name(name: str) -> tuple[str, str] | None:
 class _Sample:
     key: str
     start: int  # the position of its input in the shard's list
-    # ext -> (member name, header offset, size, SHA-256); a name stored again replaces it
-    images: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)
+    # ext -> (member name, header offset, size, SHA-256, first bytes); stored again: replaced
+    images: dict[str, tuple[str, int, int, str, bytes]] = field(default_factory=dict)
     others: list[str] = field(default_factory=list)  # extensions of members that are not images
     columns: dict[str, str] = field(default_factory=dict)  # kept members' text, by extension
     places: int = 1  # > 1: the key came back after other samples (not contiguous)
@@ -109,10 +110,10 @@ class _Scan:
             return
         self.imaged = True
         self.reading = info.name
-        digest = _digest(tar, info)
+        digest, head = _digest(tar, info)
         self.reading = ""
         self.current.images.pop(ext, None)  # stored again: the later copy, as tar -x keeps
-        self.current.images[ext] = (info.name, info.offset, info.size, digest)
+        self.current.images[ext] = (info.name, info.offset, info.size, digest, head)
 
     def end_sample(self) -> None:
         if self.current is not None:
@@ -177,19 +178,22 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield info
 
 
-def _digest(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
-    """The member's SHA-256, read a MiB at a time (a member may claim any size)."""
+def _digest(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[str, bytes]:
+    """The member's SHA-256, read a MiB at a time (a member may claim any size), and its first
+    bytes (to tell, without reading it again, one that is no image)."""
     file = tar.extractfile(info)
     assert file is not None  # a regular file
     digest = hashlib.sha256()
     left = info.size
+    head = b""
     while chunk := file.read(min(left, 1 << 20)):
         check_stop()
+        head = head or chunk[:HEAD_BYTES]
         digest.update(chunk)
         left -= len(chunk)
     if left:
         raise tarfile.ReadError("unexpected end of data")
-    return digest.hexdigest()
+    return digest.hexdigest(), head
 
 
 def _text(tar: tarfile.TarFile, info: tarfile.TarInfo) -> str:
@@ -221,8 +225,11 @@ def _sample_input(path: str, shard: Facts, sample: _Sample, image_key: str | Non
     ext = min(
         sample.images, key=lambda e: IMAGE_EXTENSIONS.index(e.lower()) if not image_key else 0
     )
-    name, at, size, digest = sample.images[ext]
-    return Input(f"{path}/{name}", path, Member("tar", at, size), shard._replace(sha256=digest))
+    name, at, size, digest, head = sample.images[ext]
+    facts = shard._replace(sha256=digest)
+    if (why := head_reason(head)) is not None:  # never read whole again: a 3 GB file of zeros
+        return Input(f"{path}/{name}", path, facts=facts, reason=why)
+    return Input(f"{path}/{name}", path, Member("tar", at, size), facts)
 
 
 def _damage(path: str, shard: Facts, error: BaseException, last: str, reading: str) -> Input:

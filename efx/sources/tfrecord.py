@@ -26,13 +26,11 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
-from ..decode.reasons import sniff_format
+from ..decode.reasons import NOT_IMAGES, head_reason, sniff_format
 from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input, Member
 from .streams import Ambiguous, NotImages, check_stop, is_zlib, open_stream, read_exactly
-
-NOT_IMAGES = (None, "text", "HTML/XML/SVG text", "PDF")
 
 
 def _crc32c_table() -> list[int]:
@@ -275,9 +273,9 @@ def _record_inputs(
             reason = f"no image in this record: its {feature!r} value is empty (0 bytes)"
             inputs.append(Input(name, path, facts=shard, reason=reason))
             continue
-        digest = hashlib.sha256(value).hexdigest()
+        facts = shard._replace(sha256=hashlib.sha256(value).hexdigest())
         member = Member("tfrecord", at, size, feature, item)
-        inputs.append(Input(name, path, member, shard._replace(sha256=digest)))
+        inputs.append(Input(name, path, member, facts, reason=head_reason(value[:64])))
     return inputs
 
 
