@@ -145,6 +145,28 @@ def jpeg_exif_after_large_segments(orientation: int) -> bytes:
     return data
 
 
+def xmp_only(orientation: int, fmt: str) -> bytes:
+    """A photo stored sideways whose orientation is given only in XMP (no EXIF tag), as some
+    editors and phones write it: an attribute in a JPEG's APP1 XMP segment or a WebP's XMP
+    chunk, an element in a PNG's iTXt chunk. Pillow's getexif() reads it from there."""
+    from PIL import PngImagePlugin
+
+    attribute = f'<x:xmpmeta><rdf:Description tiff:Orientation="{orientation}"/></x:xmpmeta>'
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(
+            "XML:com.adobe.xmp", f"<x:xmpmeta><tiff:Orientation>{orientation}</tiff:Orientation>"
+        )
+        return saved(sideways(orientation), "PNG", pnginfo=info)
+    if fmt == "WEBP":
+        return saved(sideways(orientation), "WEBP", lossless=True, xmp=attribute.encode())
+    plain = saved(sideways(orientation), "JPEG", quality=90)
+    app0 = struct.unpack(">H", plain[4:6])[0] + 2
+    xmp = b"http://ns.adobe.com/xap/1.0/\0" + attribute.encode()
+    segment = b"\xff\xe1" + struct.pack(">H", len(xmp) + 2) + xmp
+    return plain[: 2 + app0] + segment + plain[2 + app0 :]
+
+
 def gif_with_offset_frame() -> bytes:
     """A GIF whose only frame (120x80) sits at +40+30 on a 200x140 logical screen: the rest of
     the screen is background, as GIF optimisers write."""
@@ -235,6 +257,12 @@ ODD_BUT_VALID: dict[str, Callable[[], bytes]] = {
         for fmt in ("PNG", "WEBP")
     },
     "exif-6-after-72kb-of-xmp.jpg": lambda: jpeg_exif_after_large_segments(6),
+    # Orientation given only in XMP (tiff:Orientation), as Pillow's getexif() reads it.
+    **{
+        f"xmp-{o}.{fmt.lower()}": (lambda o=o, fmt=fmt: xmp_only(o, fmt))
+        for o in (6, 8)
+        for fmt in ("JPEG", "PNG", "WEBP")
+    },
     # Composition: a GIF's transparent pixels keep their palette colour; a frame smaller than
     # the screen is placed on it.
     "transparent-logo.gif": lambda: logo("GIF"),
