@@ -2,9 +2,12 @@
 which threshold to default to: measured on REAL features (an ImageNet-trained model).
 
 Photos: about 300 real, unrelated photos from Debian's archive (scripts/real_photos.py). Every
-fifth one (sorted by name, so every category) is an original with six copies of the kinds people
-make: re-encoded as JPEG at quality 60, resized to half, a 10% crop, turned by 5 degrees,
-brightened (+25%, contrast +10%), and captioned (a white band with text across the bottom). An
+fifth one (sorted by name, so every category) is an original with fifteen copies of the kinds
+people make: re-encoded as JPEG at quality 60 and at 25, resized to half, a 128-px thumbnail,
+a 10% and a 20% crop, turned by 2 and by 5 degrees, brightened (+25%, contrast +10%), darkened
+(-30%), a colour change (saturation +60% and a warm cast), gray, a white border, a screenshot
+(scaled to 70% in a window with a title bar and a side panel), and captioned (a white band with
+text across the bottom). An
 original and its copies form a family; the other photos are distractors, and every pair of
 images from different families is a negative (hard ones among them: 28 different fish, 16
 windmills, several multimeters). Every model in --models embeds all of them; then, for every
@@ -42,16 +45,67 @@ LITE0 = os.path.join(REPO, "..", "shared", "models", "efficientnet-lite0-feature
 EVERY = 5  # every fifth photo is an original with copies
 TRANSFORMS = {
     "jpeg60": lambda im: im,  # saved at quality 60 below
+    "jpeg25": lambda im: im,  # ... and at 25: a low-quality recompression (a messenger's)
     "half": lambda im: im.resize((im.width // 2, im.height // 2), Image.BICUBIC),
-    "crop10": lambda im: im.crop(
-        (im.width // 20, im.height // 20, im.width - im.width // 20, im.height - im.height // 20)
-    ),
+    "thumb": lambda im: _thumbnail(im, 128),
+    "crop10": lambda im: _cropped(im, 0.10),
+    "crop20": lambda im: _cropped(im, 0.20),
+    "rotate2": lambda im: im.rotate(2, resample=Image.BICUBIC, expand=False),
     "rotate5": lambda im: im.rotate(5, resample=Image.BICUBIC, expand=False),
     "brighter": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.25)).enhance(
         1.1
     ),
+    "darker": lambda im: ImageEnhance.Brightness(im).enhance(0.7),
+    "colour": lambda im: _warmer(ImageEnhance.Color(im).enhance(1.6)),
+    "gray": lambda im: im.convert("L").convert("RGB"),
+    "border": lambda im: _bordered(im),
+    "screenshot": lambda im: _screenshot(im),
     "caption": lambda im: _captioned(im),
 }
+
+
+def _thumbnail(image: Image.Image, side: int) -> Image.Image:
+    copy = image.copy()
+    copy.thumbnail((side, side), Image.BICUBIC)
+    return copy
+
+
+def _cropped(image: Image.Image, part: float) -> Image.Image:
+    """The centre, `part` of each side cut (half from each end)."""
+    dx, dy = int(image.width * part / 2), int(image.height * part / 2)
+    return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+
+def _warmer(image: Image.Image) -> Image.Image:
+    """A warm colour cast (a filter): red up, blue down."""
+    red, green, blue = image.split()
+    red = red.point(lambda v: min(255, int(v * 1.12)))
+    blue = blue.point(lambda v: int(v * 0.85))
+    return Image.merge("RGB", (red, green, blue))
+
+
+def _bordered(image: Image.Image) -> Image.Image:
+    """A white frame of a tenth of the shorter side (a printed or posted look)."""
+    pad = min(image.size) // 10
+    frame = Image.new("RGB", (image.width + 2 * pad, image.height + 2 * pad), "white")
+    frame.paste(image, (pad, pad))
+    return frame
+
+
+def _screenshot(image: Image.Image) -> Image.Image:
+    """The photo as seen in a screenshot: scaled to 70% inside a grey window with a title bar
+    and a side panel, saved as the screen's pixels."""
+    inner = image.resize((image.width * 7 // 10, image.height * 7 // 10), Image.BICUBIC)
+    width, height = inner.width + inner.width // 4 + 24, inner.height + 60
+    screen = Image.new("RGB", (width, height), (236, 236, 236))
+    draw = ImageDraw.Draw(screen)
+    draw.rectangle([0, 0, width, 28], fill=(48, 48, 56))
+    draw.text((10, 8), "IMG_2041.jpg - Photos", fill="white")
+    draw.rectangle([width - inner.width // 4 - 8, 36, width - 8, height - 8], fill="white")
+    for row in range(5):
+        draw.text((width - inner.width // 4, 44 + 16 * row), f"detail {row}", fill=(90, 90, 90))
+    screen.paste(inner, (8, 40))
+    return screen
 
 
 def _captioned(image: Image.Image) -> Image.Image:
@@ -78,7 +132,8 @@ def make_set(root: str) -> tuple[dict[str, str], dict[str, str]]:
         kinds[original] = "original"
         for kind, transform in TRANSFORMS.items():
             path = os.path.join(root, f"{stem}--{kind}.jpg")
-            transform(image).save(path, quality=60 if kind == "jpeg60" else 92)
+            quality = {"jpeg60": 60, "jpeg25": 25}.get(kind, 92)
+            transform(image).save(path, quality=quality)
             families[path], kinds[path] = stem, kind
     return families, kinds
 
@@ -124,8 +179,10 @@ def measure(output: str, families: dict[str, str], kinds: dict[str, str], thresh
             for o in paths
             if kinds[o] == "original" and families[o] == families[p]
         ]
-        print(f"  original vs {kind:8s}: min {min(values):.3f}  median {np.median(values):.3f}")
-    header = "  threshold  precision  recall  groups  " + "  ".join(f"{k:>8s}" for k in TRANSFORMS)
+        print(f"  original vs {kind:10s}: min {min(values):.3f}  median {np.median(values):.3f}")
+    header = "  threshold  precision  recall  groups  " + " ".join(
+        f"{k[:7]:>7s}" for k in TRANSFORMS
+    )
     print(header + "   (recall of original-copy pairs, per kind)")
     for threshold in thresholds:
         report = efx.duplicates(output, threshold)
@@ -148,7 +205,7 @@ def measure(output: str, families: dict[str, str], kinds: dict[str, str], thresh
             per_kind.append(len(pairs & found) / len(pairs))
         print(
             f"  {threshold:9.3f}  {precision:9.3f}  {right / len(positives):6.3f}  "
-            f"{len(report['groups']):6d}  " + "  ".join(f"{r:8.3f}" for r in per_kind)
+            f"{len(report['groups']):6d}  " + " ".join(f"{r:7.3f}" for r in per_kind)
         )
     copies = [path for path in paths if kinds[path] in TRANSFORMS]
     results = efx.similar(output, copies, k=1)
