@@ -311,6 +311,8 @@ def test_parquet_columns_judged_by_what_they_hold(tiny_model, tmp_path):
     by_path = {row["path"]: row for row in written}
     assert [by_path[f"{polars}/{k}"]["key"] for k in "abc"] == ["a", "b", "c"]  # joins back
     assert [by_path[f"{polars}/{k}"]["caption"] for k in "abc"] == ["x", "y", "z"]
+    # an image of a list column joins back on its row: the key column holds the row's key
+    assert [by_path[f"{hf}/{k}"]["key"] for k in ("0/0", "0/1", "1/0")] == ["0", "0", "1"]
     assert (
         sources.read_key(f"{hf}/0/1") == pictures[1]
         and sources.read_key(f"{dictionary}/k2") == pictures[0]

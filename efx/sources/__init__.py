@@ -398,15 +398,18 @@ def is_file(path: str) -> bool:
 def dataset_key(inp: Input) -> tuple[str | None, str | None]:
     """(shard, the dataset's own key) of an image read from a shard: a WebDataset sample's
     `__key__` (the member's name without its extension, as webdataset's base_plus_ext cuts it),
-    a Parquet source's key column value or row number, a TFRecord's record number. (None, None)
-    for a file of its own, or a row whose member is not known here (one an unchanged shard
-    keeps: its earlier output has them)."""
+    a Parquet source's key column value or row number, a TFRecord's record number; for one of
+    several images of a row or record (`FILE/KEY/I`), that row's or record's (the metadata
+    joins on it). (None, None) for a file of its own, or a row whose member is not known here
+    (one an unchanged shard keeps: its earlier output has them)."""
     if inp.member is None:
         return None, None
     name = inp.key[len(inp.path) + 1 :]
     if inp.member.kind == "tar":
         found = tar.KEY_EXT.match(name)
         name = found.group(1) if found else name
+    elif "[]" in inp.member.field or (inp.member.kind == "tfrecord" and "/" in name):
+        name = name.rpartition("/")[0]
     return inp.path, name
 
 
