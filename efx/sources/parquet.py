@@ -187,9 +187,15 @@ def _batches(
     """The values of `fields` in each batch of rows, the whole file through (until the caller
     stops: it stops at the first batch that decides)."""
     columns = list(dict.fromkeys(f.split(".")[0].removesuffix("[]") for f in fields))
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-        stop()
-        yield {field: _values(batch, field) for field in fields}
+    for group in range(parquet.metadata.num_row_groups):
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
+        try:
+            for batch in batches:
+                stop()
+                values = {field: _values(batch, field) for field in fields}
+                yield values
+        except (OSError, ValueError):  # a damaged row group decides nothing (scan says why)
+            continue
 
 
 def layout(

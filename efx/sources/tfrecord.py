@@ -173,16 +173,26 @@ def _image_names(features: dict[str, list[bytes]]) -> list[str]:
     )
 
 
-def image_feature(path: str, asked: str | None, stop: Callable[[], None] = check_stop) -> str:
+def image_feature(
+    path: str, asked: str | None, stop: Callable[[], None] = check_stop
+) -> str | None:
     """The feature that holds the images: `asked`, else the only one holding image files in
     the first record that holds any (a record with an empty or damaged image, or none, does
     not decide). NotImages when no record holds an image file, Ambiguous when one holds them
-    in several features."""
+    in several features; None when the file is damaged before any record holding an image
+    (`scan` then says where)."""
     if asked is not None:
         return asked
     names: set[str] = set()
     with open_stream(path, looks_like_tfrecord) as stream:
-        for _at, record in _records(stream):
+        records = _records(stream)
+        while True:
+            try:
+                _at, record = next(records)
+            except StopIteration:
+                break
+            except (EOFError, ValueError, OSError):
+                return None
             stop()  # (a listing stops on Ctrl-C; a look-up by key never does)
             try:
                 features = bytes_features(record)
@@ -224,6 +234,8 @@ def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = (
                 except ValueError as error:  # this record only: its framing was sound
                     reason = f"this record is not a tf.train.Example ({error})"
                     found.append(Input(f"{path}/{number}", path, facts=shard, reason=reason))
+                    continue
+                if feature is None:  # damaged before any image: the damage is the failure
                     continue
                 named = named or feature in features
                 texts = _texts(features, keep) if keep else None
@@ -299,6 +311,8 @@ def find(path: str, name: str, image_key: str | None = None) -> Member | None:
     if not number.isdigit() or (item and not item.isdigit()):
         return None
     feature = image_feature(path, image_key, stop=lambda: None)
+    if feature is None:
+        return None
     with open_stream(path, looks_like_tfrecord) as stream:
         for at, record in itertools.islice(_records(stream), int(number), None):
             values = bytes_features(record).get(feature) or []
