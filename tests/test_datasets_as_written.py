@@ -264,6 +264,19 @@ def test_tfrecord_files_of_each_kind_tensorflow_writes(tiny_model, tmp_path):
     )
 
 
+def test_a_tfrecord_file_cut_inside_its_first_record_is_one_failure_not_a_crash(tmp_path):
+    """Damage before any image decided the feature: the listing raised past the run."""
+    whole = write_records(tmp_path / "whole.tfrecord", [example([png(picture())])])
+    cut = tmp_path / "cut.tfrecord"
+    with open(whole, "rb") as file:
+        cut.write_bytes(file.read()[:40])
+    (failure,) = sources.list_inputs([(str(cut), True)], sources.ShardOptions())
+    assert failure.key == str(cut) and failure.reason == (
+        "TFRecord file damaged at its start (cut short inside a record): anything stored after "
+        "that is lost"
+    )
+
+
 # 3. Every Arrow type that holds bytes or text; 5. one bad row never decides a file.
 
 
