@@ -693,9 +693,9 @@ def serve(socket_path: str | None, verbose: bool, **settings: Any) -> None:
     type=float,
     default=None,
     metavar="T",
-    help="Cosine similarity at or above which two images are near-duplicates. Default: 0.90, "
-    "measured on real photos and their re-encoded, resized, cropped, turned, brightened and "
-    "captioned copies with a real ImageNet model (README).",
+    help="Cosine similarity at or above which two images are near-duplicates. Default: 0.85, "
+    "measured on real photos and fifteen kinds of copies (re-encoded, thumbnails, crops, "
+    "turned, colour changes, borders, screenshots ...) with a real ImageNet model (README).",
 )
 @html_option
 @json_option

@@ -23,10 +23,11 @@ from .writers import bucket
 
 BLOCK_ROWS = 1024  # rows compared at a time: a block of similarities is BLOCK_ROWS x N floats
 # Measured on REAL features (EfficientNet-Lite0, ImageNet weights; scripts/search_quality.py,
-# README): 302 real photos, 61 with six kinds of copies. At 0.90 no two different photos were
-# grouped (the most similar of 221,497 such pairs: 0.805) and 88% of copy pairs were (all
-# re-encodes, crops and brightened copies). 0.98, chosen earlier on random weights, found 12%.
-DEFAULT_THRESHOLD = 0.90
+# README): 302 real photos, 61 with fifteen kinds of copies. At 0.85 no two different photos
+# were grouped (the most similar of 732,616 such pairs: 0.805) and 84% of copy pairs were (0.90
+# found 67%: it missed most thumbnails, gray, bordered and screenshot copies). 0.98, chosen
+# earlier on random weights, found 12% of six easier kinds.
+DEFAULT_THRESHOLD = 0.85
 MAX_PAIRS = 5_000_000  # pairs above the threshold before a run is refused as meaningless
 
 
