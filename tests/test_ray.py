@@ -275,3 +275,36 @@ def test_ray_workers_read_objects_in_a_bucket_themselves(ray_instance, tiny_mode
 
         remote.configure({})
         server.stop()
+
+
+def test_ray_workers_read_round_3_shards_as_the_local_engine(ray_instance, tiny_model, tmp_path):
+    """The shards of tests/test_datasets_as_written.py on Ray workers: a member stored twice
+    (the later copy), a ZLIB TFRecord file whose records hold several images, and a Hugging
+    Face list of images per row: the same rows, keys and failures as locally."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_datasets_as_written import add, example, picture, png, write_records
+
+    pictures = [png(picture(i)) for i in range(4)]
+    dup = str(tmp_path / "dup.tar")
+    with tarfile.open(dup, "w") as tar:
+        add(tar, "000.png", pictures[0])
+        add(tar, "000.png", pictures[1])
+        add(tar, "001.png", pictures[2])
+    records = write_records(
+        tmp_path / "multi.tfrecord", [example(pictures[:3]), example([pictures[3]])], "ZLIB"
+    )
+    item = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [[{"bytes": pictures[0], "path": None}, {"bytes": pictures[3], "path": None}], []]
+    table = str(tmp_path / "hf.parquet")
+    pq.write_table(pa.table({"images": pa.array(cells, pa.list_(item))}), table)
+    outputs = {}
+    for engine in ("local", "ray"):
+        outputs[engine] = str(tmp_path / f"{engine}.h5")
+        summary = efx.extract(
+            [dup, records, table], outputs[engine], model=tiny_model, image_size=64,
+            batch_size=4, engine=engine,
+        )  # fmt: skip
+        assert (summary.embedded, summary.failed) == (2 + 4 + 2, 1)
+    assert_same_output(outputs["local"], outputs["ray"])
+    assert efx.load(outputs["ray"])[0][:2] == [f"{dup}/000.png", f"{dup}/001.png"]
