@@ -156,12 +156,27 @@ def test_bytes_that_are_not_those_listed_fail_with_the_reason_never_embed(tmp_pa
 # 2. A shard is what its format's reader says it is.
 
 
-def test_an_empty_tar_is_zero_rows_and_a_v7_tar_is_a_tar(tiny_model, tmp_path):
-    """Neither has the ustar magic; tarfile, GNU tar and webdataset read them (0 and 1
-    samples). efx said 'neither a tar file nor an image'."""
+def test_empty_shards_are_zero_rows_and_a_v7_tar_is_a_tar(tiny_model, tmp_path):
+    """An empty tar and a v7 tar have no ustar magic; tarfile, GNU tar and webdataset read
+    them (0 and 1 samples): efx said 'neither a tar file nor an image'. TensorFlow's writer
+    given no record leaves an empty TFRecord file (plain, GZIP or ZLIB), which tf.data reads
+    as zero records; a Parquet file of zero rows with two columns of bytes has no column to
+    choose: each is zero rows, not a failure."""
     empty = str(tmp_path / "empty.tar")
     with tarfile.open(empty, "w"):
         pass
+    no_records = [
+        write_records(tmp_path / name, [], compression)
+        for name, compression in (
+            ("a.tfrecord", ""),
+            ("b.tfrecord.gz", "GZIP"),
+            ("c.tfrecord", "ZLIB"),
+        )
+    ]
+    no_rows = str(tmp_path / "none.parquet")
+    pq.write_table(
+        pa.table({"jpg": pa.array([], pa.binary()), "png": pa.array([], pa.binary())}), no_rows
+    )
     data = png(picture())
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -176,7 +191,7 @@ def test_an_empty_tar_is_zero_rows_and_a_v7_tar_is_a_tar(tiny_model, tmp_path):
         assert tar.getnames() == ["000.png"]
     loose = twin(tmp_path, "twin.png", data)
     output = tmp_path / "o.h5"
-    rows = embed([empty, str(v7), loose], output, tiny_model)
+    rows = embed([empty, *no_records, no_rows, str(v7), loose], output, tiny_model)
     assert list(rows) == [f"{v7}/000.png", loose] and failures(output) == {}
     assert same(rows[f"{v7}/000.png"], rows[loose])
     with pytest.raises(efx.EfxError, match="the shards there hold no samples"):

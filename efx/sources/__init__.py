@@ -55,7 +55,8 @@ def kind_of(path: str) -> str | None:
     pre-POSIX v7 tars alike), or, for a file named as a tar, the end-of-archive blocks alone (an
     empty shard: what a WebDataset writer leaves when every download failed). A TFRecord file
     is a record whose length passes its CRC-32C, plain, gzip'd or zlib'd (TensorFlow's three
-    compression types). Parquet starts with `PAR1`."""
+    compression types), or, for a file named as one, no bytes at all once inflated (a file of
+    zero records). Parquet starts with `PAR1`."""
     try:
         with open_input(path) as file:
             head = file.read(1024)
@@ -77,9 +78,11 @@ def kind_of(path: str) -> str | None:
     if tfrecord.looks_like_tfrecord(head) or tfrecord.looks_like_zlib_tfrecord(head):
         return "tfrecord"
     named = SHARD_NAME.search(path)
-    as_tar = named is not None and named.group(1).lower() in ("tar", "tgz", "tar.gz")
-    if as_tar and len(head) == 1024 and head.count(0) == len(head):
+    suffix = named.group(1).lower() if named is not None else ""
+    if suffix in ("tar", "tgz", "tar.gz") and len(head) == 1024 and head.count(0) == len(head):
         return "tar"
+    if "tfrecord" in suffix and not tfrecord.inflated(head):
+        return "tfrecord"  # no record at all: what TensorFlow's writer leaves when given none
     return None
 
 

@@ -146,12 +146,16 @@ def image_field(
         raise NoImageColumn(path, names)
     if len(fields) == 1:
         return next(iter(fields.values()))
+    rows = 0
     for batch in values(list(fields.values())):
+        rows += len(next(iter(batch.values())))
         images = [name for name, field in fields.items() if any(map(_is_image, batch[field]))]
         if len(images) == 1:
             return fields[images[0]]
         if images:
             break
+    if rows == 0:  # no row to read (an empty file): any column gives zero rows
+        return next(iter(fields.values()))
     raise Ambiguous(
         f"{path}: several columns of bytes ({', '.join(fields)}) and efx cannot tell which "
         "holds the images: name it with --image-column"

@@ -71,6 +71,16 @@ def looks_like_zlib_tfrecord(head: bytes) -> bool:
         return False
 
 
+def inflated(head: bytes) -> bytes:
+    """`head`, inflated if it is a zlib stream's start (what is left of it otherwise)."""
+    if not is_zlib(head):
+        return head
+    try:
+        return zlib.decompressobj().decompress(head, 16)
+    except zlib.error:
+        return head
+
+
 def _varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -180,10 +190,12 @@ def image_feature(
     the first record that holds any (a record with an empty or damaged image, or none, does
     not decide). NotImages when no record holds an image file, Ambiguous when one holds them
     in several features; None when the file is damaged before any record holding an image
-    (`scan` then says where)."""
+    (`scan` then says where), or holds no record (TensorFlow's writer leaves an empty file
+    when it was given none: zero rows)."""
     if asked is not None:
         return asked
     names: set[str] = set()
+    seen = 0
     with open_stream(path, looks_like_tfrecord) as stream:
         records = _records(stream)
         while True:
@@ -193,6 +205,7 @@ def image_feature(
                 break
             except (EOFError, ValueError, OSError):
                 return None
+            seen += 1
             stop()  # (a listing stops on Ctrl-C; a look-up by key never does)
             try:
                 features = bytes_features(record)
@@ -207,6 +220,8 @@ def image_feature(
                     f"{path}: several features hold images ({', '.join(images)}): choose one "
                     "with --image-key"
                 )
+    if not seen:
+        return None
     found = ", ".join(sorted(names)) or "none"
     raise NotImages(
         f"{path}: no feature of any record holds an image file (bytes features: {found}): "
