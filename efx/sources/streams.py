@@ -72,18 +72,22 @@ class ZlibStream:
     def _start(self) -> None:
         self._raw.seek(0)
         self._inflate = zlib.decompressobj()
-        self._buffer = b""
+        self._buffer = b""  # inflated bytes not yet handed out start at self._next
+        self._next = 0
         self._at = 0  # decompressed bytes handed out
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
+        # Small reads (a record's 12-byte header) take a slice; the buffer is copied only
+        # when it is refilled.
+        while size < 0 or len(self._buffer) - self._next < size:
             chunk = self._raw.read(1 << 20)
+            more = self._inflate.decompress(chunk) if chunk else self._inflate.flush()
+            self._buffer, self._next = self._buffer[self._next :] + more, 0
             if not chunk:
-                self._buffer += self._inflate.flush()
                 break
-            self._buffer += self._inflate.decompress(chunk)
-        size = len(self._buffer) if size < 0 else size
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._next + size)
+        data = self._buffer[self._next : end]
+        self._next = end
         self._at += len(data)
         return data
 
