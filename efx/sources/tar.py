@@ -286,7 +286,7 @@ def read(path: str, members: Sequence[Member]) -> Iterator[bytes]:
 def _member_bytes(stream: BinaryIO, member: Member) -> bytes:
     stream.seek(member.at)
     with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
-        info = tar.firstmember
+        info = tar.next()  # the member whose header is at `member.at`
         if info is None or not info.isreg() or info.size != member.size:
             raise EOFError("no such member where it was listed")
         file = tar.extractfile(info)
