@@ -43,6 +43,7 @@ _EXTRA = {"s3fs": "s3", "gcsfs": "gcs", "aiohttp": "http"}
 _options: dict[str, Any] = {}
 _filesystems: dict[str, Any] = {}
 _listed: dict[str, dict[str, Any]] = {}  # URL -> what a listing said of it (size, date)
+_streamed: set[str] = set()  # URLs whose server serves no ranges: read as streams from the start
 _lock = threading.Lock()
 
 
@@ -67,6 +68,7 @@ def configure(options: dict[str, Any] | None) -> None:
         _options.update(options or {})
         _filesystems.clear()
         _listed.clear()
+        _streamed.clear()
 
 
 def storage_options() -> dict[str, Any]:
@@ -287,8 +289,10 @@ def open_file(url: str, whole: bool = False) -> BinaryIO:
     restart = None
     if protocol(url) in ("http", "https"):
         restart = lambda: fs.open(path, "rb", block_size=0)  # noqa: E731 - a stream from the top
-    file = _Retrying(opened, restart, whole)
-    if getattr(opened, "size", 0) is None:  # no length: fsspec gave a stream
+    file = _Retrying(opened, restart, whole, url)
+    with _lock:
+        known = url in _streamed  # (found before: no ranged request to fail first)
+    if restart is not None and (known or getattr(opened, "size", 0) is None):  # no length
         file.front_to_back()
     return file  # type: ignore[return-value]
 
@@ -301,15 +305,19 @@ class _Retrying:
     server serves no ranges is read on as a stream (`front_to_back`: see open_file)."""
 
     def __init__(
-        self, file: Any, restart: Callable[[], Any] | None = None, whole: bool = False
-    ) -> None:
+        self, file: Any, restart: Callable[[], Any] | None = None, whole: bool = False,
+        url: str = "",
+    ) -> None:  # fmt: skip
         self._file = file
         self._restart = restart
         self._whole = whole
+        self._url = url
 
     def front_to_back(self) -> None:
         """Read the object as one stream from its start from now on (see open_file)."""
         assert self._restart is not None
+        with _lock:
+            _streamed.add(self._url)
         at = self._file.tell()
         with contextlib.suppress(Exception):
             self._file.close()

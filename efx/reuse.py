@@ -289,6 +289,13 @@ def kept_shards(
         ]
         exact = keys[bisect.bisect_left(names, shard) : bisect.bisect_right(names, shard)]
         entries = sorted(exact + inside, key=lambda k: (k[1], k[2]))  # rows, then failures
+        # Each key once: a shard given twice (by name and in its folder) has its rows twice in
+        # OUTPUT, and each listing of it keeps one copy (both copies doubled the rows at every
+        # --update).
+        first: dict[str, tuple[str, bool, int]] = {}
+        for entry in entries:
+            first.setdefault(entry[0], entry)
+        entries = list(first.values())
         facts = [
             source.failed_facts[i] if failure else source.facts[i] for _, failure, i in entries
         ]

@@ -422,6 +422,46 @@ def test_web_servers_without_ranges_or_lengths_are_read_front_to_back(tiny_model
         server.stop()
 
 
+def test_a_shard_given_twice_keeps_its_rows_at_every_update(tiny_model, tmp_path):
+    """A shard named and also found in its folder is listed twice (two copies of its rows,
+    as a file given twice). Each --update kept both copies for each listing: 8, 16, 32 rows."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    records = write_records(
+        folder / "multi.tfrecord", [example([png(picture(i))]) for i in range(2)]
+    )
+    output = str(tmp_path / "o.h5")
+    efx.extract([records, str(folder)], output, model=tiny_model, image_size=SIZE)
+    assert efx.load(output)[0] == [f"{records}/0", f"{records}/1"] * 2
+    for _ in range(2):  # unchanged: its rows are kept from OUTPUT, the shard not read
+        summary = efx.extract(
+            [records, str(folder)], output, model=tiny_model, image_size=SIZE, update=True
+        )
+        assert summary.embedded == 4 and summary.computed == 0
+        assert efx.load(output)[0] == [f"{records}/0", f"{records}/1"] * 2
+
+
+def test_image_key_that_matched_gets_no_note_and_one_that_did_not_names_what_exists(
+    tiny_model, tmp_path
+):
+    """--image-key txt took the tar's .TXT members (they fail as text), yet a note said it was
+    not used; a TFRecord's wrong --image-key did not name the features it has."""
+    shard = str(tmp_path / "s.tar")
+    with tarfile.open(shard, "w") as tar:
+        add(tar, "000.JPG", jpeg(picture()))
+        add(tar, "000.TXT", b"a caption")
+    notes: list[str] = []
+    output = str(tmp_path / "o.h5")
+    efx.extract([shard], output, model=tiny_model, image_key="txt", on_note=notes.append)
+    assert not [n for n in notes if "was not used" in n]
+    assert failures(tmp_path / "o.h5") == {f"{shard}/000.TXT": "not an image (text file)"}
+    with pytest.raises(efx.EfxError, match=r"extensions in it: jpg, txt\)"):
+        efx.extract([shard], str(tmp_path / "p.h5"), model=tiny_model, image_key="webp")
+    records = write_records(tmp_path / "r.tfrecord", [example([png(picture())])])
+    with pytest.raises(efx.EfxError, match=r"no bytes feature 'nope' \(bytes features: image\)"):
+        efx.extract([records], str(tmp_path / "q.h5"), model=tiny_model, image_key="nope")
+
+
 # 7. Letter case of extensions.
 
 

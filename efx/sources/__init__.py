@@ -107,12 +107,14 @@ def list_inputs(
     maybe = [i for i, (path, _) in enumerate(files) if not _is_image_name(path)]
     scanned: dict[int, list[Input]] = {}
     skipped: list[NotImages] = []
+    kinds: set[str | None] = set()  # of the files read ("kept": unchanged shards, not read)
     if maybe:
         streams.STOP.clear()
         pool = ThreadPoolExecutor(SCAN_THREADS)
         try:
             jobs = [(files[i][0], options, kept) for i in maybe]
-            for i, found in zip(maybe, pool.map(_scan, jobs), strict=True):
+            for i, (kind, found) in zip(maybe, pool.map(_scan, jobs), strict=True):
+                kinds.add(kind)
                 if isinstance(found, EfxError) and not files[i][1]:
                     raise found  # named: the user says which column, or gives the shards
                 if isinstance(found, NotImages):
@@ -131,7 +133,7 @@ def list_inputs(
     if skipped and on_note is not None:
         on_note(_skipped_note(skipped))
     if on_note is not None:
-        for note in _unused_options(options, [inp for found in scanned.values() for inp in found]):
+        for note in _unused_options(options, kinds):
             on_note(note)
     inputs: list[Input] = []
     for i, (path, _) in enumerate(files):
@@ -139,12 +141,11 @@ def list_inputs(
     return inputs
 
 
-def _unused_options(options: ShardOptions, listed: list[Input]) -> list[str]:
+def _unused_options(options: ShardOptions, kinds: set[str | None]) -> list[str]:
     """A note for each option that no shard of this run took: --image-column names a Parquet
     column, --image-key a tar member's extension or a TFRecord feature."""
-    if any(inp.kept is not None for inp in listed):  # unchanged shards, not read: unknown
+    if "kept" in kinds:  # unchanged shards, not read: their kinds are not known here
         return []
-    kinds = {inp.member.kind for inp in listed if inp.member is not None}
     notes = []
     if options.image_column and "parquet" not in kinds:
         notes.append(
@@ -175,15 +176,21 @@ def _is_image_name(path: str) -> bool:
 
 def _scan(
     job: tuple[str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
-) -> list[Input] | NotImages | Ambiguous | None:
-    """A shard's inputs (kept unread when an earlier output holds it unchanged), or None for a
-    file that is not a shard."""
+) -> tuple[str | None, list[Input] | NotImages | Ambiguous | None]:
+    """(the file's kind, its inputs as a shard: kept unread when an earlier output holds it
+    unchanged, kind "kept"), or None for a file that is not a shard."""
     path, options, kept = job
     now = facts_.stat(path)
     unchanged = kept(path, now)
     if unchanged is not None:
-        return unchanged
+        return "kept", unchanged
     kind = kind_of(path)
+    return kind, _scan_kind(path, now, kind, options)
+
+
+def _scan_kind(
+    path: str, now: Facts, kind: str | None, options: ShardOptions
+) -> list[Input] | NotImages | Ambiguous | None:
     if kind == "tar":
         return tar.scan(path, now, options.image_key, options.keep_columns)
     if kind == "tfrecord":

@@ -94,7 +94,7 @@ class _Scan:
         if named is None or not info.isreg():
             return
         key, ext = named
-        self.extensions.add(ext)
+        self.extensions.add(ext.lower())
         if self.current is None or key != self.current.key:
             self.end_sample()
             self.current = self.samples.get(key)

@@ -238,7 +238,7 @@ def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = (
     EfxError when no record has the feature `--image-key` names."""
     feature = image_feature(path, image_key)
     found: list[Input] = []
-    records, named = 0, False
+    records, named, names = 0, False, set[str]()
     try:
         with open_stream(path, looks_like_tfrecord) as stream:
             for number, (at, record) in enumerate(_records(stream)):
@@ -253,6 +253,7 @@ def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = (
                 if feature is None:  # damaged before any image: the damage is the failure
                     continue
                 named = named or feature in features
+                names.update(features)
                 texts = _texts(features, keep) if keep else None
                 for inp in _record_inputs(path, shard, number, at, len(record), feature, features):
                     found.append(inp._replace(columns=texts) if inp.member is not None else inp)
@@ -262,9 +263,10 @@ def scan(path: str, shard: Facts, image_key: str | None, keep: Sequence[str] = (
         reason = f"TFRecord file damaged {where} ({what}): anything stored after that is lost"
         found.append(Input(path, path, facts=shard, reason=reason))
     if image_key is not None and records and not named:
+        listed = ", ".join(sorted(names)) or "none"
         raise EfxError(
-            f"{path}: its records have no bytes feature {image_key!r}. Received: --image-key "
-            f"{image_key}"
+            f"{path}: its records have no bytes feature {image_key!r} (bytes features: "
+            f"{listed}). Received: --image-key {image_key}"
         )
     return found
 
