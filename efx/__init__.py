@@ -7,8 +7,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import EfxError
-
-__version__ = "0.4.0"
+from .version import __version__
 
 if TYPE_CHECKING:
     from .api import Summary, extract, info, load

@@ -1009,6 +1009,6 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__

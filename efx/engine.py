@@ -7,11 +7,8 @@ local: the tf.data pipeline and the model in this process. ray: Ray Data actors 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
-import itertools
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -19,11 +16,11 @@ from typing import Protocol
 import numpy as np
 
 from . import timeline
+from .batches import Batch, failure_reason
 from .config import DecodeOptions, Settings
+from .importing import tensorflow
 from .inputs import Input, fetched
-from .model import LoadedModel, ModelSpec, load_model, tensorflow
-
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions, embeddings of the ok, ok
+from .model import LoadedModel, ModelSpec, load_model
 
 
 class Engine(Protocol):
@@ -106,65 +103,6 @@ class LocalEngine:
 
     def close(self) -> None:
         pass
-
-
-def direct_batches(
-    inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
-) -> Iterator[Batch]:
-    """The batches `LocalEngine.batches` gives, decoded without a tf.data pipeline: the same
-    decode function (efx.decode.pipeline.file_decoder) called on a few threads, in order. A
-    pipeline instantiates its decode function anew for every iterator (0.5-0.7 s measured);
-    a process that answers many small requests (efx serve) keeps one instantiation."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from . import sources
-    from .decode.pipeline import file_decoder
-
-    decode = file_decoder(options)
-
-    def image(inp: Input, data: bytes | BaseException) -> np.ndarray | None:
-        if isinstance(data, BaseException):
-            return None
-        return decode(b"" if fetched(inp) else os.fsencode(inp.path), data)
-
-    pending: collections.deque[Future[np.ndarray | None]] = collections.deque()
-    ahead = 2 * loaded.batch_size  # decoded ahead of the model, as the pipeline's prefetch
-    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-        read = zip(inputs, sources.read_inputs(inputs), strict=True)
-        for start in range(0, len(inputs), loaded.batch_size):
-            stop = min(len(inputs), start + loaded.batch_size)
-            for inp, data in itertools.islice(read, stop + ahead - start - len(pending)):
-                pending.append(pool.submit(image, inp, data))
-            images = [pending.popleft().result() for _ in range(stop - start)]
-            ok = np.array([one is not None for one in images])
-            found = [one for one in images if one is not None]
-            embeddings = (
-                loaded.embed(np.stack(found))
-                if found
-                else np.zeros([0, loaded.feature_dim], np.float32)
-            )
-            yield np.arange(start, stop), embeddings, ok
-
-
-def failure_reason(inp: Input, options: DecodeOptions) -> str:
-    """Why an input the pipeline dropped could not be embedded: read and decoded again, alone,
-    to say so (efx.decode.pipeline.failure_reason). Rare: only failed inputs come here."""
-    from . import sources
-    from .decode.pipeline import failure_reason as decoding_failure
-
-    if not fetched(inp):
-        return decoding_failure(inp.path, options)
-    data = sources.read_one(inp)
-    if inp.member is None:  # an object by URL: its reasons are a file's
-        if isinstance(data, OSError):
-            from .decode.reasons import os_reason
-
-            return os_reason(data)
-        if not data:
-            return "empty file"
-    if isinstance(data, BaseException):
-        return sources.read_reason(data)
-    return decoding_failure(inp.key, options, data)
 
 
 def _import_decoders() -> None:

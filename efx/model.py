@@ -14,7 +14,6 @@ import json
 import os
 import tarfile
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 from . import files, timeline
 from .errors import EfxError
+from .importing import tensorflow
 
 STANDIN_MARKER = "efx_standin.json"
 
@@ -157,20 +157,6 @@ def load_model(
                 notes.append(f"using TensorFlow for the model, not OpenVINO: {why}")
             wanted = replace(wanted, batch_size=batch_size or DEFAULT_BATCH_SIZE[device])
     return _load_tensorflow(folder, wanted, device, notes)
-
-
-_TENSORFLOW = threading.Lock()
-
-
-def tensorflow() -> Any:
-    """`import tensorflow`, by one thread at a time. efx imports it in a thread of its own
-    while the model loads (efx.engine); two threads inside TensorFlow's __init__ at once can
-    meet each other's partly imported modules (Python's import locks break the cycle by handing
-    one of them a module without its attributes): every other import of TensorFlow while that
-    thread may run (a GPU to list, a handle to resolve, a conversion) comes through here."""
-    with _TENSORFLOW:
-        import tensorflow as tf
-    return tf
 
 
 def _device() -> str:

@@ -156,9 +156,9 @@ def _converted(ov: Any, folder: str, cache_root: str) -> tuple[Any, str | None]:
             return model, None
         note = f"the cached OpenVINO conversion of this model ({target}) {damage}: converted again"
         shutil.rmtree(target, ignore_errors=True)
-    from .model import tensorflow
+    from .importing import tensorflow
 
-    tensorflow()  # what the conversion imports, one thread at a time (efx.model.tensorflow)
+    tensorflow()  # what the conversion imports, one thread at a time (efx.importing.tensorflow)
     try:
         model = ov.convert_model(folder)
     except Exception as error:  # noqa: BLE001 - conversion errors come in many types

@@ -129,7 +129,7 @@ class RayEngine:
             yield batch["index"].astype(np.int64), batch["embedding"][ok], ok
 
     def reason(self, inp: Input, options: DecodeOptions) -> str:
-        from .engine import failure_reason  # (read and decoded again here, by the driver)
+        from .batches import failure_reason  # (read and decoded again here, by the driver)
 
         return failure_reason(inp, options)
 

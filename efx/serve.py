@@ -62,7 +62,7 @@ def socket_path() -> str | None:
 def build() -> str:
     """This efx: its version and its files' sizes and dates (an edited or upgraded efx is
     another efx: a server running the old one is stale)."""
-    from . import __version__
+    from .version import __version__
 
     digest = hashlib.sha1(__version__.encode())
     files.digest_tree(digest, os.path.dirname(os.path.abspath(__file__)))
@@ -306,7 +306,7 @@ class _Connection(socketserver.BaseRequestHandler):
                         self._embed(sock, header)
 
     def _embed(self, sock: socket.socket, request: dict[str, Any]) -> None:
-        from .engine import direct_batches, failure_reason
+        from .batches import direct_batches, failure_reason
 
         inputs = [_unwire(item) for item in request["inputs"]]
         try:
@@ -414,7 +414,7 @@ def warm_up(loaded: LoadedModel) -> None:
     does: one small PNG decoded with the default decode settings, and embedded."""
     from PIL import Image
 
-    from .engine import direct_batches
+    from .batches import direct_batches
 
     with tempfile.TemporaryDirectory(prefix="efx-serve-") as scratch:
         image = os.path.join(scratch, "warm-up.png")
