@@ -65,6 +65,15 @@ class _Group(click.Group):
         return result
 
 
+def _show(result: Any, as_json: bool, text: Callable[[], None] | None = None) -> None:
+    """A command's result on stdout: with --json one JSON object (`result`, or its
+    `to_dict()`), and nothing else there; otherwise the command's own lines (`text`), if any."""
+    if as_json:
+        _print(to_json(result.to_dict() if hasattr(result, "to_dict") else result))
+    elif text is not None:
+        text()
+
+
 def _print(text: str) -> None:
     """A line on stdout. Once the reader has gone (`| head`), the rest is dropped quietly and
     the command carries on with what else it was asked to do, then exits 141."""
@@ -404,8 +413,7 @@ def extract(
     except Interrupted as stop:
         _say_interrupted(stop, settings["resume"] or settings["update"], "-" in sources)
         sys.exit(EXIT_INTERRUPTED)
-    if as_json:
-        _print(to_json(summary.to_dict()))
+    _show(summary, as_json)
     if not quiet:
         _report(summary)
     if strict and summary.failed:
@@ -530,9 +538,10 @@ def info(output: str, as_json: bool) -> None:
     from .api import info as describe
 
     details = describe(output)
-    if as_json:
-        _print(to_json(details))
-        return
+    _show(details, as_json, lambda: _print_info(details))
+
+
+def _print_info(details: dict[str, Any]) -> None:
     get = details.get
     rows = [
         ("output", f"{details['output']} ({details['format']})"),
@@ -627,14 +636,7 @@ def similar(
     _check_sheet(html_path)
     with native_logs_hidden(verbose):
         results = run_similar(output, queries, k, verbose=verbose)
-    if as_json:
-        _print(to_json(results))
-    else:
-        for result in results:
-            for hit in result["hits"]:
-                gone = "" if hit["exists"] else "\tmissing"
-                query, path = escape(result["query"]), escape(hit["path"])
-                _print(f"{query}\t{hit['rank']}\t{path}\t{hit['similarity']:.4f}{gone}")
+    _show(results, as_json, lambda: _print_hits(results))
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.similar_page(results, output, warning)
     )
@@ -699,7 +701,7 @@ def serve(socket_path: str | None, verbose: bool, **settings: Any) -> None:
 )
 @html_option
 @json_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+@quiet_option
 @storage_option
 def duplicates(
     output: str, threshold: float | None, html_path: str | None, as_json: bool, quiet: bool
@@ -720,14 +722,7 @@ def duplicates(
 
     _check_sheet(html_path)
     report = run_duplicates(output, threshold, progress=not quiet and sys.stderr.isatty())
-    if as_json:
-        _print(to_json(report))
-    else:
-        for number, group in enumerate(report["groups"], start=1):
-            for member in group["members"]:
-                gone = "" if member["exists"] else "\tmissing"
-                path = escape(member["path"])
-                _print(f"{number}\t{member['similarity']:.4f}\t{path}{gone}")
+    _show(report, as_json, lambda: _print_groups(report))
     _sheet_and_warning(
         output, html_path, lambda warning: sheet.duplicates_page(report, output, warning)
     )
@@ -791,8 +786,7 @@ def merge(parts: tuple[str, ...], output: str, as_json: bool, quiet: bool, **opt
     from .parts import merge as run_merge
 
     summary = run_merge(parts, output, **options)
-    if as_json:
-        _print(to_json(summary.to_dict()))
+    _show(summary, as_json)
     if not quiet:
         click.echo(
             f"efx: merged {summary.parts} parts: {summary.embedded} embedded, "
@@ -822,8 +816,7 @@ def convert(source: str, output: str, as_json: bool, quiet: bool, **options: Any
     from .parts import convert as run_convert
 
     summary = run_convert(source, output, **options)
-    if as_json:
-        _print(to_json(summary.to_dict()))
+    _show(summary, as_json)
     if summary.dropped:
         click.echo(
             f"efx: note: {summary.format} holds no columns beyond the embeddings: "
@@ -913,10 +906,24 @@ def bench(
             sources, Settings(**settings), backend=backend, count=count, size=(width, height),
             rounds=rounds, stdin=sys.stdin.buffer if "-" in sources else None, progress=progress,
         )  # fmt: skip
-    if as_json:
-        _print(to_json(report.to_dict()))
-        return
-    _print_bench(report)
+    _show(report, as_json, lambda: _print_bench(report))
+
+
+def _print_hits(results: list[dict[str, Any]]) -> None:
+    """efx similar's lines: query, rank, path, similarity (and `missing`), tab-separated."""
+    for result in results:
+        for hit in result["hits"]:
+            gone = "" if hit["exists"] else "\tmissing"
+            query, path = escape(result["query"]), escape(hit["path"])
+            _print(f"{query}\t{hit['rank']}\t{path}\t{hit['similarity']:.4f}{gone}")
+
+
+def _print_groups(report: dict[str, Any]) -> None:
+    """efx duplicates' lines: group, similarity to its first image, path (and `missing`)."""
+    for number, group in enumerate(report["groups"], start=1):
+        for member in group["members"]:
+            gone = "" if member["exists"] else "\tmissing"
+            _print(f"{number}\t{member['similarity']:.4f}\t{escape(member['path'])}{gone}")
 
 
 def _print_bench(report: Any) -> None:
