@@ -28,6 +28,7 @@ from .discover import check_sources, find_files
 from .engine import Batch, Engine, open_engine
 from .errors import EfxError
 from .facts import Facts
+from .formats import FORMATS
 from .inputs import Input
 from .model import DEFAULT_MODEL, LoadedModel, ModelSpec, check_precision, resolve_model
 
@@ -282,7 +283,7 @@ def plan_run(
     sources = [sources] if isinstance(sources, str) else list(sources)
     check_sources(sources)
     fmt = writers.format_for(output, settings.format)
-    if settings.keep_columns and fmt != "parquet":
+    if settings.keep_columns and not FORMATS[fmt].columns:
         raise EfxError(
             "--keep-columns carries source columns into a Parquet output (OUTPUT ending in "
             f".parquet, or --format parquet). Received: OUTPUT {output} ({fmt})"

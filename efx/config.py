@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import EfxError
+from .formats import NAMES
 
 # squash: stretch to the square (the TF-Hub convention); crop: centre square of the shorter
 # side; pad: fit inside the square and pad with black.
@@ -34,9 +35,9 @@ BACKENDS = ("auto", "tensorflow", "openvino")
 # Ray Data (the same decode function and model code, run by Ray workers).
 ENGINES = ("local", "ray")
 
-# hdf5, parquet and npy: files on disk; jsonl and arrow: records streamed to stdout (OUTPUT -).
-# (efx.writers.WRITERS has a writer for each; kept here too so that --help imports no writer.)
-FORMATS = ("hdf5", "parquet", "npy", "jsonl", "arrow")
+# hdf5, parquet and npy: files on disk; jsonl and arrow: records streamed to stdout (OUTPUT -):
+# the registry's names (efx.formats, which --help reads without importing a writer).
+FORMATS = NAMES
 
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.

@@ -16,6 +16,7 @@ from . import remote, writers
 from . import resume as resume_
 from .config import DEFAULT_SHARD_SIZE, check_positive, parse_part
 from .errors import EfxError
+from .formats import FORMATS
 from .names import escape
 from .writers import bucket
 
@@ -128,8 +129,8 @@ def convert(
         for k, v in described.items()
         if k not in (*layout, "parts", "file_facts", "shard_size")
     }
-    dropped = [] if fmt == "parquet" else writers.columns_of(source)
-    if fmt != "parquet":
+    dropped = [] if FORMATS[fmt].columns else writers.columns_of(source)
+    if not FORMATS[fmt].columns:
         attrs.pop("keep_columns", None)
         attrs.pop("keep_column_types", None)
     try:

@@ -29,20 +29,15 @@ import numpy as np
 from ..config import DEFAULT_SHARD_SIZE
 from ..errors import EfxError
 from ..facts import Facts
-from . import hdf5, npy, parquet, stream
+from ..formats import DEFAULT_STREAM, FILE_FORMATS, NAMES, STREAM_FORMATS, named_by
+from ..formats import FORMATS as REGISTRY
+from . import hdf5, npy, parquet
 from .stream import STDOUT
 
-WRITERS = {
-    "hdf5": hdf5.Hdf5Writer,
-    "npy": npy.NpyWriter,
-    "parquet": parquet.ParquetWriter,
-    "jsonl": stream.JsonLinesWriter,
-    "arrow": stream.ArrowStreamWriter,
-}
-FORMATS = tuple(WRITERS)
-FILE_FORMATS = ("hdf5", "npy", "parquet")  # an OUTPUT on disk
-STREAM_FORMATS = ("jsonl", "arrow")  # OUTPUT - (stdout)
-_MODULES: dict[str, Any] = {"hdf5": hdf5, "npy": npy, "parquet": parquet}
+# Every list of formats comes from the registry (efx.formats).
+WRITERS = {name: f.writer_class() for name, f in REGISTRY.items()}
+FORMATS = NAMES
+_MODULES: dict[str, Any] = {name: REGISTRY[name].code() for name in FILE_FORMATS}
 
 
 class Writer(Protocol):
@@ -71,17 +66,13 @@ def format_for(output: str, override: str | None = None) -> str:
                 f"OUTPUT - is standard output, which takes --format {' or '.join(STREAM_FORMATS)}"
                 f". Received: --format {override}"
             )
-        return override or "jsonl"
+        return override or DEFAULT_STREAM
     if override in STREAM_FORMATS:
         raise EfxError(
             f"--format {override} streams to standard output: give - as OUTPUT. "
             f"Received: OUTPUT {output}"
         )
-    if override:
-        return override
-    if output.lower().endswith((".h5", ".hdf5")):
-        return "hdf5"
-    return "parquet" if output.lower().rstrip("/").endswith(".parquet") else "npy"
+    return override or named_by(output)
 
 
 def check_output(output: str, fmt: str, overwrite: bool, resumable: bool = False) -> None:

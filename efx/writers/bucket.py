@@ -37,8 +37,9 @@ from typing import Any
 from .. import remote
 from ..errors import EfxError
 from ..files import write_atomically
+from ..formats import FOLDER_FORMATS, FORMATS
 
-MANIFESTS = {"npy": "manifest.json", "parquet": ".efx/manifest.json"}
+MANIFESTS = {name: FORMATS[name].manifest for name in FOLDER_FORMATS}  # (efx.formats)
 SYNC_SECONDS = 60.0  # the longest the bucket lags the working copy while a run writes
 _POLL_SECONDS = 1.0
 SYNC_STATE = ".sync.json"  # beside the working copy (never uploaded)
