@@ -146,15 +146,15 @@ def time_pipeline(
 ) -> float:
     """Images/s of `efx extract`'s streaming phase on `paths` (image files, or inputs of any
     source), set-up included: read, decode, resize, model, HDF5 writer."""
-    from .api import _Feed, stream
     from .reuse import embed_all
+    from .run.loop import Feed, stream
 
     output = os.path.join(work, "pipeline.h5")
     attrs = {"feature_dim": loaded.feature_dim}
     inputs = [loose(p) if isinstance(p, str) else p for p in paths]
     writer = writers.open_writer("hdf5", output, attrs, inputs=[i.key for i in inputs])
     start = time.perf_counter()
-    feed = _Feed(LocalEngine(), options, loaded)
+    feed = Feed(LocalEngine(), options, loaded)
     embedded, _ = stream(inputs, embed_all(len(inputs)), [], writer, _NoBar(), feed)
     writer.close()
     images_per_second = embedded / (time.perf_counter() - start)

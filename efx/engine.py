@@ -1,6 +1,6 @@
 """Engines: where decoding and the model run. Each loads the model and turns a list of inputs
 (efx.inputs) into batches of (positions in the list, embeddings of the images that decoded, ok
-flags), in input order; `api.stream` writes them, whichever engine made them.
+flags), in input order; `efx.run.loop.stream` writes them, whichever engine made them.
 
 local: the tf.data pipeline and the model in this process. ray: Ray Data actors (ray_engine.py).
 """

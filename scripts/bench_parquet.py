@@ -2,7 +2,7 @@
 
 Part 1, writing: 100,000 rows (--rows) of 2,304 float32 (--dim, as B6 has) through each writer
 (hdf5, npy, parquet) in blocks of 64 rows (efx's batch), flush() after each block and
-flush(sync=True) every efx.api.SYNC_ROWS rows, as efx does; each run in a fresh process. The rows
+flush(sync=True) every efx.run.loop.SYNC_ROWS rows, as efx does; each run in a fresh process. The rows
 are synthetic, shaped like pooled swish features (B6's): dense, non-negative, mostly small with a
 long tail, each near one of 1,000 cluster centres (so that a row has real nearest neighbours);
 made block by block from a fixed seed, never all held. Reported: seconds inside the writer,
@@ -131,7 +131,7 @@ def peak_mib() -> float:
 def write_rows(fmt: str, output: str, dim: int, rows: int, block_of: Any, shard_size: int) -> float:
     """Seconds inside the writer for `rows` rows, 64 at a time, flushed as efx flushes."""
     from efx import writers
-    from efx.api import SYNC_ROWS
+    from efx.run.loop import SYNC_ROWS
 
     attrs = {"feature_dim": dim, "model": "synthetic"}
     inside = time.perf_counter()
@@ -176,7 +176,7 @@ def remove(output: str) -> None:
 
 def child_write(spec: dict[str, Any]) -> dict[str, Any]:
     from efx import writers  # noqa: F401  (imported before "base", as below)
-    from efx.api import SYNC_ROWS  # noqa: F401
+    from efx.run.loop import SYNC_ROWS  # noqa: F401
 
     if spec["fmt"] == "parquet":
         from efx.writers import parquet

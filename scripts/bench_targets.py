@@ -30,12 +30,14 @@ import numpy as np  # noqa: E402
 from make_photos import make_photos  # noqa: E402
 
 from efx import writers  # noqa: E402
-from efx.api import stream  # noqa: E402
 from efx.bench import _model_alone, _NoBar, time_pipeline  # noqa: E402
 from efx.config import DecodeOptions  # noqa: E402
 from efx.discover import find_images  # noqa: E402
 from efx.engine import LocalEngine  # noqa: E402
+from efx.inputs import loose  # noqa: E402
 from efx.model import load_model, resolve_model  # noqa: E402
+from efx.reuse import embed_all  # noqa: E402
+from efx.run.loop import Feed, stream  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +51,9 @@ def embed_to(loaded, paths: list[str], output: str, scaling: bool) -> None:
     options = DecodeOptions(loaded.image_size, jpeg_scaling=scaling)
     attrs = {"feature_dim": loaded.feature_dim}
     writer = writers.open_writer("hdf5", output, attrs, inputs=paths)
-    stream(paths, "hdf5", options, loaded, writer, _NoBar(), LocalEngine())
+    inputs = [loose(path) for path in paths]
+    feed = Feed(LocalEngine(), options, loaded)
+    stream(inputs, embed_all(len(inputs)), [], writer, _NoBar(), feed)
     writer.close()
 
 

@@ -176,8 +176,11 @@ def main() -> None:
         action="store_true",
         help="96-image runs on TensorFlow too (about 2 minutes each here)",
     )
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help="openvino,tensorflow (TensorFlow's runs take minutes each here)")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="openvino,tensorflow (TensorFlow's runs take minutes each here)",
+    )
     parser.add_argument("--out", default=None, help="write every measurement here (JSON)")
     args = parser.parse_args()
     globals()["BACKENDS"] = tuple(args.backends.split(","))  # (read by the functions below)

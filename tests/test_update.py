@@ -425,15 +425,15 @@ def test_a_file_that_changes_while_it_is_embedded_is_stored_without_its_hash(tre
     """Its hash was taken before the model read it: the row may be of other bytes, so the row
     keeps no hash and the next update embeds the file again."""
     from efx import reuse
-    from efx.api import _Step
     from efx.inputs import loose
+    from efx.run.loop import Step
 
     paths = [os.path.join(tree, "a", "img-00.jpg"), os.path.join(tree, "a", "img-03.jpg")]
     inputs = [loose(path) for path in paths]
     work = reuse.plan(inputs, [], unstorable={})
     assert [f.sha256 != "" for f in work.facts] == [True, True]
     write_photo(paths[1], 900)  # changed after it was hashed, before its row is written
-    stored = _Step(inputs, work, 0, 2, None).facts(np.arange(2))
+    stored = Step(inputs, work, 0, 2, None).facts(np.arange(2))
     assert stored[0] == work.facts[0]
     assert stored[1].sha256 == "" and stored[1].size == work.facts[1].size
 

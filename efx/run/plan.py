@@ -1,0 +1,258 @@
+"""Planning a run, before any model loads: sources -> files -> this run's part -> inputs
+(shards listed) -> what an earlier output holds -> per input, copy or embed (efx.reuse).
+Every check that needs no model is made here; TensorFlow is not imported."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any, BinaryIO
+
+from .. import facts as facts_
+from .. import process, reuse, writers
+from .. import resume as resume_
+from .. import sources as sources_
+from ..config import Settings
+from ..discover import check_sources, find_files
+from ..errors import EfxError
+from ..facts import Facts
+from ..formats import FORMATS
+from ..inputs import Input
+from ..model import DEFAULT_MODEL, check_precision, resolve_model
+from .planned import Plan
+from .record import planned_attrs
+
+
+def plan_run(
+    sources: str | Iterable[str],
+    output: str,
+    settings: Settings,
+    stdin: BinaryIO | None,
+    progress: bool = False,
+    on_note: Callable[[str], None] | None = None,
+) -> Plan:
+    """Every check that needs no model, then the inputs of this run, what of them an
+    interrupted output already holds (--resume), and what each input needs (efx.reuse):
+    copied from an earlier output, or embedded."""
+    started = time.monotonic()
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    check_sources(sources)
+    fmt = writers.format_for(output, settings.format)
+    if settings.keep_columns and not FORMATS[fmt].columns:
+        raise EfxError(
+            "--keep-columns carries source columns into a Parquet output (OUTPUT ending in "
+            f".parquet, or --format parquet). Received: OUTPUT {output} ({fmt})"
+        )
+    state = None
+    if settings.resume or settings.update:
+        state = existing_state(output, fmt, "update" if settings.update else "resume")
+    if state is None or settings.update:
+        writers.check_output(output, fmt, settings.overwrite or state is not None, True)
+    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    check_precision(settings.precision, settings.backend)
+    with interrupted_while(output, "listing the images"):
+        everything = find_files(sources, stdin=stdin, null=settings.null)
+    if not everything:
+        raise EfxError(f"no images found in {', '.join(sources)} ({_NOTHING_HERE})")
+    index, count = settings.part_of
+    files_ = resume_.select_part(everything, index, count)  # whole files: shards stay whole
+    plan = Plan(
+        output, fmt, spec, f"{index}/{count}", len(everything), [], state, target=output,
+        shard_options=_shard_options(settings, state),
+    )  # fmt: skip
+    if state is not None:
+        planned = planned_attrs(plan, settings)
+        resume_.check_settings(output, state["attrs"], planned, True, settings.update)
+    if settings.resume and state is not None and state["complete"]:
+        return plan  # nothing to do: not even the shards are listed
+    earlier = earlier_sources(plan, settings, on_note) if settings.update else []
+    with interrupted_while(output, "reading the shards"):
+        inputs = _list_inputs(
+            plan, files_, settings, earlier[:1] if state else [], on_note, progress
+        )
+    if not inputs and count == 1:  # (a part of a few large shards may well be empty)
+        raise EfxError(
+            f"no images found in {', '.join(sources)}: the shards there hold no samples (an "
+            "empty tar, Parquet or TFRecord file), or only metadata"
+        )
+    if count == 1:  # (one part may hold no shard, or only some of the columns' sources)
+        _check_kept_columns(plan.shard_options.keep_columns, inputs)
+    plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
+    if settings.resume and state is not None:
+        done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
+        plan = replace(plan, done=done, keep=(rows, failures))
+    todo = plan.inputs[plan.done :]
+    unstorable = {i: w for i, inp in enumerate(todo) if (w := writers.unstorable(fmt, inp.key))}
+    with interrupted_while(output, "reading the files"):
+        work = reuse.plan(
+            todo, earlier, unstorable=unstorable, checksum=settings.checksum,
+            retry_failed=settings.retry_failed, hash_files=_hashing(progress),
+        )  # fmt: skip
+    target = reuse.scratch_name(output) if settings.update else output
+    return replace(
+        plan, work=work, sources=earlier, target=target,
+        checked_seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+_NOTHING_HERE = (
+    "folders are searched for .jpg .jpeg .jpe .png .gif .bmp .webp files and for .tar .tgz "
+    ".tar.gz .parquet .tfrecord .tfrecords .tfrecord.gz shards"
+)
+
+
+def _check_kept_columns(names: tuple[str, ...], inputs: list[Input]) -> None:
+    """--keep-columns names what the shards read in this run hold (a typo would give a column
+    of nulls)."""
+    read = [inp for inp in inputs if inp.member is not None]
+    if not names or any(inp.kept for inp in inputs):
+        return  # an update keeping unread shards: the output it updates was checked
+    if not read:
+        raise EfxError(
+            "--keep-columns carries columns of shards (WebDataset tar, Parquet, TFRecord) into "
+            f"the output: these sources hold only image files. Received: {', '.join(names)}"
+        )
+    missing = [n for n in names if not any(inp.columns and n in inp.columns for inp in read)]
+    if missing:
+        raise EfxError(
+            f"--keep-columns: no sample in the shards has {', '.join(missing)} (a Parquet "
+            "shard's columns, a WebDataset sample's member extensions such as txt or json, a "
+            f"TFRecord's bytes features). Received: {', '.join(names)}"
+        )
+
+
+def _shard_options(settings: Settings, state: dict[str, Any] | None) -> sources_.ShardOptions:
+    """What decides a shard's image: as asked, else as the output to continue records (as
+    --image-size is)."""
+    stored = state["attrs"] if state is not None else {}
+    return sources_.ShardOptions(
+        settings.image_column or stored.get("image_column"),
+        settings.image_key or stored.get("image_key"),
+        settings.keep_columns or tuple(stored.get("keep_columns") or ()),
+    )
+
+
+def _list_inputs(
+    plan: Plan,
+    files_: list[tuple[str, bool]],
+    settings: Settings,
+    output: list[reuse.Source],
+    on_note: Callable[[str], None] | None,
+    progress: bool,
+) -> list[Input]:
+    """The inputs of `files_`: shards listed (and their images hashed) by efx.sources, those
+    that OUTPUT holds unchanged (--update) taken from it unread."""
+    from tqdm import tqdm
+
+    kept = reuse.kept_shards(
+        output[0] if output else None, settings.checksum, settings.retry_failed
+    )
+    options = plan.shard_options
+    with tqdm(
+        unit="shard", desc="efx: reading shards", disable=not progress, file=sys.stderr,
+        dynamic_ncols=True, leave=False, delay=1.0,
+    ) as bar:  # fmt: skip
+        return sources_.list_inputs(files_, options, kept, on_note, bar.update)
+
+
+def check_stream(settings: Settings) -> None:
+    """What OUTPUT - (standard output) cannot do: whatever needs an output to read back."""
+    needs_file = {
+        "--resume": (settings.resume, "continues an output it reads back"),
+        "--update": (settings.update, "compares with an output it reads back"),
+        "--shard": (settings.part is not None, "writes parts that efx merge reads back"),
+        "--overwrite": (settings.overwrite, "replaces an output file"),
+    }
+    for flag, (given, why) in needs_file.items():
+        if given:
+            raise EfxError(
+                f"{flag} {why}: it needs an OUTPUT file, not - (standard output). "
+                f"Write to out.h5 or a folder instead."
+            )
+    if getattr(sys.stdout, "buffer", None) is None:  # a notebook's stdout takes text only
+        raise EfxError(
+            "OUTPUT - writes the rows to standard output as bytes, and this one takes text "
+            "only (a notebook?): write OUTPUT to a file and read it with efx.load"
+        )
+
+
+@contextlib.contextmanager
+def interrupted_while(output: str, doing: str) -> Iterator[None]:
+    """A Ctrl-C (or SIGTERM) during planning: nothing was written; say what was under way."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise process.Interrupted(output, wrote=False, phase=doing) from None
+
+
+def _hashing(progress: bool) -> Callable[..., list[Facts]]:
+    """efx.facts.hash_files, with a bar on stderr when there are many files to read."""
+
+    def hash_files(paths: Sequence[str], heads: list[bytes | None] | None = None) -> list[Facts]:
+        from tqdm import tqdm
+
+        show = progress and len(paths) >= 200
+        with tqdm(
+            total=len(paths), unit="file", desc="efx: reading", disable=not show,
+            file=sys.stderr, dynamic_ncols=True, leave=False,
+        ) as bar:  # fmt: skip
+            return facts_.hash_files(paths, bar.update, heads)
+
+    return hash_files
+
+
+def earlier_sources(
+    plan: Plan, settings: Settings, on_note: Callable[[str], None] | None
+) -> list[reuse.Source]:
+    """The outputs --update may copy rows from: OUTPUT first, then what killed updates left
+    beside it (`OUTPUT.updating-N`: rows computed before the kill), if made with the same
+    settings. One that cannot be read is skipped (and removed once the update is done)."""
+    found = []
+    if plan.state is not None:
+        found.append(_source(plan.output, plan.state, on_note))
+    planned = planned_attrs(plan, settings)
+    for leftover in reuse.leftovers(plan.output):
+        try:
+            state = writers.read_state(leftover, facts=True)
+        except (EfxError, OSError, ValueError, KeyError):
+            continue
+        keys = resume_.before_keys(planned, update=True)
+        if not resume_.mismatches(state["attrs"], planned, keys):
+            found.append(_source(leftover, state, None))
+    return found
+
+
+def _source(
+    output: str, state: dict[str, Any], on_note: Callable[[str], None] | None
+) -> reuse.Source:
+    trusted = None
+    if not state["has_facts"]:
+        trusted = reuse.trusted_before(state["attrs"])
+        if on_note is not None:
+            since = state["attrs"].get("created", "its start")
+            on_note(
+                f"{output} was written by efx {state['attrs'].get('efx_version', '< 0.4')}, "
+                "which did not record each file's size, date and checksum: efx reads every "
+                "file once to record them, keeping the rows of files not modified since "
+                f"{since} and embedding the others again"
+            )
+    return reuse.Source(
+        output, state["paths"], state["facts"], state["failed"], state["failed_facts"],
+        state["reasons"], trusted, state["attrs"],
+    )  # fmt: skip
+
+
+def existing_state(output: str, fmt: str, verb: str) -> dict[str, Any] | None:
+    """The state of the output to continue or update, or None when there is none yet."""
+    if not os.path.lexists(output):
+        return None
+    if os.path.isdir(output) and not os.listdir(output):
+        return None
+    found = writers.detect_format(output)
+    if found != fmt:
+        raise EfxError(f"cannot {verb} {output}: it is {found} output, not {fmt}")
+    return writers.read_state(output, facts=verb == "update")
