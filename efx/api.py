@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import files, process, remote, reuse, timeline, writers
+from . import process, remote, timeline, writers
 from . import resume as resume_
 from .config import Settings
 from .engine import Engine, open_engine
@@ -29,7 +29,7 @@ from .run.plan import check_stream, interrupted_while, plan_run
 from .run.planned import Plan
 from .run.record import earlier_attrs, output_attrs
 from .run.summary import Summary, already_complete, summarise
-from .run.update import one_update_at_a_time, same_rows, update_in_place
+from .run.update import one_update_at_a_time, same_rows, swap_in_new, update_in_place
 
 
 def extract(
@@ -78,8 +78,7 @@ def extract(
             return update_in_place(plan, settings, started)
         loaded, counts, loaded_at = _embed(plan, settings, progress, on_note, verbose)
         if settings.update:
-            files.swap_in(plan.target, output)
-            reuse.remove_leftovers(output)
+            swap_in_new(plan)
         timeline.mark("written")
         return summarise(plan, settings, loaded, counts, [started, loaded_at, time.monotonic()])
 

@@ -59,6 +59,13 @@ def update_in_place(plan: Plan, settings: Settings, started: float) -> Summary:
     return summarise(plan, settings, None, kept, clock, up_to_date=up_to_date)
 
 
+def swap_in_new(plan: Plan) -> None:
+    """The updated OUTPUT, built beside it (`plan.target`), put in its place at once; then
+    what earlier stopped updates left is removed (efx.files.swap_in, efx.reuse)."""
+    files.swap_in(plan.target, plan.output)
+    reuse.remove_leftovers(plan.output)
+
+
 def _refresh_facts(plan: Plan) -> None:
     """Record the new facts of an output's own rows and failures (see `same_rows`)."""
     assert plan.work is not None
