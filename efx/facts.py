@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from . import files, remote
+from .decode.reasons import HEAD_BYTES  # (what tells a format)
 
 # Files are hashed by this many threads: hashlib releases the GIL, and reads overlap.
 HASH_THREADS = max(2, min(8, os.cpu_count() or 2))
@@ -24,7 +25,6 @@ HASH_THREADS = max(2, min(8, os.cpu_count() or 2))
 # (measured, 2,000 objects with 50 ms per request: 2 threads took 100 s to hash them).
 URL_HASH_THREADS = 32
 _READ_BYTES = 1 << 20
-HEAD_BYTES = 64  # (efx.decode.reasons.HEAD_BYTES: what tells a format)
 
 
 class Facts(NamedTuple):

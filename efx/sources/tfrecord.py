@@ -63,16 +63,12 @@ def looks_like_tfrecord(head: bytes) -> bool:
 def looks_like_zlib_tfrecord(head: bytes) -> bool:
     """A zlib stream (TFRecordOptions(compression_type="ZLIB")) whose first bytes, inflated,
     are a TFRecord record's length and its CRC-32C."""
-    if not is_zlib(head) or looks_like_tfrecord(head):
-        return False
-    try:
-        return looks_like_tfrecord(zlib.decompressobj().decompress(head, 12))
-    except zlib.error:
-        return False
+    plain = looks_like_tfrecord(head)
+    return is_zlib(head) and not plain and looks_like_tfrecord(inflated(head))
 
 
 def inflated(head: bytes) -> bytes:
-    """`head`, inflated if it is a zlib stream's start (what is left of it otherwise)."""
+    """The first bytes `head` inflates to, if it is a zlib stream's start; else `head`."""
     if not is_zlib(head):
         return head
     try:
