@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STANDIN ?= .cache/standin-b6
 
-.PHONY: help install browser test demo lint bench clean
+.PHONY: help install browser test check demo lint bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,6 +25,15 @@ browser:  ## Chromium (contact-sheet tests) and jq (README recipes): Debian's pa
 
 test: install browser  ## Run the whole test suite
 	$(VENV)/bin/pytest -n 2 --dist loadgroup --durations=10
+
+# In-process tests of every stage but the slow ones (kill -9, Ray, servers, the B6 stand-in):
+# under 2 minutes on 2 cores, for the edit-test loop. CI runs the whole suite.
+CHECK_TESTS = tests/test_formats.py tests/test_datasets_as_written.py tests/test_discover.py \
+	tests/test_writers.py tests/test_names.py tests/test_decode.py tests/test_search.py \
+	tests/test_inputs.py tests/test_cli.py
+
+check: install  ## A quick part of the suite (about 100 s): decoding, sources, writers, search, CLI
+	$(VENV)/bin/pytest -n 2 -q $(CHECK_TESTS)
 
 lint: install  ## Ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check efx tests
