@@ -364,8 +364,9 @@ def extract(
 
     SOURCE is a folder (searched recursively for .jpg .jpeg .jpe .png .gif .bmp .webp images
     and .tar .tgz .tar.gz .parquet .tfrecord(s) shards, in sorted order), an image file, a shard (a
-    WebDataset tar, a Parquet file with an image column, a TFRecord file of tf.train.Example:
-    told by content; each image in it is a row named SHARD/KEY), or - to read such paths from
+    WebDataset tar, a Parquet file with an image column (or a list of images per row), a
+    TFRecord file of tf.train.Example or SequenceExample, plain, GZIP or ZLIB: told by content;
+    each image in it is a row named SHARD/KEY), or - to read such paths from
     stdin, one per line. OUTPUT ending
     in .h5 or .hdf5 is an HDF5 file; ending in .parquet, a folder of Parquet files that pandas,
     Polars, DuckDB and Hugging Face datasets read as one table; - streams the rows to stdout as
