@@ -45,6 +45,22 @@ def assert_same_output(local: str, remote: str, scale_tolerance: float = 1e-6) -
     np.testing.assert_allclose(ray_rows, local_rows, rtol=0, atol=scale_tolerance)
 
 
+def embed_locally_and_on_ray(
+    sources: list[str], model: str, tmp_path, counts: tuple[int, int]
+) -> str:
+    """`sources` embedded by both engines, each with `counts` (embedded, failed), into outputs
+    that must be the same; the Ray engine's output."""
+    outputs = {}
+    for engine in ("local", "ray"):
+        outputs[engine] = str(tmp_path / f"{engine}.h5")
+        summary = efx.extract(
+            sources, outputs[engine], model=model, image_size=64, batch_size=4, engine=engine
+        )
+        assert (summary.embedded, summary.failed) == counts
+    assert_same_output(outputs["local"], outputs["ray"])
+    return outputs["ray"]
+
+
 @pytest.mark.parametrize("fmt", ["h5", "npy", "parquet"])
 def test_ray_engine_writes_what_the_local_engine_writes(
     ray_instance, tiny_model, mixed_dir, tmp_path, fmt
@@ -233,15 +249,7 @@ def test_ray_workers_read_images_inside_shards_as_the_local_engine(
     cells = pa.array([images[0], None, *images[1:6]], pa.binary())
     pq.write_table(pa.table({"jpg": cells}), table, row_group_size=3)
     write_tfrecord(records, images[3:], gz=True)
-    outputs = {}
-    for engine in ("local", "ray"):
-        outputs[engine] = str(tmp_path / f"{engine}.h5")
-        summary = efx.extract(
-            [shard, table, records], outputs[engine], model=tiny_model, image_size=64,
-            batch_size=4, engine=engine,
-        )  # fmt: skip
-        assert (summary.embedded, summary.failed) == (6 + 6 + 5, 3)
-    assert_same_output(outputs["local"], outputs["ray"])
+    embed_locally_and_on_ray([shard, table, records], tiny_model, tmp_path, (6 + 6 + 5, 3))
 
 
 def test_ray_workers_read_objects_in_a_bucket_themselves(ray_instance, tiny_model, tmp_path):
@@ -298,13 +306,5 @@ def test_ray_workers_read_round_3_shards_as_the_local_engine(ray_instance, tiny_
     cells = [[{"bytes": pictures[0], "path": None}, {"bytes": pictures[3], "path": None}], []]
     table = str(tmp_path / "hf.parquet")
     pq.write_table(pa.table({"images": pa.array(cells, pa.list_(item))}), table)
-    outputs = {}
-    for engine in ("local", "ray"):
-        outputs[engine] = str(tmp_path / f"{engine}.h5")
-        summary = efx.extract(
-            [dup, records, table], outputs[engine], model=tiny_model, image_size=64,
-            batch_size=4, engine=engine,
-        )  # fmt: skip
-        assert (summary.embedded, summary.failed) == (2 + 4 + 2, 1)
-    assert_same_output(outputs["local"], outputs["ray"])
-    assert efx.load(outputs["ray"])[0][:2] == [f"{dup}/000.png", f"{dup}/001.png"]
+    on_ray = embed_locally_and_on_ray([dup, records, table], tiny_model, tmp_path, (2 + 4 + 2, 1))
+    assert efx.load(on_ray)[0][:2] == [f"{dup}/000.png", f"{dup}/001.png"]

@@ -28,7 +28,6 @@ from .streams import Ambiguous, NotImages, check_stop, first_line
 
 BATCH_ROWS = 64  # rows decoded from Parquet at a time: a few MB of images
 INSTALL_HINT = "pip install 'efx[parquet]'"
-EMPTY_LIST = "[]"  # stands for the stored path of a row whose list of images is empty
 
 
 class NoImageColumn(NotImages):
@@ -242,13 +241,12 @@ def scan(
                     zip(_values(batch, field), names, stored, strict=True)
                 ):
                     cells = {n: v[i] for n, v in zip(kept, values, strict=True)}
-                    items = _row_items(value, where, listed)
-                    for item, (data, path_of) in enumerate(items):
-                        inp = _row_input(path, shard, field, group, at, data, path_of, item)
-                        if not listed or (len(items) == 1 and items[0][0] is None):
-                            keys.append((name, row + at, None))
-                        else:
-                            keys.append((name, row + at, item))
+                    empty = listed and value == []
+                    for item, data, path_of in _row_images(value, where, listed):
+                        inp = _row_input(
+                            path, shard, field, group, at, data, path_of, item or 0, empty
+                        )
+                        keys.append((name, row + at, item))
                         found.append(inp._replace(columns=cells) if kept else inp)
                     at += 1
         except (OSError, ValueError, EfxError) as error:
@@ -260,15 +258,18 @@ def scan(
     return _named(found, keys, path)
 
 
-def _row_items(value: Any, stored: Any, listed: bool) -> list[tuple[Any, Any]]:
-    """(bytes or None, stored path or None) of each image of a row: one for a plain field;
-    for a list field, one per item (a null or empty list: one empty item, which fails)."""
+def _row_images(value: Any, stored: Any, listed: bool) -> list[tuple[int | None, Any, Any]]:
+    """(place in the row's list, bytes or None, stored path or None) of each image of a row:
+    one, placed None, for a plain field or a null or empty list (the row's one failure); for a
+    list field, one per item."""
     if not listed:
-        return [(value, stored)]
-    if not value:  # null, or an empty list: the row's one failure
-        return [(None, None if value is None else EMPTY_LIST)]
+        return [(None, value, stored)]
+    if not value:
+        return [(None, None, None)]
     paths = stored if isinstance(stored, list) else [None] * len(value)
-    return list(zip(value, paths, strict=True))
+    return [
+        (item, data, where) for item, (data, where) in enumerate(zip(value, paths, strict=True))
+    ]
 
 
 def _plain(values: list[Any]) -> list[Any]:
@@ -291,13 +292,13 @@ def _stored_paths(batch: Any, field: str) -> list[Any]:
 
 def _row_input(
     path: str, shard: Facts, field: str, group: int, at: int, value: bytes | None,
-    stored: str | None = None, item: int = 0,
+    stored: str | None = None, item: int = 0, empty_list: bool = False,
 ) -> Input:  # fmt: skip
     member = Member("parquet", group, at, field, item)
     column = field.split(".")[0].removesuffix("[]")
     if value is None:
         reason = f"no image in this row: its {column} cell is null"
-        if stored is EMPTY_LIST:
+        if empty_list:
             reason = f"no image in this row: its {column} list is empty"
         elif stored:  # Hugging Face's Image feature, pointing at a file outside the dataset
             reason = (
