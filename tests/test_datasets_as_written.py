@@ -541,3 +541,31 @@ def test_no_test_writes_to_a_fixed_path():
             if isinstance(text, str) and FIXED.match(text):
                 found.append(f"{name}:{node.lineno}: {text}")
     assert found == []
+
+
+def test_rows_of_several_images_per_record_keep_parts_merge_and_search_promises(
+    tiny_model, tmp_path
+):
+    """The keys round 3 adds (FILE/N/I, FILE/ROW/I) through --shard I/N + efx merge (the same
+    rows as one run), and `efx similar` taking such a key as its query."""
+    pictures = [png(picture(i)) for i in range(4)]
+    records = write_records(
+        tmp_path / "multi.tfrecord", [example(pictures[:3]), example([pictures[3]])]
+    )
+    item = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [[{"bytes": pictures[1], "path": None}, {"bytes": pictures[2], "path": None}]]
+    table = str(tmp_path / "hf.parquet")
+    pq.write_table(pa.table({"images": pa.array(cells, pa.list_(item))}), table)
+    sources_ = [records, table]
+    whole = embed(sources_, tmp_path / "whole.h5", tiny_model)
+    parts = [str(tmp_path / f"part{i}.h5") for i in range(2)]
+    for i, part in enumerate(parts):
+        efx.extract(sources_, part, model=tiny_model, image_size=SIZE, part=f"{i}/2")
+    merged = str(tmp_path / "merged.h5")
+    efx.merge(parts, merged)
+    paths, rows = efx.load(merged)
+    assert paths == list(whole) == [f"{records}/0/0", f"{records}/0/1", f"{records}/0/2",
+                                     f"{records}/1", f"{table}/0/0", f"{table}/0/1"]  # fmt: skip
+    np.testing.assert_allclose(rows, np.stack(list(whole.values())), rtol=0, atol=1e-6)
+    (result,) = efx.similar(merged, [f"{records}/0/1"], k=1)
+    assert result["in_output"] and result["hits"][0]["path"] == f"{table}/0/0"  # same picture

@@ -415,8 +415,15 @@ def test_parts_split_by_shard_and_merge_into_one_runs_output(dataset, tiny_model
     np.testing.assert_allclose(efx.load(merged)[1], efx.load(whole)[1], rtol=0, atol=1e-6)
 
 
-def test_killed_and_resumed_over_shards_equals_an_uninterrupted_run(dataset, slow_model, tmp_path):
-    sources = [dataset["webdataset"], dataset["parquet"]]
+def test_killed_and_resumed_over_shards_equals_an_uninterrupted_run(
+    dataset, images, slow_model, tmp_path
+):
+    from test_datasets_as_written import example, write_records
+
+    # First a TFRecord file whose records hold three images each (keys FILE/N/I): the kill
+    # lands among them or just after.
+    multi = write_records(tmp_path / "multi.tfrecord", [example(images[:3]), example(images[3:6])])
+    sources = [multi, dataset["webdataset"], dataset["parquet"]]
     clean = str(tmp_path / "clean.h5")
     efx.extract(sources, clean, model=slow_model, image_size=SIZE, batch_size=2,
                 backend="tensorflow")  # fmt: skip
