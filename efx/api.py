@@ -19,11 +19,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import process, remote, timeline, writers
-from . import resume as resume_
 from .config import Settings
 from .engine import Engine, open_engine
 from .errors import EfxError
 from .model import LoadedModel
+from .recorded import Recorded
 from .run.loop import write_rows
 from .run.plan import check_stream, interrupted_while, plan_run
 from .run.planned import Plan
@@ -48,18 +48,32 @@ def extract(
     `sources` are folders (walked recursively), image files, shards of images (WebDataset tar,
     Parquet, TFRecord: efx.sources; each image in one is a row named SHARD/KEY), or "-" for
     paths read from `stdin`; any but "-" may be a URL (efx.remote), and `output` an output in a
-    bucket (efx.writers.bucket), `storage_options` going to their fsspec filesystems (None:
-    those set before). Images that cannot be read or decoded are recorded as failures; the
-    run goes on. `options` are the fields of `efx.config.Settings` (the CLI's options by their
-    Python names). `on_note(text)` hears what the user should know as soon as it is known;
-    `verbose` lets TensorFlow's C++ log lines through to stderr (hidden otherwise, by pointing
-    file descriptor 2 at /dev/null during the call); `progress` shows a bar on stderr.
+    bucket (efx.writers.bucket), `storage_options` going to their fsspec filesystems for this
+    call (None: fsspec's own configuration alone). Images that cannot be read or decoded are
+    recorded as failures; the run goes on. `options` are the fields of `efx.config.Settings`
+    (the CLI's options by their Python names). `on_note(text)` hears what the user should know
+    as soon as it is known; `verbose` lets TensorFlow's C++ log lines through to stderr
+    (hidden otherwise, by pointing file descriptor 2 at /dev/null during the call); `progress`
+    shows a bar on stderr.
     Raises EfxError for anything the user can fix, and `efx.Interrupted` (a KeyboardInterrupt)
     on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
-    remote.configure(storage_options)
-    if remote.is_url(output):
-        return _extract_to_bucket(sources, output, stdin, progress, on_note, verbose, options)
+    with remote.using(storage_options):
+        if remote.is_url(output):
+            return _extract_to_bucket(sources, output, stdin, progress, on_note, verbose, options)
+        return _extract(sources, output, stdin, progress, on_note, verbose, options)
+
+
+def _extract(
+    sources: str | Iterable[str],
+    output: str,
+    stdin: BinaryIO | None,
+    progress: bool,
+    on_note: Callable[[str], None] | None,
+    verbose: bool,
+    options: dict[str, Any],
+) -> Summary:
+    """`extract` into a local OUTPUT (or stdout): the data flow, stage by stage."""
     started = time.monotonic()
     settings = Settings(**options)
     if output == writers.STDOUT:
@@ -71,7 +85,7 @@ def extract(
         with process.sigterm_stops():  # Ctrl-C and SIGTERM stop the walk and the reading alike
             plan = plan_run(sources, output, settings, stdin, progress, on_note)
         timeline.mark("planned")
-        if settings.resume and plan.state is not None and plan.state["complete"]:
+        if settings.resume and plan.existing is not None and plan.existing.complete:
             return already_complete(plan)
         assert plan.work is not None
         if settings.update and same_rows(plan):
@@ -138,10 +152,7 @@ def _extract_to_bucket(
         local = bucket.prepare(mode)
     try:
         with bucket.mirrored(live=not settings.update):
-            summary = extract(
-                sources, local, stdin=stdin, progress=progress, on_note=on_note, verbose=verbose,
-                storage_options=remote.storage_options(), **options,
-            )  # fmt: skip
+            summary = _extract(sources, local, stdin, progress, on_note, verbose, options)
     except EfxError as error:
         raise EfxError(str(error).replace(local, url)) from None
     except process.Interrupted as stop:
@@ -159,23 +170,31 @@ def _load(
     if on_note is not None:
         for note in loaded.notes:
             on_note(note)
-    if plan.state is not None:  # what ran against what ran
+    if plan.existing is not None:  # what ran against what ran
         attrs = output_attrs(plan, settings, loaded)
-        resume_.check_settings(plan.output, plan.state["attrs"], attrs, False, settings.update)
+        plan.existing.recorded.check_continued(
+            plan.output, Recorded.of(attrs), False, settings.update
+        )
     return loaded
 
 
-def load(output: str) -> tuple[list[str], np.ndarray]:
-    """Read an efx output of any format: (paths, float32 embeddings), row i with path i. A URL
-    of an output in a bucket is read from its working copy (efx.writers.bucket)."""
+def load(
+    output: str, *, storage_options: dict[str, Any] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Read an efx output of any format: (paths, float32 embeddings [rows, dim]), row i with
+    path i. A URL of an output in a bucket is read from its working copy (efx.writers.bucket),
+    `storage_options` going to its fsspec filesystem. Raises EfxError for what is not an efx
+    output."""
     from .writers.bucket import reading
 
-    return writers.read(reading(output))
+    with remote.using(storage_options):
+        return writers.read(reading(output))
 
 
-def info(output: str) -> dict[str, Any]:
+def info(output: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `efx info --json` prints: an output's settings, counts, first failures, complete."""
     from .writers.bucket import reading
 
-    described = writers.describe(reading(output))
+    with remote.using(storage_options):
+        described = writers.describe(reading(output))
     return {**described, "output": output} if remote.is_url(output) else described

@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from .errors import EfxError
@@ -59,20 +59,37 @@ def protocol(url: str) -> str:
 
 
 def configure(options: dict[str, Any] | None) -> None:
-    """Storage options given to every URL's filesystem (`--storage-option`), on top of those
-    fsspec reads from its environment variables and config files; None keeps those set."""
+    """Storage options given to every URL's filesystem, on top of those fsspec reads from its
+    environment variables and config files; None keeps those set. A process that serves one
+    caller (a Ray worker, efx serve's handler) sets its caller's; a library call sets them for
+    itself with `using`."""
     if options is None:
         return
     with _lock:
+        if options == _options:
+            return  # (the filesystems, and what their listings said, stay valid)
         _options.clear()
-        _options.update(options or {})
+        _options.update(options)
         _filesystems.clear()
         _listed.clear()
         _streamed.clear()
 
 
+@contextlib.contextmanager
+def using(options: dict[str, Any] | None) -> Iterator[None]:
+    """`options` (`--storage-option`) for every URL's filesystem during one library call, then
+    those in force before it: a call leaves the process as it found it. None: those in force."""
+    before = storage_options()
+    configure(options)
+    try:
+        yield
+    finally:
+        configure(before)
+
+
 def storage_options() -> dict[str, Any]:
-    """The options `configure` set (for Ray workers, which configure their own process)."""
+    """The options in force (for Ray workers and efx serve, which configure their own
+    process)."""
     return dict(_options)
 
 

@@ -14,7 +14,7 @@ import os
 import warnings
 from typing import Any, BinaryIO
 
-from . import files, sources
+from . import files, remote, sources
 from .config import DEFAULT_MAX_PIXELS
 from .errors import EfxError
 from .names import readable
@@ -25,8 +25,18 @@ MAX_SECTIONS = 200  # queries or groups on one page: about 2-3 MB, opens at once
 MAX_CARDS = 48  # images per section; the rest are counted
 
 
-def similar_page(results: list[dict[str, Any]], output: str, warning: str | None = None) -> str:
+def similar_page(
+    results: list[dict[str, Any]],
+    output: str,
+    warning: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
     """The page of `efx similar`: each query's image, then its hits with rank and similarity."""
+    with remote.using(storage_options):  # (images by URL are read for their thumbnails)
+        return _similar_page(results, output, warning)
+
+
+def _similar_page(results: list[dict[str, Any]], output: str, warning: str | None) -> str:
     sections = []
     for result in results[:MAX_SECTIONS]:
         cards = [_card(result["query"], "query", exists=sources.exists(result["query"]))]
@@ -41,9 +51,19 @@ def similar_page(results: list[dict[str, Any]], output: str, warning: str | None
     return _page("efx similar", output, summary, sections, len(results), warning)
 
 
-def duplicates_page(report: dict[str, Any], output: str, warning: str | None = None) -> str:
+def duplicates_page(
+    report: dict[str, Any],
+    output: str,
+    warning: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
     """The page of `efx duplicates`: each group, largest first, with each member's similarity to
     the group's first image."""
+    with remote.using(storage_options):  # (images by URL are read for their thumbnails)
+        return _duplicates_page(report, output, warning)
+
+
+def _duplicates_page(report: dict[str, Any], output: str, warning: str | None) -> str:
     groups = report["groups"]
     sections = []
     for number, group in enumerate(groups[:MAX_SECTIONS], start=1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import writers
 from ..config import Settings
 from ..model import LoadedModel
 from .planned import Plan
@@ -47,6 +48,9 @@ class Summary:
     removed: int = 0  # --update: rows and failures of files that are gone
     model_loaded: bool = True
     up_to_date: bool = False  # --update found nothing changed: OUTPUT left untouched
+    # The output's first failures ({"path", "error"}; at most FIRST_FAILURES): what efx extract
+    # lists on stderr, without opening OUTPUT again (`efx info` lists them all).
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,16 +97,31 @@ def summarise(
         **{name: getattr(work.counts, name) for name in _COUNTS},
         model_loaded=loaded is not None,
         up_to_date=up_to_date,
+        failures=first_failures(plan.output) if plan.keep[1] + failed else [],
     )
+
+
+FIRST_FAILURES = 10
+
+
+def first_failures(output: str) -> list[dict[str, Any]]:
+    """The first failures OUTPUT holds (kept and new alike), in order; none for a stream."""
+    if output == writers.STDOUT:
+        return []
+    return [
+        {"path": f["path"], "error": f["error"]}
+        for f in writers.describe(output)["failures"][:FIRST_FAILURES]
+    ]
 
 
 _COUNTS = ("kept", "new", "changed", "retried", "reused", "removed")
 
 
 def already_complete(plan: Plan) -> Summary:
-    assert plan.state is not None
-    attrs, state = plan.state["attrs"], plan.state
-    done = len(state["paths"]) + len(state["failed"])
+    assert plan.existing is not None
+    existing = plan.existing
+    attrs = existing.attrs
+    done = len(existing.paths) + len(existing.failed)
     return Summary(
         output=plan.output,
         format=plan.format,
@@ -117,8 +136,8 @@ def already_complete(plan: Plan) -> Summary:
         engine=str(attrs.get("engine", "local")),
         part=str(attrs.get("part", "0/1")),
         images=done,
-        embedded=len(state["paths"]),
-        failed=len(state["failed"]),
+        embedded=len(existing.paths),
+        failed=len(existing.failed),
         resumed=done,
         seconds=0.0,
         load_seconds=0.0,
