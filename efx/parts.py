@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import remote, writers
-from . import resume as resume_
 from .config import DEFAULT_SHARD_SIZE, check_positive, parse_part
 from .errors import EfxError
 from .formats import FORMATS
 from .names import escape
+from .recorded import PARTS, Recorded
 from .writers import bucket
 
 # What a merged output keeps of its parts' metadata (the rest is per part).
@@ -62,14 +62,27 @@ def merge(
     format: str | None = None,  # noqa: A002 - mirrors --format
     shard_size: int | None = None,  # None: DEFAULT_SHARD_SIZE
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> MergeSummary:
     """Combine the outputs of `--shard I/N` runs (either format) into `output` (either format):
     exactly the rows, failures and order of one run over all the inputs. Parts and `output`
-    may be URLs of outputs in a bucket (efx.writers.bucket)."""
+    may be URLs of outputs in a bucket (efx.writers.bucket), `storage_options` going to their
+    fsspec filesystems as efx.extract takes them."""
+    with remote.using(storage_options):
+        return _merge(list(parts), output, format, shard_size, overwrite)
+
+
+def _merge(
+    parts: list[str],
+    output: str,
+    format: str | None,
+    shard_size: int | None,
+    overwrite: bool,  # noqa: A002
+) -> MergeSummary:
     fmt = writers.format_for(output, format)
     if remote.is_url(output):
         with bucket.written(output, fmt, overwrite) as local:
-            done = merge(parts, local, format=fmt, shard_size=shard_size, overwrite=True)
+            done = _merge(parts, local, fmt, shard_size, True)
         return replace(done, output=output)
     parts = [bucket.reading(part) for part in parts]
     check_positive("--shard-size", shard_size)
@@ -99,15 +112,28 @@ def convert(
     format: str | None = None,  # noqa: A002 - mirrors --format
     shard_size: int | None = None,  # None: the source's own, else DEFAULT_SHARD_SIZE
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> ConvertSummary:
     """Write an output of one format (HDF5, .npy shards, Parquet) as another: the same rows,
     embeddings bit for bit, file facts, failures and settings. No model. Columns only Parquet
     holds (shard, key, kept source columns) are listed in `dropped` when OUTPUT cannot hold
-    them; a finished SOURCE only. Either may be the URL of an output in a bucket."""
+    them; a finished SOURCE only. Either may be the URL of an output in a bucket
+    (`storage_options` as efx.extract takes them)."""
+    with remote.using(storage_options):
+        return _convert(source, output, format, shard_size, overwrite)
+
+
+def _convert(
+    source: str,
+    output: str,
+    format: str | None,
+    shard_size: int | None,
+    overwrite: bool,  # noqa: A002
+) -> ConvertSummary:
     fmt = writers.format_for(output, format)
     if remote.is_url(output) and fmt not in writers.STREAM_FORMATS:
         with bucket.written(output, fmt, overwrite) as local:
-            done = convert(source, local, format=fmt, shard_size=shard_size, overwrite=True)
+            done = _convert(source, local, fmt, shard_size, True)
         return replace(done, source=source, output=output)
     source = bucket.reading(source)
     if fmt in writers.STREAM_FORMATS:
@@ -120,7 +146,7 @@ def convert(
     if not described.get("complete"):
         raise EfxError(f"{source} is unfinished: finish it with efx extract --resume first")
     state = writers.read_state(source)
-    for path in state["paths"] + state["failed"]:
+    for path in state.paths + state.failed:
         if (why := writers.unstorable(fmt, path)) is not None:
             raise EfxError(f"{fmt} cannot hold a row of {source}: {escape(path)}: {why}")
     layout = ("output", "format", "count", "dtype", "failed", "failures", "complete", "shards")
@@ -135,8 +161,8 @@ def convert(
         attrs.pop("keep_column_types", None)
     try:
         writer = writers.open_writer(
-            fmt, output, attrs, inputs=state["paths"] + state["failed"],
-            shard_size=shard_size or int(state.get("shard_size") or DEFAULT_SHARD_SIZE),
+            fmt, output, attrs, inputs=state.paths + state.failed,
+            shard_size=shard_size or int(state.shard_size or DEFAULT_SHARD_SIZE),
         )  # fmt: skip
     except OSError as error:
         raise EfxError(f"cannot create OUTPUT {output}: {error.strerror or error}") from error
@@ -166,15 +192,15 @@ def _copy(outputs: list[str], writer: writers.Writer, output: str) -> tuple[int,
             state = writers.read_state(part, facts=True)  # each file's facts go along
             start = 0
             for paths, embeddings, columns in writers.iter_table(part):
-                facts = state["facts"][start : start + len(paths)]
+                facts = state.facts[start : start + len(paths)]
                 writer.write(paths, embeddings, facts, columns)
                 start += len(paths)
                 embedded += len(paths)
                 writer.flush()
-            for path, reason, facts in zip(
-                state["failed"], state["reasons"], state["failed_facts"], strict=True
+            for path, reason, known in zip(
+                state.failed, state.reasons, state.failed_facts, strict=True
             ):
-                writer.fail(path, reason, facts)
+                writer.fail(path, reason, known)
                 failed += 1
         writer.close()
     except BaseException as error:
@@ -214,11 +240,7 @@ def _check_parts(
         info = described[part]
         if not info.get("complete"):
             raise EfxError(f"part {part} is unfinished: finish it with --resume first")
-        differences = resume_.mismatches(
-            described[parts[0]],
-            info,
-            [*resume_.SETTINGS, "inputs_total", "image_column", "image_key", "keep_columns"],
-        )
+        differences = Recorded.of(described[parts[0]]).differences(Recorded.of(info), PARTS)
         if differences:
             raise EfxError(
                 f"{part} was made with other settings or inputs than {parts[0]}: "
@@ -241,7 +263,7 @@ def _check_parts(
     seen: dict[str, str] = {}
     for part in ordered:
         state = writers.read_state(part)
-        for path in state["paths"] + state["failed"]:
+        for path in state.paths + state.failed:
             if path in seen and seen[path] != part:
                 raise EfxError(f"{seen[path]} and {part} overlap: both hold {path}")
             seen[path] = part

@@ -24,6 +24,7 @@ import bisect
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,14 +270,24 @@ def _match_bytes(
 
 
 def kept_shards(
-    source: Source | None, checksum: bool, retry_failed: bool
-) -> Callable[[str, Facts], list[Input] | None]:
-    """For efx.sources: a shard's inputs as `source` (OUTPUT) holds them, each keeping its row,
-    when the shard has the size and modification time stored with every one of them (the fast
-    path: the shard is not read); None when it must be read (changed, new, --checksum, or
-    --retry-failed with a failure in it)."""
-    if source is None or checksum:
-        return lambda shard, now: None
+    source: Source | None, checksum: bool, retry_failed: bool, shards: Sequence[str]
+) -> dict[str, list[Input]]:
+    """The `shards` (files that may be shards) that `source` (OUTPUT) holds unchanged, with
+    their inputs as it holds them, each keeping its row: those whose size and modification
+    time are stored with every one of their rows and failures (the fast path: efx.sources does
+    not read them). Any other must be read: changed, new, --checksum, or --retry-failed with a
+    failure in it."""
+    if source is None or checksum or not shards:
+        return {}
+    kept = _kept_shard(source, retry_failed)
+    # A file's facts by URL may take a request each: several at once, as efx.sources lists.
+    with ThreadPoolExecutor(8) as pool:
+        found = pool.map(lambda shard: kept(shard, facts_.stat(shard)), shards)
+        return {s: inputs for s, inputs in zip(shards, found, strict=True) if inputs is not None}
+
+
+def _kept_shard(source: Source, retry_failed: bool) -> Callable[[str, Facts], list[Input] | None]:
+    """A shard's inputs as `source` holds them when it holds the shard unchanged, else None."""
     keys = sorted(
         [(path, False, i) for i, path in enumerate(source.paths)]
         + [(path, True, i) for i, path in enumerate(source.failed)]

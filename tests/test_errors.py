@@ -211,7 +211,7 @@ def test_a_named_pipe_or_device_named_like_an_image_is_a_failure_not_a_hang(tmp_
     info = efx.info(output)
     assert (info["count"], info["failed"]) == (1, 2)
     state = writers.read_state(output, facts=True)
-    reasons = dict(zip(state["failed"], state["reasons"], strict=True))
+    reasons = dict(zip(state.failed, state.reasons, strict=True))
     assert reasons == {
         str(folder / "b_incoming.jpg"): "not an image file: a named pipe",
         str(folder / "c_device.jpg"): "not an image file: a character device",

@@ -168,7 +168,7 @@ def test_convert_goes_to_parquet_and_back_bit_for_bit_with_facts_and_failures(ma
     for output in (there, back, npy):
         state = writers.read_state(output, facts=True)
         for key in ("paths", "failed", "facts", "failed_facts", "reasons", "complete"):
-            assert state[key] == expected[key], (output, key)
+            assert getattr(state, key) == getattr(expected, key), (output, key)
         np.testing.assert_array_equal(efx.load(output)[1], efx.load(source)[1])
         info = efx.info(output)
         for key in ("model", "created", "image_size", "precision", "backend", "part"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import EFX, SLOW_CALL_SECONDS, assert_user_error, run_cli, sample
+from conftest import EFX, SLOW_CALL_SECONDS, assert_user_error, no_sleep, run_cli, sample
 
 import efx
 from efx import reuse, writers
@@ -71,15 +71,16 @@ def assert_equals_fresh_run(output: str, root: str, model: str, tmp_path, fmt: s
     fresh = output_in(tmp_path, fmt, "fresh")
     if os.path.exists(fresh):
         shutil.rmtree(fresh) if os.path.isdir(fresh) else os.remove(fresh)
-    extract(root, fresh, model)
+    with no_sleep(model):
+        extract(root, fresh, model)
     paths, rows = efx.load(output)
     fresh_paths, fresh_rows = efx.load(fresh)
     assert paths == fresh_paths
     np.testing.assert_allclose(rows, fresh_rows, rtol=0, atol=1e-6)
     assert writers.read_failures(output) == writers.read_failures(fresh)
     updated, expected = writers.read_state(output, True), writers.read_state(fresh, True)
-    assert updated["facts"] == expected["facts"]
-    assert updated["failed_facts"] == expected["failed_facts"]
+    assert updated.facts == expected.facts
+    assert updated.failed_facts == expected.failed_facts
     assert efx.info(output)["complete"] is True
 
 
@@ -234,7 +235,8 @@ def test_killed_update_leaves_output_intact_and_the_rerun_reuses_its_rows(
     output = output_in(tmp_path, fmt)
     args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
     args.append("tensorflow")  # the slow model's sleep does not convert to OpenVINO
-    assert subprocess.run([EFX, "extract", *args, "-q"]).returncode == 0
+    with no_sleep(slow_model):
+        extract(tree, output, slow_model, batch_size=1, backend="tensorflow")
     before = efx.load(output)
     for i in range(6):
         write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 200 + i)
@@ -245,9 +247,10 @@ def test_killed_update_leaves_output_intact_and_the_rerun_reuses_its_rows(
     np.testing.assert_array_equal(rows, before[1])
     assert os.path.exists(scratch)
 
-    done = subprocess.run(
-        [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True,
-    )  # fmt: skip
+    with no_sleep(slow_model):
+        done = subprocess.run(
+            [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True,
+        )  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["computed"] <= 4 and summary["computed"] + summary["kept"] == 19
@@ -259,7 +262,8 @@ def test_ctrl_c_during_an_update_says_output_is_as_it_was(tree, slow_model, tmp_
     output = output_in(tmp_path, "hdf5")
     args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
     args.append("tensorflow")
-    assert subprocess.run([EFX, "extract", *args, "-q"]).returncode == 0
+    with no_sleep(slow_model):
+        extract(tree, output, slow_model, batch_size=1, backend="tensorflow")
     for i in range(4):
         write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 300 + i)
     update = subprocess.Popen(
@@ -378,9 +382,10 @@ def test_update_continues_a_killed_run_and_keeps_every_row_it_wrote(tree, slow_m
     done = efx.info(output)["count"] + efx.info(output)["failed"]
     assert 4 <= done < 13
     write_photo(os.path.join(tree, "000-new.jpg"), 700)  # sorted before everything
-    result = subprocess.run(
-        [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True
-    )
+    with no_sleep(slow_model):
+        result = subprocess.run(
+            [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True
+        )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["kept"], summary["computed"]) == (done, 14 - done)
@@ -489,8 +494,8 @@ def test_a_touch_records_the_new_dates_in_place_without_rewriting_the_rows(
     after = efx.load(output)
     assert after[0] == before[0] and np.array_equal(after[1], before[1])
     state = writers.read_state(output, facts=True)
-    names = state["paths"] + state["failed"]
-    dated = dict(zip(names, state["facts"] + state["failed_facts"], strict=True))
+    names = state.paths + state.failed
+    dated = dict(zip(names, state.facts + state.failed_facts, strict=True))
     for path in touched:
         assert dated[path].mtime_ns == os.stat(path).st_mtime_ns and dated[path].sha256
     assert efx.info(output)["complete"] and "updated" in efx.info(output)

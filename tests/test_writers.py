@@ -77,9 +77,9 @@ def test_file_facts_round_trip_through_writes_failures_and_resume(fmt, tmp_path)
     writer.close()
 
     state = writers.read_state(output, facts=True)
-    assert state["paths"] == rows(0, 5)[0] and state["has_facts"]
-    assert state["facts"] == facts_of(0, 5)
-    assert state["failed_facts"] == [Facts(0, 5, "")] and state["reasons"] == ["empty file"]
+    assert state.paths == rows(0, 5)[0] and state.has_facts
+    assert state.facts == facts_of(0, 5)
+    assert state.failed_facts == [Facts(0, 5, "")] and state.reasons == ["empty file"]
     assert efx.info(output)["failures"] == [{"path": "bad.jpg", "error": "empty file"}]
     reader = writers.open_rows(output)
     np.testing.assert_array_equal(reader.take(np.array([4, 0, 4, 2])), rows(0, 5)[1][[4, 0, 4, 2]])
@@ -227,8 +227,8 @@ def test_hdf5_resume_of_an_output_with_variable_length_texts_rewrites_them_fixed
     writer.close()
     assert writers.read(output)[0] == rows(0, 4)[0]
     state = writers.read_state(output, facts=True)  # facts: unknown for the old rows only
-    assert state["facts"] == [UNKNOWN, UNKNOWN, *facts_of(2, 2)]
-    assert state["failed_facts"] == [UNKNOWN]
+    assert state.facts == [UNKNOWN, UNKNOWN, *facts_of(2, 2)]
+    assert state.failed_facts == [UNKNOWN]
     assert writers.read_failures(output) == [{"path": "bad.jpg", "error": "empty file"}]
     with h5py.File(output) as file:
         assert h5py.check_string_dtype(file["paths"].dtype).length == 256

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from .. import facts as facts_
 from .. import process, reuse, writers
@@ -22,7 +22,8 @@ from ..errors import EfxError
 from ..facts import Facts
 from ..formats import FORMATS
 from ..inputs import Input
-from ..model import DEFAULT_MODEL, check_precision, resolve_model
+from ..model import DEFAULT_MODEL, ModelSpec, check_precision, resolve_model
+from ..recorded import OutputState, Recorded
 from .planned import Plan
 from .record import planned_attrs
 
@@ -40,20 +41,7 @@ def plan_run(
     copied from an earlier output, or embedded."""
     started = time.monotonic()
     sources = [sources] if isinstance(sources, str) else list(sources)
-    check_sources(sources)
-    fmt = writers.format_for(output, settings.format)
-    if settings.keep_columns and not FORMATS[fmt].columns:
-        raise EfxError(
-            "--keep-columns carries source columns into a Parquet output (OUTPUT ending in "
-            f".parquet, or --format parquet). Received: OUTPUT {output} ({fmt})"
-        )
-    state = None
-    if settings.resume or settings.update:
-        state = existing_state(output, fmt, "update" if settings.update else "resume")
-    if state is None or settings.update:
-        writers.check_output(output, fmt, settings.overwrite or state is not None, True)
-    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
-    check_precision(settings.precision, settings.backend)
+    fmt, existing, spec = _checked(sources, output, settings)
     with interrupted_while(output, "listing the images"):
         everything = find_files(sources, stdin=stdin, null=settings.null)
     if not everything:
@@ -61,41 +49,83 @@ def plan_run(
     index, count = settings.part_of
     files_ = resume_.select_part(everything, index, count)  # whole files: shards stay whole
     plan = Plan(
-        output, fmt, spec, f"{index}/{count}", len(everything), [], state, target=output,
-        shard_options=_shard_options(settings, state),
+        output, fmt, spec, f"{index}/{count}", len(everything), [], existing, target=output,
+        shard_options=_shard_options(settings, existing),
     )  # fmt: skip
-    if state is not None:
-        planned = planned_attrs(plan, settings)
-        resume_.check_settings(output, state["attrs"], planned, True, settings.update)
-    if settings.resume and state is not None and state["complete"]:
+    if existing is not None:
+        planned = Recorded.of(planned_attrs(plan, settings))
+        existing.recorded.check_continued(output, planned, True, settings.update)
+    if settings.resume and existing is not None and existing.complete:
         return plan  # nothing to do: not even the shards are listed
     earlier = earlier_sources(plan, settings, on_note) if settings.update else []
     with interrupted_while(output, "reading the shards"):
         inputs = _list_inputs(
-            plan, files_, settings, earlier[:1] if state else [], on_note, progress
+            plan, files_, settings, earlier[:1] if existing else [], on_note, progress
         )
-    if not inputs and count == 1:  # (a part of a few large shards may well be empty)
-        raise EfxError(
-            f"no images found in {', '.join(sources)}: the shards there hold no samples (an "
-            "empty tar, Parquet or TFRecord file), or only metadata"
-        )
-    if count == 1:  # (one part may hold no shard, or only some of the columns' sources)
-        _check_kept_columns(plan.shard_options.keep_columns, inputs)
+    _check_inputs(sources, inputs, plan.shard_options, count)
     plan = replace(plan, inputs=inputs, paths=[inp.key for inp in inputs])
-    if settings.resume and state is not None:
-        done, rows, failures = resume_.done_prefix(plan.paths, state["paths"], state["failed"])
+    if settings.resume and existing is not None:
+        done, rows, failures = resume_.done_prefix(plan.paths, existing.paths, existing.failed)
         plan = replace(plan, done=done, keep=(rows, failures))
-    todo = plan.inputs[plan.done :]
-    unstorable = {i: w for i, inp in enumerate(todo) if (w := writers.unstorable(fmt, inp.key))}
     with interrupted_while(output, "reading the files"):
-        work = reuse.plan(
-            todo, earlier, unstorable=unstorable, checksum=settings.checksum,
-            retry_failed=settings.retry_failed, hash_files=_hashing(progress),
-        )  # fmt: skip
+        work = _work(plan, earlier, settings, progress)
     target = reuse.scratch_name(output) if settings.update else output
     return replace(
         plan, work=work, sources=earlier, target=target,
         checked_seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _checked(
+    sources: list[str], output: str, settings: Settings
+) -> tuple[str, OutputState | None, ModelSpec]:
+    """The checks that need neither the inputs nor the model: (OUTPUT's format, the output to
+    continue or update if there is one, the model)."""
+    check_sources(sources)
+    fmt = writers.format_for(output, settings.format)
+    if settings.keep_columns and not FORMATS[fmt].columns:
+        raise EfxError(
+            "--keep-columns carries source columns into a Parquet output (OUTPUT ending in "
+            f".parquet, or --format parquet). Received: OUTPUT {output} ({fmt})"
+        )
+    existing = None
+    if settings.resume or settings.update:
+        existing = existing_output(output, fmt, "update" if settings.update else "resume")
+    if existing is None or settings.update:
+        writers.check_output(output, fmt, settings.overwrite or existing is not None, True)
+    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    check_precision(settings.precision, settings.backend)
+    return fmt, existing, spec
+
+
+def _check_inputs(
+    sources: list[str], inputs: list[Input], options: sources_.ShardOptions, count: int
+) -> None:
+    """Inputs were found, and --keep-columns names what their shards hold; for a part of the
+    inputs (`count` parts), neither: a part of a few large shards may well be empty, or hold
+    only some of the columns' sources."""
+    if count != 1:
+        return
+    if not inputs:
+        raise EfxError(
+            f"no images found in {', '.join(sources)}: the shards there hold no samples (an "
+            "empty tar, Parquet or TFRecord file), or only metadata"
+        )
+    _check_kept_columns(options.keep_columns, inputs)
+
+
+def _work(
+    plan: Plan, earlier: list[reuse.Source], settings: Settings, progress: bool
+) -> reuse.Work:
+    """What each input not yet done needs (efx.reuse): copied from an earlier output, embedded,
+    or failed before the model (a key OUTPUT's format cannot hold, a file that is no image)."""
+    todo = plan.inputs[plan.done :]
+    unstorable = {
+        i: why for i, inp in enumerate(todo) if (why := writers.unstorable(plan.format, inp.key))
+    }
+    return reuse.plan(
+        todo, earlier, unstorable=unstorable, checksum=settings.checksum,
+        retry_failed=settings.retry_failed, hash_files=_hashing(progress),
     )  # fmt: skip
 
 
@@ -125,14 +155,14 @@ def _check_kept_columns(names: tuple[str, ...], inputs: list[Input]) -> None:
         )
 
 
-def _shard_options(settings: Settings, state: dict[str, Any] | None) -> sources_.ShardOptions:
+def _shard_options(settings: Settings, existing: OutputState | None) -> sources_.ShardOptions:
     """What decides a shard's image: as asked, else as the output to continue records (as
     --image-size is)."""
-    stored = state["attrs"] if state is not None else {}
+    stored = existing.recorded if existing is not None else Recorded()
     return sources_.ShardOptions(
-        settings.image_column or stored.get("image_column"),
-        settings.image_key or stored.get("image_key"),
-        settings.keep_columns or tuple(stored.get("keep_columns") or ()),
+        settings.image_column or stored.image_column,
+        settings.image_key or stored.image_key,
+        settings.keep_columns or tuple(stored.keep_columns or ()),
     )
 
 
@@ -148,8 +178,9 @@ def _list_inputs(
     that OUTPUT holds unchanged (--update) taken from it unread."""
     from tqdm import tqdm
 
+    shards = [path for path, _ in files_ if sources_.may_be_shard(path)]
     kept = reuse.kept_shards(
-        output[0] if output else None, settings.checksum, settings.retry_failed
+        output[0] if output else None, settings.checksum, settings.retry_failed, shards
     )
     options = plan.shard_options
     with tqdm(
@@ -212,42 +243,39 @@ def earlier_sources(
     beside it (`OUTPUT.updating-N`: rows computed before the kill), if made with the same
     settings. One that cannot be read is skipped (and removed once the update is done)."""
     found = []
-    if plan.state is not None:
-        found.append(_source(plan.output, plan.state, on_note))
-    planned = planned_attrs(plan, settings)
+    if plan.existing is not None:
+        found.append(_source(plan.output, plan.existing, on_note))
+    planned = Recorded.of(planned_attrs(plan, settings))
     for leftover in reuse.leftovers(plan.output):
         try:
             state = writers.read_state(leftover, facts=True)
         except (EfxError, OSError, ValueError, KeyError):
             continue
-        keys = resume_.before_keys(planned, update=True)
-        if not resume_.mismatches(state["attrs"], planned, keys):
+        if not state.recorded.differences(planned, planned.asked(update=True)):
             found.append(_source(leftover, state, None))
     return found
 
 
-def _source(
-    output: str, state: dict[str, Any], on_note: Callable[[str], None] | None
-) -> reuse.Source:
+def _source(output: str, state: OutputState, on_note: Callable[[str], None] | None) -> reuse.Source:
     trusted = None
-    if not state["has_facts"]:
-        trusted = reuse.trusted_before(state["attrs"])
+    if not state.has_facts:
+        trusted = reuse.trusted_before(state.attrs)
         if on_note is not None:
-            since = state["attrs"].get("created", "its start")
+            since = state.attrs.get("created", "its start")
             on_note(
-                f"{output} was written by efx {state['attrs'].get('efx_version', '< 0.4')}, "
+                f"{output} was written by efx {state.attrs.get('efx_version', '< 0.4')}, "
                 "which did not record each file's size, date and checksum: efx reads every "
                 "file once to record them, keeping the rows of files not modified since "
                 f"{since} and embedding the others again"
             )
     return reuse.Source(
-        output, state["paths"], state["facts"], state["failed"], state["failed_facts"],
-        state["reasons"], trusted, state["attrs"],
+        output, state.paths, state.facts, state.failed, state.failed_facts,
+        state.reasons, trusted, state.attrs,
     )  # fmt: skip
 
 
-def existing_state(output: str, fmt: str, verb: str) -> dict[str, Any] | None:
-    """The state of the output to continue or update, or None when there is none yet."""
+def existing_output(output: str, fmt: str, verb: str) -> OutputState | None:
+    """The output to continue or update, or None when there is none yet."""
     if not os.path.lexists(output):
         return None
     if os.path.isdir(output) and not os.listdir(output):

@@ -4,12 +4,12 @@ other stages read it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from .. import reuse
 from .. import sources as sources_
 from ..inputs import Input
 from ..model import ModelSpec
+from ..recorded import OutputState
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Plan:
     part: str  # "I/N"
     inputs_total: int  # inputs of all the parts
     paths: list[str]  # the keys of this run's inputs, in row order
-    state: dict[str, Any] | None = None  # the output to continue (--resume) or update
+    existing: OutputState | None = None  # the output to continue (--resume) or update
     done: int = 0  # inputs that output already accounts for (--resume)
     keep: tuple[int, int] = (0, 0)  # its rows and failures that stay (--resume)
     work: reuse.Work | None = None  # what each input of paths[done:] needs

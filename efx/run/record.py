@@ -8,14 +8,8 @@ from typing import Any
 
 from ..config import DEFAULT_SHARD_SIZE, Settings
 from ..model import LoadedModel
+from ..recorded import MODEL
 from .planned import Plan
-
-# What an output records of the model that made its rows: an update that needs no model keeps
-# these from the output whose rows it copies.
-_MODEL_ATTRS = (
-    "model", "standin", "image_size", "feature_dim", "tensorflow_version", "device", "backend",
-    "precision", "engine",
-)  # fmt: skip
 
 _ARROW_TYPES = {str: "string", bool: "bool", int: "int64", float: "double", bytes: "binary"}
 
@@ -23,7 +17,7 @@ _ARROW_TYPES = {str: "string", bool: "bool", int: "int64", float: "double", byte
 def shard_size_of(plan: Plan, settings: Settings) -> int:
     """Rows per .npy shard: as asked, else the layout of the output this run continues or
     updates (an update rewrites OUTPUT: a nightly job must not reshard it), else the default."""
-    earlier = plan.state.get("shard_size") if plan.state is not None else None
+    earlier = plan.existing.shard_size if plan.existing is not None else None
     return settings.shard_size or earlier or DEFAULT_SHARD_SIZE
 
 
@@ -62,7 +56,7 @@ def output_attrs(plan: Plan, settings: Settings, loaded: LoadedModel | None) -> 
     if plan.shard_options.keep_columns:
         attrs["keep_column_types"] = column_types(plan, earlier)
     if loaded is None:
-        return {**attrs, **{key: earlier[key] for key in _MODEL_ATTRS if key in earlier}}
+        return {**attrs, **{key: earlier[key] for key in MODEL if key in earlier}}
     return {
         "model": loaded.name,
         **attrs,
@@ -100,7 +94,7 @@ def earlier_attrs(plan: Plan) -> dict[str, Any]:
     """What the output whose rows this run copies (or continues) records."""
     if plan.sources:
         return plan.sources[0].attrs
-    return plan.state["attrs"] if plan.state is not None else {}
+    return plan.existing.attrs if plan.existing is not None else {}
 
 
 def efx_version() -> str:

@@ -31,13 +31,13 @@ def same_rows(plan: Plan) -> bool:
     """OUTPUT already holds what this update would write, at most with other file dates:
     complete, the same inputs, in the same order, each kept at its own path, and the same part
     boundaries."""
-    state, work = plan.state, plan.work
-    if state is None or work is None or not state["complete"] or not plan.sources:
+    existing, work = plan.existing, plan.work
+    if existing is None or work is None or not existing.complete or not plan.sources:
         return False
-    if plan.sources[0].output != plan.output or not state.get("has_facts"):
+    if plan.sources[0].output != plan.output or not existing.has_facts:
         return False
-    attrs = state["attrs"]
-    same_inputs = (attrs.get("inputs_total"), attrs.get("part_inputs")) == (
+    recorded = existing.recorded
+    same_inputs = (recorded.inputs_total, recorded.part_inputs) == (
         plan.inputs_total,
         len(plan.paths),
     )
@@ -48,13 +48,13 @@ def update_in_place(plan: Plan, settings: Settings, started: float) -> Summary:
     """An update whose every row and failure stays where it is: nothing to do, or at most the
     files' dates changed (touched, copied back, restored from a backup): those are recorded in
     place, nothing is copied, no model is loaded."""
-    assert plan.state is not None and plan.work is not None
+    assert plan.existing is not None and plan.work is not None
     up_to_date = plan.work.unchanged(plan.sources[0])
     if not up_to_date:
         with process.sigterm_stops():
             _refresh_facts(plan)
     reuse.remove_leftovers(plan.output)
-    kept = (len(plan.state["paths"]), len(plan.state["failed"]))
+    kept = (len(plan.existing.paths), len(plan.existing.failed))
     clock = [started, started, time.monotonic()]
     return summarise(plan, settings, None, kept, clock, up_to_date=up_to_date)
 

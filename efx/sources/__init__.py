@@ -18,7 +18,7 @@ import itertools
 import os
 import tarfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -89,30 +89,32 @@ def kind_of(path: str) -> str | None:
 def list_inputs(
     files: Sequence[tuple[str, bool]],
     options: ShardOptions,
-    kept: Callable[[str, Facts], list[Input] | None] = lambda shard, now: None,
+    kept: Mapping[str, list[Input]] | None = None,
     on_note: Callable[[str], None] | None = None,
     progress: Any = None,
 ) -> list[Input]:
     """The inputs of `files` ((path, found by a folder walk)), in order: an image is one input,
     a shard its samples in stored order. A file is a shard if its content says so (whatever
     its name), unless it is named as an image (.jpg .png ...: not even opened here).
-    `kept(shard, facts)` gives a shard's inputs without reading it when an earlier output
-    holds it unchanged (efx.reuse), else None.
+    `kept` holds the inputs of shards an earlier output holds unchanged, by path
+    (efx.reuse.kept_shards): those are taken as they are, unread.
 
     A Parquet file without image column is skipped with a note when a walk found it (img2dataset
     writes one beside each shard), refused when named. Raises EfxError for a shard whose image
     column or feature cannot be told.
     """
     # A file named as an image is one; any other may be a shard (told by its content).
-    maybe = [i for i, (path, _) in enumerate(files) if not _is_image_name(path)]
-    scanned: dict[int, list[Input]] = {}
+    kept = kept or {}
+    scanned = {i: kept[path] for i, (path, _) in enumerate(files) if path in kept}
+    maybe = [i for i, (path, _) in enumerate(files) if may_be_shard(path) and i not in scanned]
     skipped: list[NotImages] = []
-    kinds: set[str | None] = set()  # of the files read ("kept": unchanged shards, not read)
+    # Of the files read ("kept": unchanged shards, not read, whose kinds are not known here).
+    kinds: set[str | None] = {"kept"} if scanned else set()
     if maybe:
         streams.STOP.clear()
         pool = ThreadPoolExecutor(SCAN_THREADS)
         try:
-            jobs = [(files[i][0], options, kept) for i in maybe]
+            jobs = [(files[i][0], options) for i in maybe]
             for i, (kind, found) in zip(maybe, pool.map(_scan, jobs), strict=True):
                 kinds.add(kind)
                 if isinstance(found, EfxError) and not files[i][1]:
@@ -170,20 +172,17 @@ def _skipped_note(skipped: list[NotImages]) -> str:
     )
 
 
-def _is_image_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+def may_be_shard(path: str) -> bool:
+    """Whether a file may be a shard: any file not named as an image (told by its content)."""
+    return os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS
 
 
 def _scan(
-    job: tuple[str, ShardOptions, Callable[[str, Facts], list[Input] | None]],
+    job: tuple[str, ShardOptions],
 ) -> tuple[str | None, list[Input] | NotImages | Ambiguous | None]:
-    """(the file's kind, its inputs as a shard: kept unread when an earlier output holds it
-    unchanged, kind "kept"), or None for a file that is not a shard."""
-    path, options, kept = job
+    """(the file's kind, its inputs as a shard), or None for a file that is not a shard."""
+    path, options = job
     now = facts_.stat(path)
-    unchanged = kept(path, now)
-    if unchanged is not None:
-        return "kept", unchanged
     kind = kind_of(path)
     return kind, _scan_kind(path, now, kind, options)
 

@@ -31,6 +31,7 @@ from ..errors import EfxError
 from ..facts import Facts
 from ..formats import DEFAULT_STREAM, FILE_FORMATS, NAMES, STREAM_FORMATS, named_by
 from ..formats import FORMATS as REGISTRY
+from ..recorded import OutputState
 from . import hdf5, npy, parquet
 from .stream import STDOUT
 
@@ -116,12 +117,10 @@ def open_writer(
     return writer
 
 
-def read_state(output: str, facts: bool = False) -> dict[str, Any]:
-    """{"attrs", "paths" (embedded), "failed" (paths), "complete"} of an existing output; with
-    `facts`, also "facts" and "failed_facts" (efx.facts.Facts per row and failure), "reasons"
-    (per failure) and "has_facts" (False for outputs of efx before 0.4)."""
-    state: dict[str, Any] = _MODULES[detect_format(output)].read_state(output, facts)
-    return state
+def read_state(output: str, facts: bool = False) -> OutputState:
+    """An existing output's attributes, rows, failures and completeness; with `facts`, also
+    each row's and failure's efx.facts.Facts and each failure's reason (efx.recorded)."""
+    return OutputState(**_MODULES[detect_format(output)].read_state(output, facts))
 
 
 class RowReader(Protocol):
