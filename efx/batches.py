@@ -1,6 +1,7 @@
 """Batches of embeddings made without a tf.data pipeline, and why an input failed: what every
 engine shares (the local one, Ray's workers, efx serve), so that none of them imports another.
-A batch is (positions in the list of inputs, embeddings of the images that decoded, ok flags).
+A batch carries its inputs' positions, the embeddings of those that decoded, and the reasons
+of those that did not: the loop downstream never asks an engine why.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import collections
 import itertools
 import os
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -16,7 +18,26 @@ from .config import DecodeOptions
 from .inputs import Input, fetched
 from .model import LoadedModel
 
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # positions, embeddings of the ok, ok
+
+class Batch(NamedTuple):
+    """Some of an engine's inputs, in order, through the model."""
+
+    positions: np.ndarray  # int64, the inputs' positions in the list the engine was given
+    embeddings: np.ndarray  # float32 [ok.sum(), feature_dim]: those that decoded, in order
+    ok: np.ndarray  # bool per position: decoded and embedded
+    reasons: dict[int, str]  # position -> why it failed, for each position not ok
+
+
+def with_reasons(
+    positions: np.ndarray,
+    embeddings: np.ndarray,
+    ok: np.ndarray,
+    inputs: Sequence[Input],
+    options: DecodeOptions,
+) -> Batch:
+    """A batch, with the reason of each input that failed (`failure_reason`)."""
+    failed = positions[~ok].tolist()
+    return Batch(positions, embeddings, ok, {p: failure_reason(inputs[p], options) for p in failed})
 
 
 def direct_batches(
@@ -54,7 +75,7 @@ def direct_batches(
                 if found
                 else np.zeros([0, loaded.feature_dim], np.float32)
             )
-            yield np.arange(start, stop), embeddings, ok
+            yield with_reasons(np.arange(start, stop), embeddings, ok, inputs, options)
 
 
 def failure_reason(inp: Input, options: DecodeOptions) -> str:

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from . import timeline
-from .batches import Batch, failure_reason
+from .batches import Batch, with_reasons
 from .config import DecodeOptions, Settings
 from .importing import tensorflow
 from .inputs import Input, fetched
@@ -30,7 +30,6 @@ class Engine(Protocol):
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]: ...
-    def reason(self, inp: Input, options: DecodeOptions) -> str: ...
     def close(self) -> None: ...
 
 
@@ -73,7 +72,8 @@ class LocalEngine:
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
     ) -> Iterator[Batch]:
-        """The pipeline drops inputs that fail to decode; the gaps in its indices are those.
+        """The pipeline drops inputs that fail to decode; the gaps in its indices are those
+        (each read and decoded again, alone, to say why: efx.batches.failure_reason).
         Images inside shards and objects by URL reach it as bytes, read ahead by efx.sources;
         files of their own are read by the pipeline's decoders."""
         from .decode import pipeline  # imports TensorFlow: only once there is work
@@ -92,14 +92,12 @@ class LocalEngine:
             index = index.numpy()
             positions = np.arange(expected, index[-1] + 1)
             expected = int(index[-1]) + 1
-            yield positions, loaded.embed(images), np.isin(positions, index)
+            embeddings, ok = loaded.embed(images), np.isin(positions, index)
+            yield with_reasons(positions, embeddings, ok, inputs, options)
         if expected < len(inputs):  # the last inputs all failed
             positions = np.arange(expected, len(inputs))
             empty = np.zeros([0, loaded.feature_dim], np.float32)
-            yield positions, empty, np.zeros(len(positions), bool)
-
-    def reason(self, inp: Input, options: DecodeOptions) -> str:
-        return failure_reason(inp, options)
+            yield with_reasons(positions, empty, np.zeros(len(positions), bool), inputs, options)
 
     def close(self) -> None:
         pass

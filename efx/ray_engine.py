@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import remote
+from .batches import Batch
 from .config import DecodeOptions, Settings
 from .errors import EfxError
 from .inputs import Input, Member, fetched
@@ -96,10 +97,12 @@ class RayEngine:
 
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(positions in `inputs`, embeddings of the ok ones, ok) per batch, in input order.
-        Workers read the inputs themselves (files, objects by URL, and images inside shards by
-        their place in the shard): no image's bytes pass through this process."""
+    ) -> Iterator[Batch]:
+        """The batches, in input order. Workers read the inputs themselves (files, objects by
+        URL, and images inside shards by their place in the shard): no image's bytes pass
+        through this process, but those of inputs that failed, read again here to say why."""
+        from .batches import with_reasons
+
         ray = self._ray
         if not inputs:
             return
@@ -126,12 +129,8 @@ class RayEngine:
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             ok = batch["ok"].astype(bool)
-            yield batch["index"].astype(np.int64), batch["embedding"][ok], ok
-
-    def reason(self, inp: Input, options: DecodeOptions) -> str:
-        from .batches import failure_reason  # (read and decoded again here, by the driver)
-
-        return failure_reason(inp, options)
+            positions, embeddings = batch["index"].astype(np.int64), batch["embedding"][ok]
+            yield with_reasons(positions, embeddings, ok, inputs, options)
 
     def close(self) -> None:
         if self._started and self._ray.is_initialized():

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import files, process, remote
+from .batches import Batch
 from .config import DecodeOptions, Settings
 from .errors import EfxError
 from .inputs import Input, Member
@@ -181,7 +182,6 @@ class ServedEngine:
 
     def __init__(self, sock: socket.socket, path: str, hello: dict[str, Any]) -> None:
         self._sock, self._path, self._hello = sock, path, hello
-        self._reasons: dict[str, str] = {}
 
     def load_model(
         self, spec: ModelSpec, settings: Settings, images: int | None = None
@@ -197,7 +197,8 @@ class ServedEngine:
 
     def batches(
         self, inputs: Sequence[Input], options: DecodeOptions, loaded: LoadedModel
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    ) -> Iterator[Batch]:
+        """The server's batches, each with the reasons of its failed inputs."""
         if not inputs:
             return
         request = {
@@ -216,17 +217,13 @@ class ServedEngine:
                 positions = np.frombuffer(payload[: 8 * count], np.int64)
                 ok = np.frombuffer(payload[8 * count : 9 * count], np.bool_)
                 embeddings = np.frombuffer(payload[9 * count :], np.float32).reshape(-1, dim)
-                for position, reason in header["reasons"].items():
-                    self._reasons[inputs[int(position)].key] = reason
-                yield positions, embeddings, ok
+                reasons = {int(position): why for position, why in header["reasons"].items()}
+                yield Batch(positions, embeddings, ok, reasons)
         except OSError as error:  # ConnectionError included: the server stopped
             raise EfxError(
                 f"efx serve ({self._path}) stopped answering during the run ({error}); the "
                 "rows so far are written: run the same command with --resume"
             ) from None
-
-    def reason(self, inp: Input, options: DecodeOptions) -> str:
-        return self._reasons[inp.key]
 
     def close(self) -> None:
         self._sock.close()
@@ -306,17 +303,15 @@ class _Connection(socketserver.BaseRequestHandler):
                         self._embed(sock, header)
 
     def _embed(self, sock: socket.socket, request: dict[str, Any]) -> None:
-        from .batches import direct_batches, failure_reason
+        from .batches import direct_batches
 
         inputs = [_unwire(item) for item in request["inputs"]]
         try:
             options = DecodeOptions(**request["options"])
             remote.configure(request["storage_options"])
             batches = direct_batches(inputs, options, self.server.loaded)
-            for positions, embeddings, ok in batches:
-                reasons = {
-                    str(int(p)): failure_reason(inputs[int(p)], options) for p in positions[~ok]
-                }
+            for positions, embeddings, ok, failed in batches:
+                reasons = {str(position): why for position, why in failed.items()}
                 payload = b"".join(
                     [positions.astype(np.int64).tobytes(), ok.astype(np.bool_).tobytes(),
                      np.ascontiguousarray(embeddings, np.float32).tobytes()]

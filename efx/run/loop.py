@@ -23,6 +23,7 @@ from ..errors import EfxError
 from ..facts import Facts
 from ..inputs import Input
 from ..model import LoadedModel
+from .copies import Copies
 from .planned import Plan
 from .record import output_attrs, shard_size_of
 
@@ -42,7 +43,7 @@ def write_rows(
     """Open (or reopen) the target, stream every input's row into it, and mark it complete.
     On any stop it is left marked incomplete, with every batch written so far."""
     assert plan.work is not None
-    resuming = settings.resume and plan.state is not None
+    resuming = settings.resume and plan.existing is not None
     try:
         writer = writers.open_writer(
             plan.format, plan.target, output_attrs(plan, settings, loaded),
@@ -102,10 +103,6 @@ class Feed:
         assert self.engine is not None and self.options is not None and self.loaded is not None
         return self.engine.batches(inputs, self.options, self.loaded)
 
-    def reason(self, inp: Input) -> str:
-        assert self.engine is not None and self.options is not None
-        return self.engine.reason(inp, self.options)
-
 
 def stream(
     inputs: list[Input],
@@ -118,7 +115,9 @@ def stream(
     """The loop: each input's row, in input order, into the writer: copied from an earlier
     output, or from the engine's batches (which see only the inputs that need the model).
     Rows and failures are each written in input order (what --resume relies on), and
-    committed after every step. Returns (rows, failures) written."""
+    committed after every step; `bar` (None: none) counts the inputs embedded. Returns
+    (rows, failures) written."""
+    bar = bar if bar is not None else _NoBar()
     embed_at = work.to_embed
     paths = [inp.key for inp in inputs]
     # Each input with the facts the plan found (an object by URL's SHA-256, when it was
@@ -129,43 +128,37 @@ def stream(
             for i in embed_at
         ]
     )
-    readers: dict[int, writers.RowReader] = {}
     held: dict[int, np.ndarray | str] = {}  # embedded once, repeated later (SAME_AS)
     repeated = set(work.index[work.kind == reuse.SAME_AS].tolist())
     rows = failed = 0
     sync = _SyncClock()
-    try:
-        with process.SignalsBetweenBatches(after_bar=not getattr(bar, "disable", True)) as signals:
-            for start, stop, computed in _steps(len(paths), embed_at, batches):
-                step = Step(inputs, work, start, stop, computed)
-                embeddings, reasons = step.assemble(sources, readers, held, feed)
-                ok = step.ok(reasons)
-                # In input order, runs of rows and failures alternating: a file format keeps
-                # them apart anyway, a stream (OUTPUT -) gives one record per input in order.
-                for first, last, good in _runs(ok):
-                    if good:
-                        positions = np.arange(start + first, start + last)
-                        writer.write(
-                            [paths[p] for p in positions], embeddings[first:last],
-                            step.facts(positions), step.columns(positions, readers),
-                        )  # fmt: skip
-                        continue
-                    for position in range(start + first, start + last):
-                        writer.fail(paths[position], reasons[position], work.facts[position])
-                for position in repeated.intersection(range(start, stop)):
-                    kept = reasons.get(position)
-                    # A copy: a view would keep this whole step's array alive.
-                    held[position] = (
-                        kept if kept is not None else embeddings[position - start].copy()
-                    )
-                rows, failed = rows + int(ok.sum()), failed + len(reasons)
-                writer.flush(sync=sync.due(stop - start))
-                timeline.mark("first rows written")
-                bar.update(int((work.kind[start:stop] == reuse.EMBED).sum()))
-                signals.deliver()  # a Ctrl-C or SIGTERM that came during this step acts now
-    finally:
-        for reader in readers.values():
-            reader.close()
+    after_bar = not getattr(bar, "disable", True)
+    with Copies(work, sources) as copies, process.SignalsBetweenBatches(after_bar) as signals:
+        for start, stop, computed in _steps(len(paths), embed_at, batches):
+            step = Step(inputs, work, start, stop, computed)
+            embeddings, reasons = step.assemble(copies.rows(start, stop), held)
+            ok = step.ok(reasons)
+            # In input order, runs of rows and failures alternating: a file format keeps
+            # them apart anyway, a stream (OUTPUT -) gives one record per input in order.
+            for first, last, good in _runs(ok):
+                if good:
+                    positions = np.arange(start + first, start + last)
+                    writer.write(
+                        [paths[p] for p in positions], embeddings[first:last],
+                        step.facts(positions), step.columns(positions, copies),
+                    )  # fmt: skip
+                    continue
+                for position in range(start + first, start + last):
+                    writer.fail(paths[position], reasons[position], work.facts[position])
+            for position in repeated.intersection(range(start, stop)):
+                kept = reasons.get(position)
+                # A copy: a view would keep this whole step's array alive.
+                held[position] = kept if kept is not None else embeddings[position - start].copy()
+            rows, failed = rows + int(ok.sum()), failed + len(reasons)
+            writer.flush(sync=sync.due(stop - start))
+            timeline.mark("first rows written")
+            bar.update(int((work.kind[start:stop] == reuse.EMBED).sum()))
+            signals.deliver()  # a Ctrl-C or SIGTERM that came during this step acts now
     return rows, failed
 
 
@@ -180,20 +173,22 @@ def _runs(flags: np.ndarray) -> Iterator[tuple[int, int, bool]]:
 
 def _steps(
     count: int, embed_at: np.ndarray, batches: Iterable[Batch]
-) -> Iterator[tuple[int, int, tuple[np.ndarray, np.ndarray, np.ndarray] | None]]:
+) -> Iterator[tuple[int, int, Batch | None]]:
     """Spans [start, stop) of the inputs in order, each with what the engine returned for the
-    inputs in it (positions among all the inputs, embeddings of the ok ones, ok), at most
-    STEP_ROWS inputs per span: an engine batch, or copied rows between two of them."""
+    inputs in it (a Batch whose positions are among all the inputs), at most STEP_ROWS inputs
+    per span: an engine batch, or copied rows between two of them."""
     cursor = 0
-    for index, embeddings, ok in batches:
+    for index, embeddings, ok, reasons in batches:
         positions = embed_at[index]
+        failed = {int(embed_at[i]): why for i, why in reasons.items()}
         done = np.flatnonzero(ok)
         last = int(positions[-1]) + 1
         while cursor < last:
             stop = min(last, cursor + STEP_ROWS)
             inside = (positions >= cursor) & (positions < stop)
             rows = np.searchsorted(done, np.flatnonzero(inside & ok))  # their embeddings' rows
-            yield cursor, stop, (positions[inside], embeddings[rows], ok[inside])
+            mine = {p: why for p, why in failed.items() if cursor <= p < stop}
+            yield cursor, stop, Batch(positions[inside], embeddings[rows], ok[inside], mine)
             cursor = stop
     while cursor < count:
         stop = min(count, cursor + STEP_ROWS)
@@ -210,35 +205,26 @@ class Step:
         work: reuse.Work,
         start: int,
         stop: int,
-        computed: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        computed: Batch | None,
     ) -> None:
         self.inputs, self.work, self.start, self.stop = inputs, work, start, stop
         self.computed = computed
 
     def assemble(
-        self,
-        sources: list[reuse.Source],
-        readers: dict[int, writers.RowReader],
-        held: dict[int, np.ndarray | str],
-        feed: Feed,
+        self, copied: dict[int, np.ndarray], held: dict[int, np.ndarray | str]
     ) -> tuple[np.ndarray, dict[int, str]]:
-        """(embeddings, one row per input of the span; failures: position -> reason)."""
+        """(embeddings, one row per input of the span; failures: position -> reason), from the
+        rows `copied` (position - start -> row: efx.run.copies), the engine's batch, and the
+        rows `held` for later repeats of the same bytes."""
         work, start, stop = self.work, self.start, self.stop
         kind = work.kind[start:stop]
-        blocks: dict[int, np.ndarray] = {}  # position - start -> embedding
+        blocks = dict(copied)  # position - start -> embedding
         reasons: dict[int, str] = {}
-        for number in np.unique(work.source[start:stop][kind == reuse.COPY]):
-            at = np.flatnonzero((kind == reuse.COPY) & (work.source[start:stop] == number))
-            if number not in readers:
-                readers[number] = writers.open_rows(sources[number].output)
-            for i, row in zip(at, readers[number].take(work.index[start + at]), strict=True):
-                blocks[int(i)] = row
         if self.computed is not None:
-            positions, embeddings, ok = self.computed
+            positions, embeddings, ok, failed = self.computed
             for i, row in zip(positions[ok] - start, embeddings, strict=True):
                 blocks[int(i)] = row
-            for position in positions[~ok]:
-                reasons[int(position)] = feed.reason(self.inputs[position])
+            reasons.update(failed)
         for i in np.flatnonzero(kind == reuse.SAME_AS):
             original = int(work.index[start + i])
             first: np.ndarray | str | None = held.get(original)
@@ -262,9 +248,7 @@ class Step:
         ok[[p - self.start for p in reasons]] = False
         return ok
 
-    def columns(
-        self, positions: np.ndarray, readers: dict[int, writers.RowReader]
-    ) -> dict[str, list[Any]]:
+    def columns(self, positions: np.ndarray, copies: Copies) -> dict[str, list[Any]]:
         """The columns beyond the embedding and facts that Parquet outputs store: each row's
         shard and dataset key, from its input; for rows an unchanged shard keeps unread, from
         the earlier output's rows."""
@@ -273,20 +257,15 @@ class Step:
         kept = [self.inputs[p].columns or {} for p in positions]
         for name in {name for values in kept for name in values}:
             found[name] = [values.get(name) for values in kept]
-        work = self.work
-        unread = [
-            i
+        unread = {
+            int(p): i
             for i, p in enumerate(positions)
             if self.inputs[p].member is None and self.inputs[p].key != self.inputs[p].path
-            and work.kind[p] == reuse.COPY and int(work.source[p]) in readers
-        ]  # fmt: skip
-        for number in {int(work.source[positions[i]]) for i in unread}:
-            mine = [i for i in unread if int(work.source[positions[i]]) == number]
-            copied = readers[number].columns([int(work.index[positions[i]]) for i in mine])
-            for name, values in copied.items():
-                column = found.setdefault(name, [None] * len(positions))
-                for i, value in zip(mine, values, strict=True):
-                    column[i] = value
+            and self.work.kind[p] == reuse.COPY
+        }  # fmt: skip
+        for position, values in copies.columns(list(unread)).items():
+            for name, value in values.items():
+                found.setdefault(name, [None] * len(positions))[unread[position]] = value
         return found
 
     def facts(self, positions: np.ndarray) -> list[Facts]:
@@ -302,6 +281,13 @@ class Step:
                 planned = planned._replace(sha256="")
             found.append(planned)
         return found
+
+
+class _NoBar:
+    disable = True
+
+    def update(self, count: int) -> None:
+        pass
 
 
 class _SyncClock:
