@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from . import sources, writers
+from . import remote, sources, writers
 from .errors import EfxError
+from .recorded import Recorded
 from .writers import bucket
 
 BLOCK_ROWS = 1024  # rows compared at a time: a block of similarities is BLOCK_ROWS x N floats
@@ -32,21 +32,31 @@ MAX_PAIRS = 5_000_000  # pairs above the threshold before a run is refused as me
 
 
 def similar(
-    output: str, queries: Iterable[str], k: int = 10, *, verbose: bool = False
+    output: str,
+    queries: Iterable[str],
+    k: int = 10,
+    *,
+    verbose: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """For each query, the `k` rows of `output` nearest to it by cosine similarity.
 
     A query is a path already in `output` (its row is used, and left out of its own hits) or
     any image file, embedded with the model and settings `output` records. Returns one dict per
     query: {"query", "in_output", "error" (None, or why it has no hits), "hits": [{"rank",
-    "path", "similarity", "exists"}]}.
+    "path", "similarity", "exists"}]}. `storage_options`: for an output or queries by URL, as
+    efx.extract takes them.
     """
-    queries = list(queries)
+    with remote.using(storage_options):
+        return _similar(output, list(queries), k, verbose)
+
+
+def _similar(output: str, queries: list[str], k: int, verbose: bool) -> list[dict[str, Any]]:
     if not queries:
         raise EfxError("name at least one QUERY: a path in OUTPUT or an image file")
     _check_k(k)
     output = bucket.reading(output)
-    paths = writers.read_state(output)["paths"]
+    paths = writers.read_state(output).paths
     failed = {f["path"]: f["error"] for f in writers.read_failures(output)}
     rows = _rows_of(queries, paths)
     outside = [q for q in queries if rows[q] is None and q not in failed and sources.is_file(q)]
@@ -75,13 +85,23 @@ def similar(
 
 
 def duplicates(
-    output: str, threshold: float | None = None, *, progress: bool = False
+    output: str,
+    threshold: float | None = None,
+    *,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Groups of near-duplicate rows: every pair at cosine similarity >= `threshold` links two
     rows, and linked rows form a group (single linkage). Largest groups first; each member with
     its similarity to the group's first member; `progress` shows a bar on stderr. Returns
     {"threshold", "rows", "groups": [{"size", "members": [{"path", "similarity", "exists"}]}]}.
+    `storage_options`: for an output by URL, as efx.extract takes them.
     """
+    with remote.using(storage_options):
+        return _duplicates(output, threshold, progress)
+
+
+def _duplicates(output: str, threshold: float | None, progress: bool) -> dict[str, Any]:
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
         raise EfxError(f"--threshold must be in (0, 1]. Received: {threshold!r}")
@@ -161,37 +181,22 @@ def _query_vectors(
 def _embed_files(
     output: str, files: list[str], verbose: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Embed image files as `output` was made: its model, input size, resize and EXIF settings."""
-    from .api import extract
+    """Embed image files as `output` was made: its model, input size, resize and EXIF settings
+    (efx.recorded), through efx.extract's stages into memory (efx.run.in_memory)."""
+    from .config import Settings
+    from .run.in_memory import embed_in_memory
 
-    attrs = writers.describe(output)
-    if not attrs.get("model_handle"):
+    options = Recorded.of(writers.describe(output)).embedding_settings(output)
+    try:
+        embedded = embed_in_memory(files, Settings(**options), verbose)
+    except EfxError as error:
         raise EfxError(
-            f"{output} does not record the model it was made with, so query images cannot be "
-            "embedded like its rows; query with paths already in it"
-        )
-    backend = str(attrs.get("backend", "auto"))
-    options = {
-        "model": attrs.get("model_handle"),
-        "image_size": attrs.get("image_size"),
-        "resize": attrs.get("resize", "squash"),
-        "exif": bool(attrs.get("exif_orientation", True)),
-        "precision": str(attrs.get("precision", "float32")),
-        "backend": backend if backend in ("tensorflow", "openvino") else "auto",
-    }
-    with tempfile.TemporaryDirectory(prefix="efx-query-") as scratch:
-        made = os.path.join(scratch, "queries.h5")
-        try:
-            extract(files, made, verbose=verbose, **options)
-        except EfxError as error:
-            raise EfxError(
-                f"cannot embed the query image(s) with the model {output} was made with "
-                f"({options['model']}): {error}"
-            ) from None
-        paths, embeddings = writers.read(made)
-        failures = writers.read_failures(made)
+            f"cannot embed the query image(s) with the model {output} was made with "
+            f"({options['model']}): {error}"
+        ) from None
+    paths, embeddings = embedded.paths, embedded.embeddings()
     vectors = {p: _unit(e) for p, e in zip(paths, embeddings, strict=True)}
-    return vectors, {f["path"]: f"cannot be embedded: {f['error']}" for f in failures}
+    return vectors, {path: f"cannot be embedded: {why}" for path, why in embedded.failures}
 
 
 def _nearest(

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from make_photos import make_photos  # noqa: E402
 
 from efx import writers  # noqa: E402
-from efx.bench import _model_alone, _NoBar, time_pipeline  # noqa: E402
+from efx.bench import _model_alone, time_pipeline  # noqa: E402
 from efx.config import DecodeOptions  # noqa: E402
 from efx.discover import find_images  # noqa: E402
 from efx.engine import LocalEngine  # noqa: E402
@@ -42,9 +42,10 @@ from efx.run.loop import Feed, stream  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def efx_pipeline(loaded, paths: list[str], work: str) -> float:
-    """`efx extract`'s streaming phase, its input pipeline's set-up included."""
-    return time_pipeline(loaded, paths, DecodeOptions(loaded.image_size), work)
+def efx_pipeline(loaded, paths: list[str]) -> float:
+    """`efx extract`'s streaming phase, its input pipeline's set-up included, rows kept in
+    memory as the Keras recipe's `predict` keeps them."""
+    return time_pipeline(loaded, paths, DecodeOptions(loaded.image_size))
 
 
 def embed_to(loaded, paths: list[str], output: str, scaling: bool) -> None:
@@ -53,7 +54,7 @@ def embed_to(loaded, paths: list[str], output: str, scaling: bool) -> None:
     writer = writers.open_writer("hdf5", output, attrs, inputs=paths)
     inputs = [loose(path) for path in paths]
     feed = Feed(LocalEngine(), options, loaded)
-    stream(inputs, embed_all(len(inputs)), [], writer, _NoBar(), feed)
+    stream(inputs, embed_all(len(inputs)), [], writer, None, feed)
     writer.close()
 
 
@@ -131,7 +132,7 @@ def main() -> None:
             for config, model in models.items():
                 alone = _model_alone(model, len(paths))
                 figures.setdefault(f"{config} model alone", []).append(alone)
-                speed = efx_pipeline(model, paths, work)
+                speed = efx_pipeline(model, paths)
                 figures.setdefault(f"{config} efx", []).append(speed)
             speed, _ = keras_recipe(keras, folder, loaded.image_size, loaded.batch_size)
             figures["keras"].append(speed)
