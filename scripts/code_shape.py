@@ -1,6 +1,8 @@
-"""The shape of the code: the longest functions and parameter lists, the largest files, the
-import cycles between efx's modules (imports inside functions included), and how many files
-name each output format (ast and text only: efx is not imported).
+"""The shape of the code: the longest functions and parameter lists, the largest files (and
+the largest of the entry points, api and cli), the longest CLI command bodies, the import
+cycles between efx's modules (imports inside functions included), and how many files name
+each output format (ast and text only: efx is not imported). Run it on any checkout (--root)
+to compare before and after.
 
     python scripts/code_shape.py [--top 5] [--root efx]
 """
@@ -34,6 +36,29 @@ def functions(root: str) -> list[tuple[int, int, str]]:
 
 
 FORMATS = ("hdf5", "npy", "parquet", "jsonl", "arrow")
+
+
+def command_bodies(root: str) -> list[tuple[int, str]]:
+    """(lines, "file:line name") of every Click command's body, its docstring left out: the
+    functions of efx's CLI (cli.py, or the cli/ package) decorated as a command."""
+    found = []
+    for module, path in modules(root).items():
+        if module.split(".")[1:2] != ["cli"]:
+            continue
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read(), path)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            if not any("command" in ast.unparse(d) for d in node.decorator_list):
+                continue
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                body = body[1:]  # the docstring: --help's text
+            if body:
+                lines = (node.end_lineno or node.lineno) - body[0].lineno + 1
+                found.append((lines, f"{path}:{node.lineno} {node.name}"))
+    return found
 
 
 def modules(root: str) -> dict[str, str]:
@@ -141,6 +166,15 @@ def main() -> None:
     print("largest files (lines):")
     for lines, path in sorted(sizes, reverse=True)[: args.top]:
         print(f"  {lines:4d}  {path}")
+    entry = [(n, p) for n, p in sizes if os.path.basename(p) == "api.py" or "cli" in p]
+    lines, path = max(entry)
+    cli_total = sum(n for n, p in sizes if "cli" in p)
+    print(f"largest of api/cli: {lines} lines, {path} (the CLI's files together: {cli_total})")
+    bodies = sorted(command_bodies(args.root), reverse=True)
+    print("longest CLI command bodies (lines, docstring left out):")
+    for lines, where in bodies[: args.top]:
+        print(f"  {lines:4d}  {where}")
+    print(f"CLI command bodies over 25 lines: {sum(1 for b in bodies if b[0] > 25)}")
     found_cycles = cycles(import_graph(args.root))
     print(f"import cycles: {len(found_cycles)}")
     for cycle in found_cycles:
