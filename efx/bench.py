@@ -71,12 +71,14 @@ def bench(
     rounds: int = 2,
     stdin: BinaryIO | None = None,
     progress: Any = None,
+    **options: Any,
 ) -> BenchReport:
     """Measure images/s of the model alone and of the extract pipeline, side by side, for each
     backend (`backend="all"`: TensorFlow and, on a CPU, OpenVINO when it can run the model).
-    `settings` gives the model, image size, batch size and precision (efx.config.Settings)."""
+    `settings`, or `options` (its fields, as efx.extract takes them), give the model, image
+    size, batch size and precision (efx.config.Settings)."""
     sources = list(sources)
-    settings = settings or Settings()
+    settings = settings or Settings(**options)
     check_positive("--rounds", rounds)
     check_positive("--count", count)
     if backend not in (*BACKENDS, "all"):

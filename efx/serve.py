@@ -353,10 +353,12 @@ def prepare_socket(path: str) -> None:
     )
 
 
-def run(settings: Settings, path: str | None, say: Any) -> None:
+def run(path: str | None, say: Any, **options: Any) -> None:
     """`efx serve`: load the model once (as a run would), listen at `path` (default:
     socket_path()), and answer runs until Ctrl-C or SIGTERM; the socket is removed on the way
-    out. `say(text)` hears what a person should know (loading, ready, stopped)."""
+    out. `options` are efx.config.Settings' fields, as efx.extract takes them (the model and
+    its settings); `say(text)` hears what a person should know (loading, ready, stopped)."""
+    settings = Settings(**options)
     from .model import check_precision, load_model, resolve_model
 
     path = path or socket_path()

@@ -250,11 +250,10 @@ def serve(socket_path: str | None, verbose: bool, **settings: Any) -> None:
       efx similar out.h5 query.jpg -k 5
       efx serve -m ./my-model --precision bfloat16  # runs must ask for the same
     """
-    from ..config import Settings
     from ..serve import run as run_server
 
     with native_logs_hidden(verbose):
-        run_server(Settings(**settings), socket_path, render.say)
+        run_server(socket_path, render.say, **settings)
 
 
 @click.command()
@@ -307,7 +306,6 @@ def bench(
       find photos -name '*.jpg' | head -100 | efx bench -m b6 -
     """
     from ..bench import bench as run_bench
-    from ..config import Settings
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
@@ -315,9 +313,9 @@ def bench(
         raise EfxError(f"--size must be WIDTHxHEIGHT, e.g. 1024x768. Received: {size!r}") from None
     with native_logs_hidden(verbose):
         report = run_bench(
-            sources, Settings(**settings), backend=backend, count=count, size=(width, height),
-            rounds=rounds, stdin=sys.stdin.buffer if "-" in sources else None,
-            progress=None if as_json else render.bench_round,
+            sources, backend=backend, count=count, size=(width, height), rounds=rounds,
+            stdin=sys.stdin.buffer if "-" in sources else None,
+            progress=None if as_json else render.bench_round, **settings,
         )  # fmt: skip
     render.show(report, as_json, lambda: render.bench(report))
 
