@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -166,15 +167,21 @@ def good_dir(tmp_path):
 
 def save_tiny_model(folder: str, sleep_seconds: float = 0.0, dim: int = TINY_DIM) -> str:
     """A tiny TF2 SavedModel with the module's interface: float32 [n, h, w, 3] -> [n, dim]
-    (16: TINY_DIM); with `sleep_seconds`, each call first sleeps that long (a tf.data sleep:
-    no CPU)."""
+    (16: TINY_DIM); with `sleep_seconds`, each call first sleeps (a tf.data sleep: no CPU) as
+    long as the file `sleep_file(folder)` says, `sleep_seconds` to begin with (`calls_sleep`
+    changes it: a test's set-up runs need not wait)."""
     import tensorflow as tf
+
+    if sleep_seconds:
+        with open(sleep_file(folder), "w") as file:
+            file.write(str(int(sleep_seconds * 1e6)))
 
     def sleep() -> tf.Tensor:
         one = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+        microseconds = tf.strings.to_number(tf.io.read_file(sleep_file(folder)), tf.int64)
         slept = tf.raw_ops.SleepDataset(
             input_dataset=one._variant_tensor,
-            sleep_microseconds=tf.constant(int(sleep_seconds * 1e6), tf.int64),
+            sleep_microseconds=microseconds,
             output_types=[tf.int64],
             output_shapes=[[]],
         )
@@ -196,6 +203,30 @@ def save_tiny_model(folder: str, sleep_seconds: float = 0.0, dim: int = TINY_DIM
 
     tf.saved_model.save(Tiny(), folder)
     return folder
+
+
+def sleep_file(model: str) -> str:
+    """Where a slow tiny model reads how long each call sleeps (microseconds), beside it."""
+    return os.path.normpath(model) + ".sleep"
+
+
+def no_sleep(model: str):
+    """The block's runs on `model` at full speed, if it is the slow model (see calls_sleep)."""
+    exists = os.path.exists(sleep_file(model))
+    return calls_sleep(model, 0) if exists else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def calls_sleep(model: str, seconds: float):
+    """The slow model's calls sleep `seconds` (0: the tiny model's speed) during the block, in
+    this process and in every efx process started meanwhile; SLOW_CALL_SECONDS again after."""
+    with open(sleep_file(model), "w") as file:
+        file.write(str(int(seconds * 1e6)))
+    try:
+        yield
+    finally:
+        with open(sleep_file(model), "w") as file:
+            file.write(str(int(SLOW_CALL_SECONDS * 1e6)))
 
 
 @pytest.fixture(scope="session")

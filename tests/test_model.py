@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import SAMPLES, TINY_DIM, run_efx
+from conftest import SAMPLES, TINY_DIM, run_cli
 
 import efx
 from efx.errors import EfxError
@@ -27,8 +27,8 @@ def test_a_flexible_model_efx_does_not_know_runs_at_528_with_a_note(
     monkeypatch.setenv("EFX_CACHE_DIR", str(tmp_path / "efx-cache"))
     source, rels = good_dir
     output = str(tmp_path / "o.h5")
-    result = run_efx("extract", "--model", tiny_tarball, "--backend", backend, source, output)
-    assert result.returncode == 0, result.stderr
+    result = run_cli("extract", "--model", tiny_tarball, "--backend", backend, source, output)
+    assert result.exit_code == 0, result.stderr
     note = "efx: note: the model accepts any input size and does not say which it was trained at"
     assert result.stderr.count(note) == 1, result.stderr
     assert "using 528x528 (EfficientNet-B6's); pass --image-size to use another" in result.stderr

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_user_error, run_efx, write_broken_images
+from conftest import assert_user_error, run_cli, run_efx, write_broken_images
 from test_shards import dataset, images, photo, write_tar  # noqa: F401 - fixtures
 
 import efx
@@ -295,16 +295,16 @@ def test_keep_columns_carries_captions_from_each_kind_of_shard_through_resume_an
     assert rows[0]["txt"] is None
     # Another kind, and the CLI: TFRecord bytes features; typos and other formats refused.
     tf_output = str(tmp_path / "tf.parquet")
-    result = run_efx("extract", dataset["tfrecord"], tf_output, "-m", tiny_model,
+    result = run_cli("extract", dataset["tfrecord"], tf_output, "-m", tiny_model,
                      "--image-size", str(SIZE), "--keep-columns", "text", "-q")  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert set(ds.dataset(tf_output).to_table().column("text").to_pylist()) == {"a cat"}
-    typo = run_efx("extract", *sources, str(tmp_path / "t.parquet"), "-m", tiny_model,
+    typo = run_cli("extract", *sources, str(tmp_path / "t.parquet"), "-m", tiny_model,
                    "--keep-columns", "captoin")  # fmt: skip
     assert_user_error(typo, "--keep-columns: no sample in the shards has captoin")
-    h5 = run_efx("extract", *sources, str(tmp_path / "t.h5"), "--keep-columns", "caption")
+    h5 = run_cli("extract", *sources, str(tmp_path / "t.h5"), "--keep-columns", "caption")
     assert_user_error(h5, "--keep-columns carries source columns into a Parquet output")
-    own = run_efx("extract", *sources, str(tmp_path / "t.parquet"), "--keep-columns", "key")
+    own = run_cli("extract", *sources, str(tmp_path / "t.parquet"), "--keep-columns", "key")
     assert_user_error(own, "--keep-columns: key is one of the output's own columns")
 
     # --update keeps them for rows it copies (the tars, unchanged) and reads them for new rows;

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import EFX, SLOW_CALL_SECONDS, sample, write_broken_images
+from conftest import EFX, SLOW_CALL_SECONDS, run_cli, sample, write_broken_images
 from conftest import run_efx as run
 
 import efx
@@ -25,6 +25,9 @@ from efx import writers
 from efx.resume import done_prefix, select_part
 
 SIZE = 48
+# Runs killed at random points per format (at least two land mid-way): scripts/soak_kills.py
+# runs the kill tests again and again with more (EFX_TEST_KILLS=5), the suite with a few.
+KILLS = int(os.environ.get("EFX_TEST_KILLS", "2"))
 OUTPUTS = {"hdf5": "out.h5", "npy": "out", "parquet": "out.parquet"}
 
 
@@ -53,11 +56,11 @@ def clean(photos, tiny_model, tmp_path_factory) -> dict[str, str]:
     1, as the killed runs: each image computed alone, so a resumed output equals it bit for bit."""
     folder = tmp_path_factory.mktemp("clean")
     outputs = {}
-    for fmt, name in OUTPUTS.items():
+    for fmt, name in OUTPUTS.items():  # (in this process: the killed runs are the command's)
         outputs[fmt] = str(folder / name)
-        args = extract_args(photos, outputs[fmt], tiny_model, "--shard-size", "40", "-b", "1")
-        result = run(*args)
-        assert result.returncode == 0, result.stderr
+        efx.extract(
+            photos, outputs[fmt], model=tiny_model, image_size=SIZE, batch_size=1, shard_size=40
+        )
     return outputs
 
 
@@ -89,7 +92,7 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
     rng = random.Random(fmt)
     total = len(efx.load(clean[fmt])[0])
     kills = []
-    for _attempt in range(5):
+    for _attempt in range(KILLS):
         before = rows_in(output)
         process = subprocess.Popen([EFX, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Wait for this run to add rows, then kill it a random moment later, mid-write.
@@ -117,9 +120,9 @@ def test_killed_at_random_points_and_resumed_equals_an_uninterrupted_run(
             break
         kills.append(info["count"])
     else:
-        assert run(*args).returncode == 0
+        assert run_cli(*args).exit_code == 0
     print(f"rows committed at each kill: {kills}")
-    assert len(kills) >= 2, kills  # the loop really did kill runs mid-way
+    assert len(kills) >= min(2, KILLS), kills  # the loop really did kill runs mid-way
     assert_same_output(output, clean[fmt])
     np.testing.assert_array_equal(efx.load(output)[1], efx.load(clean[fmt])[1])  # bit for bit
 
@@ -154,8 +157,8 @@ def test_ctrl_c_flushes_marks_incomplete_says_how_to_resume_and_exits_130(
     command = stderr.strip().splitlines()[-1].strip()
     assert command.startswith("efx extract ") and command.endswith("--resume"), stderr
 
-    resumed = run(*shlex.split(command)[1:])
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = run_cli(*shlex.split(command)[1:])  # (the printed command, in this process)
+    assert resumed.exit_code == 0, resumed.stderr
     assert "already done" in resumed.stderr
     assert_same_output(output, clean[fmt])
 
@@ -280,9 +283,16 @@ def test_full_disk_keeps_what_was_written_and_resume_finishes_it(
     info = efx.info(output)
     assert info["complete"] is False and info["count"] < len(efx.load(clean[fmt])[0])
 
-    resumed = run(*args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    resume(photos, output, tiny_model)  # (the command's own resume: the Ctrl-C tests)
     assert_same_output(output, clean[fmt])
+
+
+def resume(photos: str, output: str, model: str) -> None:
+    """The run of `extract_args(photos, output, model, "--shard-size", "40")` resumed, in this
+    process."""
+    efx.extract(
+        photos, output, model=model, image_size=SIZE, batch_size=2, shard_size=40, resume=True
+    )
 
 
 def test_resume_refuses_other_settings_and_says_which(photos, tiny_model, clean, tmp_path):
@@ -490,5 +500,5 @@ def test_a_filesystem_that_fills_up_stops_cleanly_and_resume_finishes(
     info = efx.info(output)
     assert info["complete"] is False and info["count"] < len(efx.load(clean[fmt])[0])
     filler.unlink()
-    assert run(*args, "--resume").returncode == 0
+    resume(photos, output, tiny_model)
     assert_same_output(output, clean[fmt])

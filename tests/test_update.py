@@ -236,7 +236,9 @@ def test_killed_update_leaves_output_intact_and_the_rerun_reuses_its_rows(
     args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
     args.append("tensorflow")  # the slow model's sleep does not convert to OpenVINO
     with no_sleep(slow_model):
-        extract(tree, output, slow_model, batch_size=1, backend="tensorflow")
+        efx.extract(
+            tree, output, model=slow_model, image_size=SIZE, batch_size=1, backend="tensorflow"
+        )
     before = efx.load(output)
     for i in range(6):
         write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 200 + i)
@@ -248,10 +250,8 @@ def test_killed_update_leaves_output_intact_and_the_rerun_reuses_its_rows(
     assert os.path.exists(scratch)
 
     with no_sleep(slow_model):
-        done = subprocess.run(
-            [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True,
-        )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+        done = run_cli("extract", *args, "--update", "--json", "-q")
+    assert done.exit_code == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["computed"] <= 4 and summary["computed"] + summary["kept"] == 19
     assert leftovers(output) == []
@@ -263,7 +263,9 @@ def test_ctrl_c_during_an_update_says_output_is_as_it_was(tree, slow_model, tmp_
     args = [tree, output, "-m", slow_model, "--image-size", str(SIZE), "-b", "1", "--backend"]
     args.append("tensorflow")
     with no_sleep(slow_model):
-        extract(tree, output, slow_model, batch_size=1, backend="tensorflow")
+        efx.extract(
+            tree, output, model=slow_model, image_size=SIZE, batch_size=1, backend="tensorflow"
+        )
     for i in range(4):
         write_photo(os.path.join(tree, "c", f"new-{i}.jpg"), 300 + i)
     update = subprocess.Popen(
@@ -383,10 +385,8 @@ def test_update_continues_a_killed_run_and_keeps_every_row_it_wrote(tree, slow_m
     assert 4 <= done < 13
     write_photo(os.path.join(tree, "000-new.jpg"), 700)  # sorted before everything
     with no_sleep(slow_model):
-        result = subprocess.run(
-            [EFX, "extract", *args, "--update", "--json", "-q"], capture_output=True, text=True
-        )
-    assert result.returncode == 0, result.stderr
+        result = run_cli("extract", *args, "--update", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["kept"], summary["computed"]) == (done, 14 - done)
     assert_equals_fresh_run(output, tree, slow_model, tmp_path, "hdf5")
