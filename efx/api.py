@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -58,39 +58,43 @@ def extract(
     Raises EfxError for anything the user can fix, and `efx.Interrupted` (a KeyboardInterrupt)
     on Ctrl-C or SIGTERM, after marking the output incomplete.
     """
+    call = _Call(sources, stdin, progress, on_note, verbose)
     with remote.using(storage_options):
         if remote.is_url(output):
-            return _extract_to_bucket(sources, output, stdin, progress, on_note, verbose, options)
-        return _extract(sources, output, stdin, progress, on_note, verbose, options)
+            return _extract_to_bucket(call, output, Settings(**options))
+        return _extract(call, output, Settings(**options))
 
 
-def _extract(
-    sources: str | Iterable[str],
-    output: str,
-    stdin: BinaryIO | None,
-    progress: bool,
-    on_note: Callable[[str], None] | None,
-    verbose: bool,
-    options: dict[str, Any],
-) -> Summary:
+@dataclass(frozen=True)
+class _Call:
+    """What one `extract` call was given besides the settings: where the inputs come from and
+    what the caller hears."""
+
+    sources: str | Iterable[str]
+    stdin: BinaryIO | None
+    progress: bool
+    on_note: Callable[[str], None] | None
+    verbose: bool
+
+
+def _extract(call: _Call, output: str, settings: Settings) -> Summary:
     """`extract` into a local OUTPUT (or stdout): the data flow, stage by stage."""
     started = time.monotonic()
-    settings = Settings(**options)
     if output == writers.STDOUT:
         check_stream(settings)
     # TensorFlow's C++ lines (CUDA probes, oneDNN, libpng warnings) stay off stderr unless
     # `verbose`, as they do for the command: the same redirection, for this call only.
-    hidden = process.native_logs_hidden(verbose, whole_process=False)
+    hidden = process.native_logs_hidden(call.verbose, whole_process=False)
     with hidden, one_update_at_a_time(output, settings):
         with process.sigterm_stops():  # Ctrl-C and SIGTERM stop the walk and the reading alike
-            plan = plan_run(sources, output, settings, stdin, progress, on_note)
+            plan = plan_run(call.sources, output, settings, call.stdin, call.progress, call.on_note)
         timeline.mark("planned")
         if settings.resume and plan.existing is not None and plan.existing.complete:
             return already_complete(plan)
         assert plan.work is not None
         if settings.update and same_rows(plan):
             return update_in_place(plan, settings, started)
-        loaded, counts, loaded_at = _embed(plan, settings, progress, on_note, verbose)
+        loaded, counts, loaded_at = _embed(call, plan, settings)
         if settings.update:
             swap_in_new(plan)
         timeline.mark("written")
@@ -98,11 +102,7 @@ def _extract(
 
 
 def _embed(
-    plan: Plan,
-    settings: Settings,
-    progress: bool,
-    on_note: Callable[[str], None] | None,
-    verbose: bool,
+    call: _Call, plan: Plan, settings: Settings
 ) -> tuple[LoadedModel | None, tuple[int, int], float]:
     """Open the engine and load the model (for inputs to embed, or to describe an output no
     earlier one can), then run the loop into the writer: (the loaded model, (rows, failures)
@@ -115,36 +115,27 @@ def _embed(
         try:
             if needs_model:
                 # The load takes seconds to minutes (a first run downloads): say so.
-                if progress:
+                if call.progress:
                     print(f"efx: loading {plan.spec.handle} ...", file=sys.stderr, flush=True)
-                engine = open_engine(settings, verbose, plan.spec)
+                engine = open_engine(settings, call.verbose, plan.spec)
                 try:
-                    loaded = _load(engine, plan, settings, on_note)
+                    loaded = _load(engine, plan, settings, call.on_note)
                 except KeyboardInterrupt:
                     phase = "loading the model"
                     raise process.Interrupted(plan.output, wrote=False, phase=phase) from None
             loaded_at = time.monotonic()
             timeline.mark("model loaded")
-            return loaded, write_rows(plan, settings, loaded, engine, progress), loaded_at
+            return loaded, write_rows(plan, settings, loaded, engine, call.progress), loaded_at
         finally:
             if engine is not None:
                 engine.close()
 
 
-def _extract_to_bucket(
-    sources: str | Iterable[str],
-    url: str,
-    stdin: BinaryIO | None,
-    progress: bool,
-    on_note: Callable[[str], None] | None,
-    verbose: bool,
-    options: dict[str, Any],
-) -> Summary:
+def _extract_to_bucket(call: _Call, url: str, settings: Settings) -> Summary:
     """`extract` into a working copy mirrored to the bucket (efx.writers.bucket): synced while
     the run writes, and at its end however it ends. Messages name the URL."""
     from .writers.bucket import Bucket
 
-    settings = Settings(**options)
     bucket = Bucket(url, writers.format_for(url, settings.format))
     modes = [("update", settings.update), ("resume", settings.resume)]
     mode = next((m for m, on in modes if on), "overwrite" if settings.overwrite else "new")
@@ -152,7 +143,7 @@ def _extract_to_bucket(
         local = bucket.prepare(mode)
     try:
         with bucket.mirrored(live=not settings.update):
-            summary = _extract(sources, local, stdin, progress, on_note, verbose, options)
+            summary = _extract(call, local, settings)
     except EfxError as error:
         raise EfxError(str(error).replace(local, url)) from None
     except process.Interrupted as stop:

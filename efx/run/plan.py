@@ -26,6 +26,7 @@ from ..model import DEFAULT_MODEL, ModelSpec, check_precision, resolve_model
 from ..recorded import OutputState, Recorded
 from .planned import Plan
 from .record import planned_attrs
+from .update import earlier_sources
 
 
 def plan_run(
@@ -234,44 +235,6 @@ def _hashing(progress: bool) -> Callable[..., list[Facts]]:
             return facts_.hash_files(paths, bar.update, heads)
 
     return hash_files
-
-
-def earlier_sources(
-    plan: Plan, settings: Settings, on_note: Callable[[str], None] | None
-) -> list[reuse.Source]:
-    """The outputs --update may copy rows from: OUTPUT first, then what killed updates left
-    beside it (`OUTPUT.updating-N`: rows computed before the kill), if made with the same
-    settings. One that cannot be read is skipped (and removed once the update is done)."""
-    found = []
-    if plan.existing is not None:
-        found.append(_source(plan.output, plan.existing, on_note))
-    planned = Recorded.of(planned_attrs(plan, settings))
-    for leftover in reuse.leftovers(plan.output):
-        try:
-            state = writers.read_state(leftover, facts=True)
-        except (EfxError, OSError, ValueError, KeyError):
-            continue
-        if not state.recorded.differences(planned, planned.asked(update=True)):
-            found.append(_source(leftover, state, None))
-    return found
-
-
-def _source(output: str, state: OutputState, on_note: Callable[[str], None] | None) -> reuse.Source:
-    trusted = None
-    if not state.has_facts:
-        trusted = reuse.trusted_before(state.attrs)
-        if on_note is not None:
-            since = state.attrs.get("created", "its start")
-            on_note(
-                f"{output} was written by efx {state.attrs.get('efx_version', '< 0.4')}, "
-                "which did not record each file's size, date and checksum: efx reads every "
-                "file once to record them, keeping the rows of files not modified since "
-                f"{since} and embedding the others again"
-            )
-    return reuse.Source(
-        output, state.paths, state.facts, state.failed, state.failed_facts,
-        state.reasons, trusted, state.attrs,
-    )  # fmt: skip
 
 
 def existing_output(output: str, fmt: str, verb: str) -> OutputState | None:

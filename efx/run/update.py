@@ -1,11 +1,14 @@
-"""--update's own steps around the common run: one update of an OUTPUT at a time, the
-nothing-changed path (facts refreshed in place, no model), and the facts it records."""
+"""--update's own steps around the common run, all in this module: one update of an OUTPUT at a
+time, the outputs whose rows it may copy (OUTPUT, and what killed updates left beside it), the
+nothing-changed path (facts refreshed in place, no model), and the new OUTPUT swapped in. What
+each input needs (kept, reused, embedded) is efx.reuse's decision, the same for every run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,7 +17,9 @@ import numpy as np
 from .. import files, process, reuse, writers
 from ..config import Settings
 from ..errors import EfxError
+from ..recorded import OutputState, Recorded
 from .planned import Plan
+from .record import planned_attrs
 from .summary import Summary, summarise
 
 
@@ -80,3 +85,41 @@ def _refresh_facts(plan: Plan) -> None:
             f"updating the file dates in {plan.output} failed: {error.strerror or error}. "
             "Its rows are as they were; run the same command again."
         ) from error
+
+
+def earlier_sources(
+    plan: Plan, settings: Settings, on_note: Callable[[str], None] | None
+) -> list[reuse.Source]:
+    """The outputs --update may copy rows from: OUTPUT first, then what killed updates left
+    beside it (`OUTPUT.updating-N`: rows computed before the kill), if made with the same
+    settings. One that cannot be read is skipped (and removed once the update is done)."""
+    found = []
+    if plan.existing is not None:
+        found.append(_source(plan.output, plan.existing, on_note))
+    planned = Recorded.of(planned_attrs(plan, settings))
+    for leftover in reuse.leftovers(plan.output):
+        try:
+            state = writers.read_state(leftover, facts=True)
+        except (EfxError, OSError, ValueError, KeyError):
+            continue
+        if not state.recorded.differences(planned, planned.asked(update=True)):
+            found.append(_source(leftover, state, None))
+    return found
+
+
+def _source(output: str, state: OutputState, on_note: Callable[[str], None] | None) -> reuse.Source:
+    trusted = None
+    if not state.has_facts:
+        trusted = reuse.trusted_before(state.attrs)
+        if on_note is not None:
+            since = state.attrs.get("created", "its start")
+            on_note(
+                f"{output} was written by efx {state.attrs.get('efx_version', '< 0.4')}, "
+                "which did not record each file's size, date and checksum: efx reads every "
+                "file once to record them, keeping the rows of files not modified since "
+                f"{since} and embedding the others again"
+            )
+    return reuse.Source(
+        output, state.paths, state.facts, state.failed, state.failed_facts,
+        state.reasons, trusted, state.attrs,
+    )  # fmt: skip
