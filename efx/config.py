@@ -6,8 +6,8 @@ judged without the model, before any work. `DecodeOptions` is the part the decod
 The options that shape the rows are also stored in every output, so that a later run (--resume,
 merge) can tell whether its rows are comparable.
 
-Adding an option: a field here (with its check), a Click option of the same name in `cli.py`,
-and the stage that reads it.
+Adding an option: a field here (with its check), a Click option of the same name in efx/cli/
+(embed.py, or options.py when several commands share it), and the stage that reads it.
 """
 
 from __future__ import annotations
