@@ -53,8 +53,8 @@ output_options = _options(
     ),
     click.option(
         "--shard-size", type=int, default=None, metavar="N",
-        help=f"Rows per .npy shard or Parquet file. Default: {DEFAULT_SHARD_SIZE}; --update and "
-        "--resume keep OUTPUT's own.",
+        help=f"Rows per .npy shard or Parquet file. Default: {DEFAULT_SHARD_SIZE} (efx extract "
+        "--update and --resume keep OUTPUT's own).",
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT."),
 )  # fmt: skip
