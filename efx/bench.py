@@ -23,12 +23,11 @@ from .engine import LocalEngine
 from .errors import EfxError
 from .inputs import Input, loose
 from .model import (
-    DEFAULT_MODEL,
     LoadedModel,
     ModelSpec,
+    asked_model,
     check_precision,
     load_model,
-    resolve_model,
 )
 from .sources import ShardOptions, list_inputs
 
@@ -87,7 +86,7 @@ def bench(
         )
     if sources:
         check_sources(sources)
-    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    spec = asked_model(settings.model)
     check_precision(settings.precision, backend)
     inputs = list_inputs(find_files(sources, stdin=stdin), ShardOptions()) if sources else []
     paths: list[str] | list[Input] = inputs

@@ -59,6 +59,12 @@ DEFAULT_IMAGE_SIZE = 528  # the module efx is built for: EfficientNet-B6
 _BY_HANDLE = {spec.handle: spec for spec in MODELS.values()}
 
 
+def asked_model(model: str | None) -> ModelSpec:
+    """The model a run asks for: `model` (--model), else the EFX_MODEL variable, else
+    DEFAULT_MODEL (EfficientNet-B6 from TF-Hub), resolved (see resolve_model)."""
+    return resolve_model(model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+
+
 def resolve_model(name: str) -> ModelSpec:
     """A short name, TF-Hub/Kaggle handle, SavedModel folder or .tar.gz to a ModelSpec."""
     name = name.strip()

@@ -40,7 +40,7 @@ from .batches import Batch
 from .config import DecodeOptions, Settings
 from .errors import EfxError
 from .inputs import Input, Member
-from .model import DEFAULT_MODEL, LoadedModel, ModelSpec
+from .model import LoadedModel, ModelSpec, asked_model
 
 SOCKET_ENV = "EFX_SOCKET"  # the socket's path; "" turns the use of a server off
 _HEADER = struct.Struct(">I")
@@ -359,14 +359,14 @@ def run(path: str | None, say: Any, **options: Any) -> None:
     out. `options` are efx.config.Settings' fields, as efx.extract takes them (the model and
     its settings); `say(text)` hears what a person should know (loading, ready, stopped)."""
     settings = Settings(**options)
-    from .model import check_precision, load_model, resolve_model
+    from .model import check_precision, load_model
 
     path = path or socket_path()
     if path is None:
         raise EfxError(f"{SOCKET_ENV} is empty (no server): pass --socket PATH")
     if len(os.fsencode(path)) > 100:  # sun_path: 108 bytes on Linux
         raise EfxError(f"the socket path is too long for a Unix socket (max 100 bytes): {path}")
-    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    spec = asked_model(settings.model)
     check_precision(settings.precision, settings.backend)
     prepare_socket(path)
     say(f"loading {spec.handle} ...")

@@ -20,8 +20,6 @@ from .. import timeline
 from ..errors import EfxError
 from . import render
 
-EXIT_INTERRUPTED = 130
-
 
 class _UserError(click.ClickException):
     def show(self, file: Any = None) -> None:
@@ -37,7 +35,7 @@ class _Group(click.Group):
             raise _UserError(str(error)) from None
         except KeyboardInterrupt:  # extract says more (render.say_interrupted); the others, this
             click.echo("efx: interrupted", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+            ctx.exit(render.EXIT_INTERRUPTED)
         except BrokenPipeError:  # OUTPUT - (or a line) met a closed pipe: the run has stopped
             render.stdout_closed()
             ctx.exit(render.EXIT_READER_GONE)

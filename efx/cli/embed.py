@@ -22,8 +22,6 @@ from .options import (
     verbose_option,
 )
 
-EXIT_INTERRUPTED = 130
-
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
@@ -198,7 +196,7 @@ def extract(
             )  # fmt: skip
     except Interrupted as stop:
         render.say_interrupted(stop, settings["resume"] or settings["update"], "-" in sources)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(render.EXIT_INTERRUPTED)
     render.show(summary, as_json)
     if not quiet:
         render.report(summary)

@@ -18,6 +18,7 @@ from ..names import escape, to_json
 # SIGPIPE (128 + 13). Whatever else the command was asked for (an --html page, an OUTPUT file)
 # is still written.
 EXIT_READER_GONE = 141
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: as the shell reports SIGINT (128 + 2)
 _gone = [False]
 _PIECE = 1 << 16  # a Linux pipe's buffer
 
@@ -158,8 +159,9 @@ def report(summary: Any) -> None:
     if summary.resumed:
         done = "image was" if summary.resumed == 1 else "images were"
         say(f"resumed: {summary.resumed} {done} already done")
-    if changes(summary):
-        say(changes(summary))
+    update = changes(summary)
+    if update:
+        say(update)
     if not summary.model_loaded:
         say(
             f"no image needed the model: {summary.embedded} rows, {summary.failed} "

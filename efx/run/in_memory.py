@@ -4,7 +4,6 @@ embedded as an output's rows were."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from .. import facts as facts_
@@ -13,7 +12,7 @@ from .. import sources as sources_
 from ..config import Settings
 from ..discover import find_files
 from ..engine import Engine, open_engine
-from ..model import DEFAULT_MODEL, check_precision, resolve_model
+from ..model import asked_model, check_precision
 from ..writers.memory import MemoryWriter
 from .loop import Feed, stream
 
@@ -25,7 +24,7 @@ def embed_in_memory(
     a MemoryWriter holding the rows (keys, float32 [rows, dim]) and the failures with their
     reasons, exactly as efx.extract would write them. An `efx serve` running the same model is
     used as extract uses it. Raises EfxError (a model that cannot be loaded, say)."""
-    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    spec = asked_model(settings.model)
     check_precision(settings.precision, settings.backend)
     inputs = sources_.list_inputs(find_files(sources), sources_.ShardOptions())
     work = reuse.plan(inputs, [], unstorable={}, hash_files=facts_.hash_files)

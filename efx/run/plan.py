@@ -22,7 +22,7 @@ from ..errors import EfxError
 from ..facts import Facts
 from ..formats import FORMATS
 from ..inputs import Input
-from ..model import DEFAULT_MODEL, ModelSpec, check_precision, resolve_model
+from ..model import ModelSpec, asked_model, check_precision
 from ..recorded import OutputState, Recorded
 from .planned import Plan
 from .record import planned_attrs
@@ -94,7 +94,7 @@ def _checked(
         existing = existing_output(output, fmt, "update" if settings.update else "resume")
     if existing is None or settings.update:
         writers.check_output(output, fmt, settings.overwrite or existing is not None, True)
-    spec = resolve_model(settings.model or os.environ.get("EFX_MODEL") or DEFAULT_MODEL)
+    spec = asked_model(settings.model)
     check_precision(settings.precision, settings.backend)
     return fmt, existing, spec
 
