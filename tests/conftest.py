@@ -229,6 +229,33 @@ def calls_sleep(model: str, seconds: float):
             file.write(str(int(SLOW_CALL_SECONDS * 1e6)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def caches_below_the_sessions_temporary_folder(tmp_path_factory):
+    """Every cache a run fills (efx's OpenVINO conversions and unpacked models, Hugging Face's,
+    Chromium's) goes below this session's temporary folder, not the developer's ~/.cache: the
+    suite writes nowhere else. One per test worker, shared by its tests and the processes they
+    start; a test about a cache sets its own."""
+    caches = str(tmp_path_factory.mktemp("caches"))
+    os.environ["XDG_CACHE_HOME"] = caches
+    os.environ.pop("EFX_CACHE_DIR", None)
+    os.environ.pop("HF_HOME", None)
+    os.environ.pop("HF_DATASETS_CACHE", None)
+    return caches
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With `--dist loadgroup`, a grouped test's id ends in @GROUP on its worker. pytest 9.2
+    changed node ids and pytest-xdist 3.8's grouping stopped, silently (pytest-xdist#1386): the
+    Ray tests ran on both workers, each starting a Ray of its own. Fail them, saying so."""
+    grouped = any(item.iter_markers("xdist_group"))
+    if grouped and getattr(item.config.option, "loadgroup", False) and "@" not in item.nodeid:
+        pytest.fail(
+            "--dist loadgroup did not group this test: this pytest and pytest-xdist do not work "
+            "together (pytest-xdist#1386); install the pytest that pyproject.toml names",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return save_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny"))
