@@ -45,22 +45,6 @@ def assert_same_output(local: str, remote: str, scale_tolerance: float = 1e-6) -
     np.testing.assert_allclose(ray_rows, local_rows, rtol=0, atol=scale_tolerance)
 
 
-def embed_locally_and_on_ray(
-    sources: list[str], model: str, tmp_path, counts: tuple[int, int]
-) -> str:
-    """`sources` embedded by both engines, each with `counts` (embedded, failed), into outputs
-    that must be the same; the Ray engine's output."""
-    outputs = {}
-    for engine in ("local", "ray"):
-        outputs[engine] = str(tmp_path / f"{engine}.h5")
-        summary = efx.extract(
-            sources, outputs[engine], model=model, image_size=64, batch_size=4, engine=engine
-        )
-        assert (summary.embedded, summary.failed) == counts
-    assert_same_output(outputs["local"], outputs["ray"])
-    return outputs["ray"]
-
-
 @pytest.mark.parametrize("fmt", ["h5", "npy", "parquet"])
 def test_ray_engine_writes_what_the_local_engine_writes(
     ray_instance, tiny_model, mixed_dir, tmp_path, fmt
@@ -181,13 +165,27 @@ def test_an_unreachable_or_malformed_ray_address_fails_in_seconds(address, messa
     assert not os.path.exists(tmp_path / "o.h5")
 
 
-def test_ray_workers_decode_the_odd_files_as_the_local_engine(
+def test_ray_workers_read_odd_files_and_every_kind_of_shard_as_the_local_engine(
     ray_instance, tiny_model, tmp_path, capsysbinary
 ):
-    # The kinds fixed in the decode function reach Ray's actors too: Pillow's GIF and RLE BMP
-    # inside the graph, orientation from PNG/WebP/late JPEG EXIF, a thin strip padded, a frame
-    # bomb refused, a named pipe never opened.
+    """One run of each engine over every kind of input, rows, order and failures compared:
+
+    - odd files: the kinds fixed in the decode function reach Ray's actors too (Pillow's GIF and
+      RLE BMP inside the graph, orientation from PNG/WebP/late JPEG EXIF, a thin strip padded, a
+      frame bomb refused, a named pipe never opened);
+    - shards, whose members workers read by their place in the shard: a tar (with a corrupt
+      member and a sample without an image), a Parquet file (with a null cell, in row groups of
+      3), a gzip'd TFRecord file;
+    - the round-3 shards of tests/test_datasets_as_written.py: a member stored twice (the later
+      copy), a ZLIB TFRecord file whose records hold several images, a Hugging Face list of
+      images per row.
+
+    Then the same run streamed to stdout (OUTPUT -) from Ray: the local rows, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_datasets_as_written import add, example, picture, png, write_records
     from test_inputs import ODD_BUT_VALID, gif_frame_bomb
+    from test_shards import photo, write_tar, write_tfrecord
 
     root = tmp_path / "odd"
     root.mkdir()
@@ -200,45 +198,6 @@ def test_ray_workers_decode_the_odd_files_as_the_local_engine(
     (root / "strip.png").write_bytes(_strip_png())
     (root / "frame-bomb.gif").write_bytes(gif_frame_bomb(10000))
     os.mkfifo(root / "pipe.jpg")
-    outputs = {}
-    for engine in ("local", "ray"):
-        outputs[engine] = str(tmp_path / f"{engine}.h5")
-        summary = efx.extract(
-            str(root), outputs[engine], model=tiny_model, image_size=48, resize="pad",
-            engine=engine,
-        )  # fmt: skip
-        assert (summary.embedded, summary.failed) == (len(names) + 1, 2)
-    assert_same_output(outputs["local"], outputs["ray"])
-    # The same run streamed to stdout (OUTPUT -) from Ray: the local rows, in order.
-    capsysbinary.readouterr()
-    efx.extract(str(root), "-", model=tiny_model, image_size=48, resize="pad", engine="ray")
-    records = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
-    paths, rows = efx.load(outputs["local"])
-    assert [r["path"] for r in records if "error" not in r] == paths
-    streamed = np.array([r["embedding"] for r in records if "error" not in r], np.float32)
-    np.testing.assert_allclose(streamed, rows, rtol=0, atol=1e-6)
-    assert sum("error" in r for r in records) == 2
-
-
-def _strip_png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (2000, 1), "orange").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def test_ray_workers_read_images_inside_shards_as_the_local_engine(
-    ray_instance, tiny_model, tmp_path
-):
-    """A tar (with a corrupt member and a sample without an image), a Parquet file (with a
-    null cell, in row groups of 3) and a gzip'd TFRecord file: workers read the members by
-    their place in the shard; rows, order and failures as locally."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from test_shards import photo, write_tar, write_tfrecord
 
     images = [photo(i) for i in range(8)]
     shard, table, records = (str(tmp_path / n) for n in ("a.tar", "b.parquet", "c.tfrecord.gz"))
@@ -249,7 +208,66 @@ def test_ray_workers_read_images_inside_shards_as_the_local_engine(
     cells = pa.array([images[0], None, *images[1:6]], pa.binary())
     pq.write_table(pa.table({"jpg": cells}), table, row_group_size=3)
     write_tfrecord(records, images[3:], gz=True)
-    embed_locally_and_on_ray([shard, table, records], tiny_model, tmp_path, (6 + 6 + 5, 3))
+
+    pictures = [png(picture(i)) for i in range(4)]
+    dup = str(tmp_path / "dup.tar")
+    with tarfile.open(dup, "w") as tar:
+        add(tar, "000.png", pictures[0])
+        add(tar, "000.png", pictures[1])
+        add(tar, "001.png", pictures[2])
+    multi = write_records(
+        tmp_path / "multi.tfrecord", [example(pictures[:3]), example([pictures[3]])], "ZLIB"
+    )
+    item = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    hf_cells = [[{"bytes": pictures[0], "path": None}, {"bytes": pictures[3], "path": None}], []]
+    hf = str(tmp_path / "hf.parquet")
+    pq.write_table(pa.table({"images": pa.array(hf_cells, pa.list_(item))}), hf)
+
+    # (embedded, failed) of each source, as the local engine and Ray must both count them.
+    expected = {
+        str(root): (len(names) + 1, 2), shard: (6, 2), table: (6, 1), records: (5, 0),
+        dup: (2, 0), multi: (4, 0), hf: (2, 1),
+    }  # fmt: skip
+    sources = list(expected)
+    options = {"model": tiny_model, "image_size": 48, "resize": "pad", "batch_size": 4}
+    outputs = {}
+    for engine in ("local", "ray"):
+        outputs[engine] = str(tmp_path / f"{engine}.h5")
+        summary = efx.extract(sources, outputs[engine], engine=engine, **options)
+        assert summary.engine == engine
+        paths = efx.load(outputs[engine])[0]
+        failed = [f["path"] for f in efx.writers.read_failures(outputs[engine])]
+        counted = {
+            source: (
+                sum(p.startswith(source + "/") for p in paths),
+                sum(p.startswith(source + "/") for p in failed),
+            )
+            for source in sources
+        }
+        assert counted == expected
+    assert_same_output(outputs["local"], outputs["ray"])
+    assert [p for p in efx.load(outputs["ray"])[0] if p.startswith(dup)] == [
+        f"{dup}/000.png",
+        f"{dup}/001.png",
+    ]
+    capsysbinary.readouterr()
+    efx.extract(sources, "-", engine="ray", **options)
+    streamed = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+    paths, rows = efx.load(outputs["local"])
+    assert [r["path"] for r in streamed if "error" not in r] == paths
+    vectors = np.array([r["embedding"] for r in streamed if "error" not in r], np.float32)
+    np.testing.assert_allclose(vectors, rows, rtol=0, atol=1e-6)
+    assert sum("error" in r for r in streamed) == sum(f for _, f in expected.values())
+
+
+def _strip_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1), "orange").save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def test_ray_workers_read_objects_in_a_bucket_themselves(ray_instance, tiny_model, tmp_path):
@@ -283,28 +301,3 @@ def test_ray_workers_read_objects_in_a_bucket_themselves(ray_instance, tiny_mode
 
         remote.configure({})
         server.stop()
-
-
-def test_ray_workers_read_round_3_shards_as_the_local_engine(ray_instance, tiny_model, tmp_path):
-    """The shards of tests/test_datasets_as_written.py on Ray workers: a member stored twice
-    (the later copy), a ZLIB TFRecord file whose records hold several images, and a Hugging
-    Face list of images per row: the same rows, keys and failures as locally."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from test_datasets_as_written import add, example, picture, png, write_records
-
-    pictures = [png(picture(i)) for i in range(4)]
-    dup = str(tmp_path / "dup.tar")
-    with tarfile.open(dup, "w") as tar:
-        add(tar, "000.png", pictures[0])
-        add(tar, "000.png", pictures[1])
-        add(tar, "001.png", pictures[2])
-    records = write_records(
-        tmp_path / "multi.tfrecord", [example(pictures[:3]), example([pictures[3]])], "ZLIB"
-    )
-    item = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    cells = [[{"bytes": pictures[0], "path": None}, {"bytes": pictures[3], "path": None}], []]
-    table = str(tmp_path / "hf.parquet")
-    pq.write_table(pa.table({"images": pa.array(cells, pa.list_(item))}), table)
-    on_ray = embed_locally_and_on_ray([dup, records, table], tiny_model, tmp_path, (2 + 4 + 2, 1))
-    assert efx.load(on_ray)[0][:2] == [f"{dup}/000.png", f"{dup}/001.png"]

@@ -278,9 +278,12 @@ def test_kill_9_then_resume_with_the_output_in_a_bucket(bucket, slow_model, tmp_
         assert not state["complete"] and 0 < state["count"] < 36
         if cache_lost:
             shutil.rmtree(os.path.join(os.environ["EFX_CACHE_DIR"], "outputs"))
-        with no_sleep(slow_model):
-            result = run_efx("extract", source, out, *args, "--resume")
-        assert result.returncode == 0, result.stderr
+        with no_sleep(slow_model):  # (in this process: the killed run is the command's)
+            resumed = efx.extract(
+                [source], out, model=slow_model, image_size=int(SIZE[1]), backend="tensorflow",
+                batch_size=2, resume=True,
+            )  # fmt: skip
+        assert resumed.complete and 0 < resumed.resumed < 36
         paths, embeddings = efx.load(out)
         ref_paths, ref = efx.load(reference)
         assert [p.replace(source, str(photos) + "/") for p in paths] == ref_paths

@@ -178,7 +178,9 @@ def test_servers_of_another_model_settings_efx_or_model_files_are_not_used(
         server.stop()
 
 
-def test_what_is_not_an_efx_server_is_passed_by_and_a_stale_socket_replaced(tiny_model, tmp_path):
+def test_what_is_not_an_efx_server_is_passed_by_and_a_stale_socket_replaced(
+    tiny_model, tmp_path, monkeypatch
+):
     root = tmp_path / "images"
     write_good_images(str(root))
     sock = str(tmp_path / "s.sock")
@@ -186,9 +188,11 @@ def test_what_is_not_an_efx_server_is_passed_by_and_a_stale_socket_replaced(tiny
     other.bind(sock)
     other.listen()
     other.close()  # a socket file nothing listens at: left by a server that was kill -9'd
-    done = run_efx("extract", str(root), str(tmp_path / "a.h5"), "-m", tiny_model,
-                   env={**os.environ, "EFX_SOCKET": sock})  # fmt: skip
-    assert done.returncode == 0 and "efx serve" not in done.stderr, done.stderr
+    with monkeypatch.context() as env:  # the command's run, in this process
+        env.setenv("EFX_SOCKET", sock)
+        done = run_cli("extract", str(root), str(tmp_path / "a.h5"), "-m", tiny_model)
+    assert done.exit_code == 0 and "efx serve" not in done.stderr, done.stderr
+    assert efx.info(str(tmp_path / "a.h5"))["complete"]
     server = Served(sock, "-m", tiny_model, "--image-size", "48")  # replaces the stale socket
     server.stop()
     assert_user_error(run_cli("serve", "--socket", "/" + "x" * 120), "too long for a Unix socket")
@@ -225,12 +229,9 @@ def test_a_server_killed_mid_run_leaves_an_output_that_resumes_bit_equal(slow_mo
     assert f"efx: efx serve ({sock}) stopped answering during the run" in stderr
     assert "run the same command with --resume" in stderr and "Traceback" not in stderr
     assert 0 < efx.info(str(tmp_path / "o.h5"))["count"] < 40
-    alone = {**os.environ, "EFX_SOCKET": ""}
-    with no_sleep(slow_model):
-        resumed = run_efx(
-            "extract", str(root), str(tmp_path / "o.h5"), *common, "--resume", env=alone
-        )
-        assert resumed.returncode == 0, resumed.stderr
+    with no_sleep(slow_model):  # without the server (EFX_SOCKET is empty in the suite)
+        resumed = run_cli("extract", str(root), str(tmp_path / "o.h5"), *common, "--resume")
+        assert resumed.exit_code == 0, resumed.stderr
         efx.extract(
             str(root), str(tmp_path / "w.h5"), model=slow_model, image_size=32, batch_size=2,
             backend="tensorflow",
