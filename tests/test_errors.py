@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EFX, SAMPLES, ctrl_c_after, run_efx
+from conftest import EFX, SAMPLES, ctrl_c_after, run_cli, run_efx
 
 import efx
 from efx import writers
@@ -147,11 +147,11 @@ def test_a_precision_this_machine_cannot_run_is_refused_before_tensorflow_loads(
 def test_bench_reads_paths_from_stdin(tiny_model, good_dir):
     source, rels = good_dir
     paths = "".join(os.path.join(source, rel) + "\n" for rel in rels[:3])
-    result = run_efx(
+    result = run_cli(
         "bench", "-", "-m", tiny_model, "--image-size", "32", "--backend", "tensorflow",
-        "--rounds", "1", "--json", input=paths,
+        "--rounds", "1", "--json", input=paths.encode(),
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert '"images": 3' in result.stdout and '"source": "-"' in result.stdout
 
 

@@ -66,14 +66,22 @@ def test_a_tarball_without_a_savedmodel_is_refused(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "efx-cache" / "unpacked") == []  # no scratch folder left
 
 
-def test_standin_is_labelled_everywhere(tmp_path):
-    """The stand-in's outputs say so in the stored model name and a flag, never passing as real."""
+def test_standin_is_labelled_everywhere(tiny_model, tmp_path):
+    """The stand-in's outputs say so in the stored model name and a flag, never passing as real,
+    whichever backend runs it."""
+    import shutil
+
+    from efx.model import STANDIN_MARKER
     from efx.standin import build_standin
 
     folder = str(tmp_path / "standin-b0")
     build_standin(folder, "b0")
     output = str(tmp_path / "o.h5")
-    summary = efx.extract(os.path.join(SAMPLES, "space"), output, model=folder, image_size=64)
+    # TensorFlow runs B0 (OpenVINO would convert it first); OpenVINO runs a copy of the tiny
+    # model carrying the same marker.
+    summary = efx.extract(
+        os.path.join(SAMPLES, "space"), output, model=folder, image_size=64, backend="tensorflow"
+    )
     assert summary.standin is True
     assert summary.feature_dim == 1280  # EfficientNet-B0's pooled features
     info = efx.info(output)
@@ -81,3 +89,9 @@ def test_standin_is_labelled_everywhere(tmp_path):
     assert "not real embeddings" in info["model"]
     # Its native size comes with it.
     assert resolve_model(folder).image_size == 224
+    marked = shutil.copytree(tiny_model, tmp_path / "marked")
+    shutil.copy(os.path.join(folder, STANDIN_MARKER), marked)
+    on_openvino = efx.extract(os.path.join(SAMPLES, "space"), str(tmp_path / "ov.h5"),
+                              model=str(marked), image_size=64, backend="openvino")  # fmt: skip
+    assert (on_openvino.standin, on_openvino.backend) == (True, "openvino")
+    assert "not real embeddings" in efx.info(str(tmp_path / "ov.h5"))["model"]

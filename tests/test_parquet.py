@@ -19,6 +19,10 @@ from test_shards import dataset, images, photo, write_tar  # noqa: F401 - fixtur
 import efx
 from efx import writers
 
+# One test worker runs them all: their module-scoped fixtures are built once, not on each
+# worker (make test runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("parquet")
+
 SIZE = 48
 
 

@@ -16,6 +16,10 @@ from test_inputs import exif_bytes, rle_bmp, saved
 
 import efx
 
+# One test worker runs them all: their module-scoped fixtures are built once, not on each
+# worker (make test runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("real-weights")
+
 CLASSIFIER = os.path.join(REPO, "..", "shared", "models", "efficientnet-lite0-classifier")
 SIZE = 224  # the size Lite0 was trained at
 EGYPTIAN_CAT, ESPRESSO = 285, 967  # imagenet_classes.txt: one class per line, from 0

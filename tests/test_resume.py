@@ -24,6 +24,10 @@ import efx
 from efx import writers
 from efx.resume import done_prefix, select_part
 
+# One test worker runs them all: their module-scoped fixtures are built once, not on each
+# worker (make test runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("resume")
+
 SIZE = 48
 # Runs killed at random points per format (at least two land mid-way): scripts/soak_kills.py
 # runs the kill tests again and again with more (EFX_TEST_KILLS=5), the suite with a few.

@@ -28,6 +28,10 @@ from conftest import EFX, assert_user_error, ctrl_c_after, no_sleep, run_cli, sa
 import efx
 from efx import writers
 
+# One test worker runs them all: their module-scoped fixtures are built once, not on each
+# worker (make test runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("shards")
+
 SIZE = 48
 COUNT = 12
 

@@ -16,6 +16,10 @@ from conftest import EFX, REPO, SAMPLES, assert_user_error, run_cli, run_efx
 
 import efx
 
+# One test worker runs them all: their module-scoped fixtures are built once, not on each
+# worker (make test runs pytest-xdist with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("stream")
+
 SIZE = 32
 BROKEN = "b_broken.jpg"  # sorted between good images: its record sits between theirs
 
