@@ -11,12 +11,13 @@ help:  ## List the targets
 
 install: $(STAMP)  ## Create .venv and install efx (editable) with OpenVINO, Ray, pyarrow, fsspec's s3/gcs/http and test tools
 
-# --no-compile: Python compiles a module when it is first imported; compiling every file of
-# TensorFlow, Ray, OpenVINO ... at install took 40 of its 117 s here (76 s without).
+# pip compiles every installed file at install (40 of its 117 s here). Keep it: where
+# PYTHONDONTWRITEBYTECODE is set, as on these machines, nothing compiles later, and every
+# process would compile TensorFlow's modules from source (--no-compile made the suite slower).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e ".[dev,openvino,ray,arrow,parquet,s3,gcs,http]"
+	$(PY) -m pip install --quiet -e ".[dev,openvino,ray,arrow,parquet,s3,gcs,http]"
 	touch $(STAMP)
 
 browser:  ## Chromium (contact-sheet tests) and jq (README recipes): Debian's packages; needs root
