@@ -23,19 +23,9 @@ import subprocess
 import sys
 import time
 
+from bench_update import cpu  # the CPU named as the other scripts name it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    name = fields.get("Model name", "unknown CPU").strip()
-    flags = fields.get("Flags", "")
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {simd}"
 
 
 def timed(command: list[str], cwd: str, env: dict[str, str], log: str) -> tuple[float, float, int]:
@@ -84,7 +74,7 @@ def main() -> int:
     parser.add_argument("commits", nargs="+", help="commits to time, the first is the baseline")
     parser.add_argument("--pytest-only", action="store_true", help="skip the installs")
     args = parser.parse_args()
-    print(f"machine: {cpu_name()}; {time.strftime('%Y-%m-%d')}", flush=True)
+    print(f"machine: {cpu()}; {time.strftime('%Y-%m-%d')}", flush=True)
     what = "pytest -n 2 --dist loadgroup" if args.pytest_only else "make test"
     rows = []
     for commit in args.commits:
