@@ -466,7 +466,22 @@ def small_filesystem(tmp_path):
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root); RLIMIT_FSIZE covers the logic")
     yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    if subprocess.run(["umount", str(mount_point)]).returncode != 0:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # none left behind
+        pytest.fail(f"a file below {mount_point} is still open")
+
+
+def files_open_below(folder: str) -> list[str]:
+    """The files below `folder` that this process holds open."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # closed since the listing
+            continue
+        if target.startswith(folder + os.sep):
+            found.append(target)
+    return found
 
 
 @pytest.mark.parametrize("fmt", sorted(OUTPUTS))
@@ -481,11 +496,16 @@ def test_a_filesystem_that_fills_up_stops_cleanly_and_resume_finishes(
     filler = small_filesystem / "filler"
     filler.write_bytes(b"\0" * (shutil.disk_usage(small_filesystem).free - room))
     args = extract_args(photos, output, tiny_model, "--shard-size", "40")
-    full = run(*args)
-    assert full.returncode == 1, full.stderr
+    # The command in this process: the failed run must also let go of the output's files for
+    # the resume below (the RLIMIT_FSIZE test above runs the command in a process of its own).
+    full = run_cli(*args)
+    assert full.exit_code == 1, full.stderr
     assert "No space left on device (disk full?)" in full.stderr, full.stderr
+    assert "Traceback" not in full.stderr
     info = efx.info(output)
     assert info["complete"] is False and info["count"] < len(efx.load(clean[fmt])[0])
+    # The run let go of every file it opened there (a full disk fails their flushes on close).
+    assert files_open_below(str(small_filesystem)) == []
     filler.unlink()
     resume(photos, output, tiny_model)
     assert_same_output(output, clean[fmt])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +32,23 @@ def check_target(output: str, overwrite: bool, manifest: str, a_file: str) -> No
         )
     if not overwrite:
         raise EfxError(f"OUTPUT {output} already exists; pass --overwrite to replace it")
+
+
+def close_all(*closes: Callable[[], object]) -> None:
+    """Call every close, each even where one before it failed, then raise the first failure.
+
+    On a full disk, closing a file fails to write what its buffer holds, and closes the file all
+    the same (io.BufferedWriter.close); the files after it must be closed too, or a run that
+    failed leaves them open in the process (an API caller's, `efx serve`'s) until it exits.
+    """
+    first: BaseException | None = None
+    for close in closes:
+        try:
+            close()
+        except Exception as error:
+            first = first or error
+    if first is not None:
+        raise first
 
 
 def own_files(folder: str, pattern: str) -> list[str]:

@@ -148,10 +148,16 @@ class NpyWriter:
         self._write_manifest(complete=True)
 
     def abort(self) -> None:
-        if not self._failures.closed:
+        """Leave the output incomplete, holding the rows committed so far; every file is closed,
+        even where committing more fails (a full disk), and the manifest is then left as the
+        last commit wrote it."""
+        if self._failures.closed:
+            return
+        try:
             self._commit(sync=True)
+        finally:
             self._close_files()
-            self._write_manifest(complete=False)
+        self._write_manifest(complete=False)
 
     def _start_shard(self, number: int) -> None:
         self._open = {
@@ -191,12 +197,11 @@ class NpyWriter:
         self._open["rows"] = self._open["written"]
 
     def _close_files(self, failures: bool = True) -> None:
-        for file in (self._embeddings_file, self._paths_file, self._facts_file):
-            if file is not None:
-                file.close()
+        files = [self._embeddings_file, self._paths_file, self._facts_file]
         self._embeddings_file = self._paths_file = self._facts_file = None
         if failures:
-            self._failures.close()
+            files.append(self._failures)
+        folder.close_all(*(file.close for file in files if file is not None))
 
     def _keep(self, manifest: dict[str, Any], rows: int, failures: int) -> None:
         """Reopen for --resume: keep the first `rows` rows and `failures` failures."""

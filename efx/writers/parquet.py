@@ -242,12 +242,17 @@ class ParquetWriter:
         self._remove_strays()
 
     def abort(self) -> None:
-        if not self._failures.closed:
+        """Leave the output incomplete, holding the rows committed so far; every file is closed,
+        even where committing more fails (a full disk), and the manifest is then left as the
+        last commit wrote it."""
+        if self._failures.closed:
+            return
+        try:
             self._commit(sync=True)
             self._write_failures()
-            self._failures.close()
-            self._close_filling()
-            self._write_manifest(complete=False)
+        finally:
+            folder.close_all(self._failures.close, self._close_filling)
+        self._write_manifest(complete=False)
 
     def _batch(
         self,
@@ -311,12 +316,9 @@ class ParquetWriter:
         os.remove(self._path(done))
 
     def _close_filling(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
+        stream, sink = self._stream, self._sink
+        self._stream = self._sink = None
+        folder.close_all(*(each.close for each in (stream, sink) if each is not None))
 
     def _keep(self, manifest: dict[str, Any], rows: int, failures: int) -> None:
         """Reopen for --resume: keep the first `rows` rows and `failures` failures. A file cut
