@@ -155,13 +155,19 @@ def test_bench_reads_paths_from_stdin(tiny_model, good_dir):
     assert '"images": 3' in result.stdout and '"source": "-"' in result.stdout
 
 
-def test_an_hdf5_output_held_by_another_process_is_a_clear_error(tiny_model, good_dir, tmp_path):
+def test_an_hdf5_output_held_by_another_process_is_a_clear_error(
+    tiny_model, good_dir, tmp_path, monkeypatch
+):
     output = str(tmp_path / "o.h5")
     efx.extract(good_dir[0], output, model=tiny_model, image_size=32)
+    # efx waits 10 s for the lock's holder to let go; this test's holder never does.
+    monkeypatch.setattr(efx.writers.hdf5, "LOCK_WAIT_SECONDS", 1.0)
     with open(output, "rb") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as an HDF5 writer in another process holds it
-        result = run_efx("info", output)
-    assert result.returncode == 1, result.stderr
+        # As an HDF5 writer in another process holds it: flock's locks belong to an open file,
+        # so HDF5's own open of the file in this process is refused as another process's.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run_cli("info", output)
+    assert result.exit_code == 1, result.stderr
     assert result.stderr == f"efx: {output} is in use by another process; try again\n"
 
 

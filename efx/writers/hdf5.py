@@ -390,6 +390,9 @@ def _open_file(output: str) -> h5py.File:
 
 _T = TypeVar("_T")
 
+# How long to wait out another process's hold on an HDF5 file's lock before reporting it.
+LOCK_WAIT_SECONDS = 10.0
+
 
 def _when_unlocked(output: str, action: Callable[[], _T]) -> _T:
     """Run `action`, waiting out another process's brief hold on the file's lock.
@@ -397,7 +400,7 @@ def _when_unlocked(output: str, action: Callable[[], _T]) -> _T:
     HDF5 locks files while opening them (a reader's `efx info`, a writer creating or reopening
     the file); the holds last milliseconds, so wait a few seconds before giving up.
     """
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
             return action()
