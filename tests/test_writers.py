@@ -129,6 +129,10 @@ def test_format_is_guessed_from_the_output_name():
     assert writers.format_for("x", "parquet") == "parquet"
 
 
+# How long each round of the reader test reads while the writer appends: scripts/soak_kills.py
+# reads longer (EFX_TEST_READ_SECONDS), the suite for a second.
+READ_SECONDS = float(os.environ.get("EFX_TEST_READ_SECONDS", "1"))
+
 # A writer in its own process: appends one row (and every third time a failure) per flush,
 # as a run does at batch 1, until killed. argv: format, output, "rows,failures" to keep or "new".
 WRITER = """
@@ -162,7 +166,7 @@ def test_a_reader_sees_a_valid_output_while_runs_append_are_killed_and_resume(fm
             [sys.executable, "-c", WRITER, fmt, output, keep], stdout=subprocess.PIPE, text=True
         )
         assert process.stdout is not None and process.stdout.readline() == "open\n"
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + READ_SECONDS
         while time.monotonic() < deadline:
             info = efx.info(output)
             paths, embeddings = writers.read(output)
@@ -176,6 +180,7 @@ def test_a_reader_sees_a_valid_output_while_runs_append_are_killed_and_resume(fm
         process.wait()
         info = efx.info(output)
         keep = f"{info['count']},{info['failed']}"
+    print(f"reads: {reads}, rows: {last[0]}")
     assert reads > 20 and last[0] > 20
 
 
