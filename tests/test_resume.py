@@ -354,6 +354,23 @@ class h5_marked_incomplete:  # noqa: N801 - used as a statement
         return None
 
 
+@pytest.fixture(scope="module")
+def part_of(photos, tiny_model, tmp_path_factory):
+    """`part_of(fmt, index)`: the output of `--shard index/3` over the photos, in format `fmt`,
+    made once for the module (a merge only reads its parts)."""
+    folder = tmp_path_factory.mktemp("parts")
+    made: dict[tuple[str, int], str] = {}
+
+    def part(fmt: str, index: int) -> str:
+        if (fmt, index) not in made:
+            made[fmt, index] = str(folder / f"part{index}-{OUTPUTS[fmt]}")
+            efx.extract(photos, made[fmt, index], model=tiny_model, image_size=SIZE,
+                        part=f"{index}/3")  # fmt: skip
+        return made[fmt, index]
+
+    return part
+
+
 @pytest.mark.parametrize(
     ("formats", "merged_fmt"),
     [
@@ -365,14 +382,8 @@ class h5_marked_incomplete:  # noqa: N801 - used as a statement
         (("parquet", "npy", "parquet"), "hdf5"),
     ],
 )
-def test_parts_merge_into_exactly_one_runs_output(
-    formats, merged_fmt, photos, tiny_model, clean, tmp_path
-):
-    parts = []
-    for index, fmt in enumerate(formats):
-        part = str(tmp_path / f"part{index}{ {'hdf5': '.h5', 'parquet': '.parquet'}.get(fmt, '') }")
-        efx.extract(photos, part, model=tiny_model, image_size=SIZE, part=f"{index}/3")
-        parts.append(part)
+def test_parts_merge_into_exactly_one_runs_output(formats, merged_fmt, part_of, clean, tmp_path):
+    parts = [part_of(fmt, index) for index, fmt in enumerate(formats)]
     sizes = [len(efx.load(part)[0]) for part in parts]
     assert all(size > 0 for size in sizes)
     merged = str(tmp_path / OUTPUTS[merged_fmt])
@@ -382,12 +393,11 @@ def test_parts_merge_into_exactly_one_runs_output(
 
 
 def test_merge_refuses_incomplete_overlapping_missing_or_mismatched_parts(
-    photos, tiny_model, tmp_path
+    photos, tiny_model, part_of, tmp_path
 ):
-    parts = {}
-    for index in range(3):
-        parts[index] = str(tmp_path / f"p{index}.h5")
-        efx.extract(photos, parts[index], model=tiny_model, image_size=SIZE, part=f"{index}/3")
+    parts = {index: str(tmp_path / f"p{index}.h5") for index in range(3)}
+    for index, copy in parts.items():  # copies: one is marked unfinished below
+        shutil.copy(part_of("hdf5", index), copy)
     out = str(tmp_path / "all.h5")
     with pytest.raises(efx.EfxError, match=r"part\(s\) 2/3 missing"):
         efx.merge([parts[0], parts[1]], out)
