@@ -41,6 +41,12 @@ FORMATS = NAMES
 
 # Pillow's limit (Image.MAX_IMAGE_PIXELS): a header that claims more pixels is a decompression
 # bomb or an image no embedding model needs at full size.
+# efx duplicates --method: every pair, or through the index beside OUTPUT (efx.index), or the
+# index from INDEX_FROM_ROWS rows on (below, comparing every pair takes about as long as
+# building the index).
+DUPLICATE_METHODS = ("auto", "exact", "index")
+INDEX_FROM_ROWS = 50_000
+
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_SHARD_SIZE = 10_000
 MAX_IMAGE_SIZE = 2048

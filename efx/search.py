@@ -9,14 +9,17 @@ a query image that is not in the output is embedded through `efx.extract` itself
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from . import remote, sources, writers
+from .config import DUPLICATE_METHODS, INDEX_FROM_ROWS
 from .errors import EfxError
 from .recorded import Recorded
 from .writers import bucket
@@ -90,49 +93,209 @@ def duplicates(
     *,
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
+    method: str = "auto",
+    pairs: str | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Groups of near-duplicate rows: every pair at cosine similarity >= `threshold` links two
     rows, and linked rows form a group (single linkage). Largest groups first; each member with
-    its similarity to the group's first member; `progress` shows a bar on stderr. Returns
-    {"threshold", "rows", "groups": [{"size", "members": [{"path", "similarity", "exists"}]}]}.
-    `storage_options`: for an output by URL, as efx.extract takes them.
+    its similarity to the group's first member, and each group with the lowest similarity
+    between two of its members (`lowest_similarity`: single linkage chains, so it can be far
+    below the threshold). `progress` shows a bar on stderr.
+
+    `method`: "exact" compares every pair; "index" finds the pairs through the index beside
+    OUTPUT (efx.index: built first if there is none or it is out of date, said through
+    `on_note`), and re-scores each exactly, so that only recall is approximate; "auto" (the
+    default) uses the index from INDEX_FROM_ROWS rows on, or wherever a current one exists.
+    `pairs`: a file (.jsonl or .parquet) to stream every pair to, {"a", "b", "similarity"}.
+
+    Returns {"threshold", "rows", "method", "pairs", "groups": [{"size",
+    "lowest_similarity", "members": [{"path", "similarity", "exists"}]}]}. `storage_options`:
+    for an output by URL, as efx.extract takes them.
     """
     with remote.using(storage_options):
-        return _duplicates(output, threshold, progress)
+        return _duplicates(output, threshold, progress, method, pairs, on_note)
 
 
-def _duplicates(output: str, threshold: float | None, progress: bool) -> dict[str, Any]:
+def _duplicates(
+    output: str,
+    threshold: float | None,
+    progress: bool,
+    method: str,
+    pairs_path: str | None,
+    on_note: Callable[[str], None] | None,
+) -> dict[str, Any]:
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
         raise EfxError(f"--threshold must be in (0, 1]. Received: {threshold!r}")
-    paths, units = _all_units(bucket.reading(output))
-    parent = list(range(len(paths)))
-    for first, second in _pairs_above(units, float(threshold), progress):
-        _union(parent, first, second)
-    members: dict[int, list[int]] = {}
-    for row in range(len(paths)):
-        root = _find(parent, row)
-        members.setdefault(root, []).append(row)
-    groups: list[dict[str, Any]] = []
-    for rows in members.values():
-        if len(rows) < 2:
-            continue
-        sims = units[rows] @ units[rows[0]]
-        groups.append(
-            {
-                "size": len(rows),
-                "members": [
-                    {
-                        "path": paths[row],
-                        "similarity": round(float(sim), 6),
-                        "exists": sources.exists(paths[row]),
-                    }
-                    for row, sim in zip(rows, sims, strict=True)
-                ],  # fmt: skip
-            }
+    if method not in DUPLICATE_METHODS:
+        raise EfxError(
+            f"the method must be one of {', '.join(DUPLICATE_METHODS)}. Received: {method!r}"
         )
+    output = bucket.reading(output)
+    sink = _PairSink(pairs_path) if pairs_path else None
+    try:
+        if _uses_index(output, method):
+            found, count, reader = _pairs_through_index(output, float(threshold), progress, on_note)
+            paths, method = writers.read_state(output).paths, "index"
+        else:
+            paths, units = _all_units(output)
+            found, count = _pairs_above(units, float(threshold), progress), len(units)
+            reader, method = _InMemory(units), "exact"
+        groups, pairs = _groups(found, float(threshold), count, paths, reader, sink)
+    finally:
+        if sink is not None:
+            sink.close()
+    return {"threshold": float(threshold), "rows": count, "method": method, "pairs": pairs,
+            "groups": groups}  # fmt: skip
+
+
+LOWEST_OF = 2000  # members compared pairwise for a group's lowest similarity (spread if more)
+
+
+def _uses_index(output: str, method: str) -> bool:
+    from . import index
+
+    if method != "auto":
+        return method == "index"
+    info = writers.describe(output)
+    if not info.get("complete"):  # rows still coming: an index would be out of date at once
+        return False
+    rows = int(info.get("count", 0))
+    return rows >= INDEX_FROM_ROWS or os.path.isdir(index.folder_of(output))
+
+
+def _pairs_through_index(
+    output: str, threshold: float, progress: bool, on_note: Callable[[str], None] | None
+) -> tuple[Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], int, Any]:
+    from . import index
+
+    found, why = index.open_index(output)
+    if found is None:
+        if on_note is not None:
+            on_note(
+                f"building the index of {output} in {index.folder_of(output)} ({why}): once, "
+                "then efx duplicates uses it while OUTPUT is unchanged"
+            )
+        found = index.build(output, progress)
+    reader = writers.open_rows(output)
+    return index.pairs_above(found, output, threshold), len(found.projected), reader
+
+
+class _InMemory:
+    """The unit rows, already in memory, as a writers.RowReader."""
+
+    def __init__(self, units: np.ndarray) -> None:
+        self._units = units
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return self._units[np.asarray(indices, np.int64)]
+
+    def close(self) -> None:
+        return None
+
+
+class _PairSink:
+    """Pairs streamed to a file as they are found: JSON Lines, or Parquet (a row group per
+    batch of pairs), never all held."""
+
+    def __init__(self, path: str) -> None:
+        if not path.endswith((".jsonl", ".parquet")):
+            raise EfxError(f"--pairs must name a .jsonl or .parquet file. Received: {path}")
+        if os.path.isdir(path):
+            raise EfxError(f"--pairs {path} is a folder")
+        self._path = path
+        self._scratch = path + ".partial"
+        self._parquet: Any = None
+        self._text = None
+        if path.endswith(".parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pa.schema(
+                [("a", pa.string()), ("b", pa.string()), ("similarity", pa.float32())]
+            )
+            self._parquet = pq.ParquetWriter(self._scratch, schema)
+        else:
+            self._text = open(self._scratch, "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, paths: list[str], a: np.ndarray, b: np.ndarray, sims: np.ndarray) -> None:
+        if not len(a):
+            return
+        if self._parquet is not None:
+            import pyarrow as pa
+
+            columns = [[paths[i] for i in a.tolist()], [paths[j] for j in b.tolist()], sims]
+            self._parquet.write_table(pa.table(columns, schema=self._parquet.schema))
+        elif self._text is not None:
+            for i, j, sim in zip(a.tolist(), b.tolist(), sims.tolist(), strict=True):
+                record = {"a": paths[i], "b": paths[j], "similarity": round(sim, 6)}
+                self._text.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        """The file appears whole, under its name, only once every pair is in it."""
+        done = sys.exc_info()[0] is None
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._text is not None:
+            self._text.close()
+        if done:
+            os.replace(self._scratch, self._path)
+        elif os.path.exists(self._scratch):
+            os.remove(self._scratch)
+
+
+def _groups(
+    found: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    threshold: float,
+    count: int,
+    paths: list[str],
+    reader: Any,
+    sink: _PairSink | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Groups (single linkage) of the pairs found, largest first, and how many pairs."""
+    parent = array("q", range(count))
+    linked = np.zeros(count, bool)
+    pairs = 0
+    try:
+        for a, b, sims in found:
+            pairs += len(a)
+            if pairs > MAX_PAIRS:
+                raise EfxError(
+                    f"more than {MAX_PAIRS:,} pairs are at similarity {threshold} or above: "
+                    "that is not near-duplicates; raise --threshold"
+                )
+            if sink is not None:
+                sink.write(paths, a, b, sims)
+            linked[a] = linked[b] = True
+            for first, second in zip(a.tolist(), b.tolist(), strict=True):
+                _union(parent, first, second)
+        members: dict[int, list[int]] = {}
+        for row in np.flatnonzero(linked).tolist():  # in row order: each group's root first
+            members.setdefault(_find(parent, row), []).append(row)
+        groups = [_group(rows, paths, reader) for rows in members.values()]
+    finally:
+        reader.close()
     groups.sort(key=lambda group: (-group["size"], group["members"][0]["path"]))
-    return {"threshold": float(threshold), "rows": len(paths), "groups": groups}
+    return groups, pairs
+
+
+def _group(rows: list[int], paths: list[str], reader: Any) -> dict[str, Any]:
+    vectors = _units(np.asarray(reader.take(np.asarray(rows, np.int64)), np.float32))
+    sims = vectors @ vectors[0]
+    spread = vectors[np.linspace(0, len(rows) - 1, min(len(rows), LOWEST_OF)).astype(np.int64)]
+    return {
+        "size": len(rows),
+        "lowest_similarity": round(float((spread @ spread.T).min()), 6),
+        "members": [
+            {
+                "path": paths[row],
+                "similarity": round(float(sim), 6),
+                "exists": sources.exists(paths[row]),
+            }
+            for row, sim in zip(rows, sims, strict=True)
+        ],  # fmt: skip
+    }
 
 
 def _check_k(k: int) -> None:
@@ -254,42 +417,35 @@ def _check_memory(count: int, dim: int) -> None:
 
 def _pairs_above(
     units: np.ndarray, threshold: float, progress: bool = False
-) -> Iterator[tuple[int, int]]:
-    """Every pair (i < j) with similarity >= threshold: each block of rows against itself and
-    every later row, so each pair is computed once and only a block of similarities is held."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows a, rows b, similarities) of every pair (a < b) at `threshold` or above: each
+    block of rows against itself and every later row, so each pair is computed once and only a
+    block of similarities is held."""
     from tqdm import tqdm
 
     count = len(units)
     bar = tqdm(total=count * (count + 1) // 2, disable=not progress, unit="pair", unit_scale=True,
                desc="efx duplicates", file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-    total = 0
     for start in range(0, len(units), BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, len(units))
         sims = units[start:stop] @ units[start:].T
         first, second = np.nonzero(sims >= threshold)
         later = second > first  # the block against itself: each pair once, no self-pairs
-        total += int(later.sum())
-        if total > MAX_PAIRS:
-            raise EfxError(
-                f"more than {MAX_PAIRS:,} pairs are at similarity {threshold} or above: that "
-                "is not near-duplicates; raise --threshold"
-            )
-        yield from zip(
-            (first[later] + start).tolist(), (second[later] + start).tolist(), strict=True
-        )
+        first, second = first[later], second[later]
+        yield first + start, second + start, sims[first, second]
         rows = stop - start  # this block's pairs: with every later row, and among themselves
         bar.update(rows * (count - stop) + rows * (rows + 1) // 2)
     bar.close()
 
 
-def _find(parent: list[int], row: int) -> int:
+def _find(parent: array, row: int) -> int:  # type: ignore[type-arg]
     while parent[row] != row:
         parent[row] = parent[parent[row]]
         row = parent[row]
     return row
 
 
-def _union(parent: list[int], first: int, second: int) -> None:
+def _union(parent: array, first: int, second: int) -> None:  # type: ignore[type-arg]
     a, b = _find(parent, first), _find(parent, second)
     if a != b:
         parent[max(a, b)] = min(a, b)  # the group's root is its first row

@@ -1,4 +1,4 @@
-"""The commands that search an output: similar, duplicates."""
+"""The commands that search an output: similar, duplicates, index."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..config import DUPLICATE_METHODS, INDEX_FROM_ROWS
 from ..process import native_logs_hidden
 from . import render
 from .options import html_option, json_option, quiet_option, storage_option, verbose_option
@@ -62,23 +63,43 @@ def similar(
     "measured on real photos and fifteen kinds of copies (re-encoded, thumbnails, crops, "
     "turned, colour changes, borders, screenshots ...) with a real ImageNet model (README).",
 )
+@click.option(
+    "--method",
+    type=click.Choice(DUPLICATE_METHODS),
+    default="auto",
+    show_default=True,
+    help="exact: compare every pair. index: find the pairs through the index kept beside "
+    "OUTPUT (built first, or rebuilt when OUTPUT changed; see `efx index`), each re-scored "
+    f"exactly. auto: the index from {INDEX_FROM_ROWS:,} rows on, or where one exists.",
+)
+@click.option(
+    "--pairs",
+    "pairs_path",
+    default=None,
+    metavar="FILE",
+    help='Also write every pair found, as they are found: FILE.jsonl (one {"a", "b", '
+    '"similarity"} per line) or FILE.parquet (columns a, b, similarity).',
+)
 @html_option
 @json_option
 @quiet_option
 @storage_option
 def duplicates(
-    output: str, threshold: float | None, html_path: str | None, as_json: bool, quiet: bool,
-    storage_options: dict[str, Any] | None,
+    output: str, threshold: float | None, method: str, pairs_path: str | None,
+    html_path: str | None, as_json: bool, quiet: bool, storage_options: dict[str, Any] | None,
 ) -> None:  # fmt: skip
     """Groups of near-duplicate images in OUTPUT: the same photo re-encoded, resized, lightly
     cropped, or shot in a burst. Largest groups first; prints one line per image: group,
     similarity to the group's first image, path (tab-separated; "missing" after a file that is
-    gone since). Exact: every pair is compared, in blocks, never as an N x N matrix.
+    gone since). Every similarity reported is exact; through the index (--method), a pair can
+    be missed, never invented. A group is linked pair by pair, so two of its images can be far
+    less similar than the threshold: --json gives each group's lowest similarity.
 
     \b
     Examples:
       efx duplicates out.h5
       efx duplicates out.h5 --threshold 0.95 --html dupes.html
+      efx duplicates big.parquet --pairs pairs.parquet --quiet
       efx duplicates out.h5 --json | jq '.groups | length'
     """
     from .. import sheet
@@ -87,13 +108,42 @@ def duplicates(
     _check_sheet(html_path)
     report = run_duplicates(
         output, threshold, progress=not quiet and sys.stderr.isatty(),
-        storage_options=storage_options,
+        storage_options=storage_options, method=method, pairs=pairs_path,
+        on_note=None if quiet else render.note,
     )  # fmt: skip
     render.show(report, as_json, lambda: render.groups(report))
     page = lambda warning: sheet.duplicates_page(report, output, warning, storage_options)  # noqa: E731
     _sheet(output, html_path, page, storage_options)
     if not quiet:
         render.groups_found(report)
+
+
+@click.command()
+@click.argument("output")
+@json_option
+@quiet_option
+def index(output: str, as_json: bool, quiet: bool) -> None:
+    """Build (or rebuild) the index of OUTPUT that `efx duplicates` uses at millions of rows.
+
+    It is kept beside OUTPUT, in OUTPUT.efx-index, and used while OUTPUT is unchanged; efx
+    duplicates builds it itself when it needs one. Each row's main directions (PCA) and its two
+    nearest buckets (k-means): pairs are looked for only among rows that share a bucket, and
+    every pair reported is re-scored with the full rows.
+
+    \b
+    Examples:
+      efx index big.h5
+    """
+    from .. import index as indexes
+
+    built = indexes.build(output, progress=not quiet and sys.stderr.isatty())
+    report = indexes.describe(built)
+    render.show(report, as_json)
+    if not quiet:
+        render.say(
+            f"indexed {report['rows']:,} rows of {output} in {report['buckets']:,} buckets "
+            f"({report['dims']} dimensions), in {report['folder']}"
+        )
 
 
 def _check_sheet(html_path: str | None) -> None:
@@ -124,4 +174,4 @@ def _sheet(
         render.say(f"WARNING: {warning}")
 
 
-COMMANDS = [similar, duplicates]
+COMMANDS = [similar, duplicates, index]
