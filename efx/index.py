@@ -49,11 +49,12 @@ BUCKET_ROWS = 1000  # rows per bucket on average, before each row is placed in R
 SAMPLE_PER_BUCKET = 40  # sample rows per bucket centre for k-means (at most MAX_SAMPLE)
 MIN_SAMPLE, MAX_SAMPLE = 20_000, 200_000
 KMEANS_ROUNDS = 8
-BLOCK_ROWS = 8192  # rows projected at a time
+BLOCK_ROWS = 2048  # rows projected, or compared with a bucket, at a time
 PROBE_ROWS = 64  # rows whose vectors identify the output
 # float16 coordinates: each product is off by at most about 2^-11 of the rows' lengths (1).
 ROUNDING = 2e-3
-RESCORE_ROWS = 50_000  # distinct rows re-scored at a time (this many full rows in memory)
+RESCORE_PAIRS = 20_000  # pairs re-scored at a time (twice this many full rows gathered)
+DENSE = 8  # candidates per row of a block from which its whole product is cheaper
 
 
 def folder_of(output: str) -> str:
@@ -142,12 +143,18 @@ def open_index(output: str) -> tuple[Index | None, str]:
     if meta.get("identity") != identity(output):
         return None, "OUTPUT changed since it was built (or it indexes another output)"
 
-    def load(name: str) -> np.ndarray:
-        return np.load(os.path.join(folder, name), mmap_mode="r")
+    try:
+        arrays = [np.load(os.path.join(folder, name), mmap_mode="r") for name in ARRAYS]
+    except (OSError, ValueError) as error:
+        return None, f"{folder} is damaged ({error})"
+    count = meta["identity"]["count"]
+    if any(len(array) != count for array in arrays[2:]):
+        return None, f"{folder} is damaged (it does not hold one entry per row)"
+    return Index(folder, meta, *arrays), ""
 
-    index = Index(folder, meta, load("basis.npy"), load("centroids.npy"),
-                  load("projected.npy"), load("residual.npy"), load("buckets.npy"))  # fmt: skip
-    return index, ""
+
+# The index's arrays, in the order of Index's fields.
+ARRAYS = ("basis.npy", "centroids.npy", "projected.npy", "residual.npy", "buckets.npy")
 
 
 def build(output: str, progress: bool = False, seed: int = 0) -> Index:
@@ -193,58 +200,59 @@ def build(output: str, progress: bool = False, seed: int = 0) -> Index:
     return index
 
 
-def candidate_pairs(index: Index, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(rows a, rows b), a < b, of every pair that shares a bucket and whose bound reaches
-    `threshold`: each pair once, from the lowest bucket the two rows share."""
-    floor = threshold - ROUNDING
-    for bucket, rows in index.members():
-        vectors = np.asarray(index.projected[rows], np.float32)
-        lengths = np.asarray(index.residual[rows], np.float32)
-        for start in range(0, len(rows), BLOCK_ROWS):
-            stop = min(start + BLOCK_ROWS, len(rows))
-            bound = vectors[start:stop] @ vectors[start:].T
-            bound += np.outer(lengths[start:stop], lengths[start:])
-            first, second = np.nonzero(bound >= floor)
-            later = second > first
-            a, b = rows[first[later] + start], rows[second[later] + start]
-            if len(a):
-                keep = _first_shared(index.buckets[a], index.buckets[b]) == bucket
-                yield a[keep], b[keep]
-
-
 def pairs_above(
     index: Index, output: str, threshold: float
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(rows a, rows b, exact similarities) of the pairs at `threshold` or above that the index
-    finds, re-scored with OUTPUT's full rows, RESCORE_ROWS distinct rows at a time."""
+    """(rows a, rows b, exact similarities), a < b, of the pairs at `threshold` or above that
+    the index finds, a block of a bucket at a time: each pair from the lowest bucket its two
+    rows share, looked at only if its bound reaches the threshold, then re-scored with OUTPUT's
+    full rows (those of the block's candidates; or, where candidates are many, the block's
+    whole product with the bucket's full rows, read once)."""
+    floor = threshold - ROUNDING
     reader = writers.open_rows(output)
     try:
-        held_a: list[np.ndarray] = []
-        held_b: list[np.ndarray] = []
-        held = 0
-        for a, b in candidate_pairs(index, threshold):
-            held_a.append(a)
-            held_b.append(b)
-            held += 2 * len(a)
-            if held >= RESCORE_ROWS:
-                yield _rescored(reader, np.concatenate(held_a), np.concatenate(held_b), threshold)
-                held_a, held_b, held = [], [], 0
-        if held_a:
-            yield _rescored(reader, np.concatenate(held_a), np.concatenate(held_b), threshold)
+        for bucket, rows in index.members():
+            vectors = np.asarray(index.projected[rows], np.float32)
+            lengths = np.asarray(index.residual[rows], np.float32)
+            full: np.ndarray | None = None  # the bucket's full unit rows, once needed
+            for start in range(0, len(rows), BLOCK_ROWS):
+                stop = min(start + BLOCK_ROWS, len(rows))
+                bound = vectors[start:stop] @ vectors[start:].T
+                bound += np.outer(lengths[start:stop], lengths[start:])
+                first, second = np.nonzero(bound >= floor)
+                del bound
+                later = second > first  # positions: start + first < start + second
+                first, second = first[later], second[later] + start
+                first += start
+                shared = _first_shared(index.buckets[rows[first]], index.buckets[rows[second]])
+                first, second = first[shared == bucket], second[shared == bucket]
+                if not len(first):
+                    continue
+                if len(first) > DENSE * (stop - start):
+                    if full is None:
+                        full = _unit(np.asarray(reader.take(rows), np.float32))
+                    product = full[start:stop] @ full[start:].T
+                    sims = product[first - start, second - start]
+                    del product
+                else:
+                    sims = _rescore(reader, rows[first], rows[second])
+                keep = sims >= threshold
+                yield rows[first[keep]], rows[second[keep]], sims[keep]
     finally:
         reader.close()
 
 
-def _rescored(
-    reader: writers.RowReader, a: np.ndarray, b: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rescore(reader: writers.RowReader, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The exact similarities of pairs (a, b): their distinct rows read, RESCORE_PAIRS pairs'
+    products at a time."""
     rows = np.unique(np.concatenate([a, b]))
     vectors = _unit(np.asarray(reader.take(rows), np.float32))
-    sims = np.einsum(
-        "ij,ij->i", vectors[np.searchsorted(rows, a)], vectors[np.searchsorted(rows, b)]
-    )
-    keep = sims >= threshold
-    return a[keep], b[keep], sims[keep]
+    at_a, at_b = np.searchsorted(rows, a), np.searchsorted(rows, b)
+    sims = np.empty(len(a), np.float32)
+    for start in range(0, len(a), RESCORE_PAIRS):
+        part = slice(start, start + RESCORE_PAIRS)
+        sims[part] = np.einsum("ij,ij->i", vectors[at_a[part]], vectors[at_b[part]])
+    return sims
 
 
 def _first_shared(first: np.ndarray, second: np.ndarray) -> np.ndarray:

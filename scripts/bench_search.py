@@ -78,7 +78,11 @@ def compare_faiss(rows: int, dim: int, threshold: float = 0.98) -> None:
 
     units = synthetic_units(rows, dim)
     start = time.perf_counter()
-    exact = set(_pairs_above(units, threshold))
+    exact = {
+        pair
+        for first, second, _ in _pairs_above(units, threshold)
+        for pair in zip(first.tolist(), second.tolist(), strict=True)
+    }
     print(f"exact (efx): {time.perf_counter() - start:5.1f} s, {len(exact):,} pairs")
     start = time.perf_counter()
     nlist = int(4 * rows**0.5)

@@ -33,7 +33,7 @@ def small_index(monkeypatch):
     monkeypatch.setattr(index, "DIMS", 16)
     monkeypatch.setattr(index, "MIN_SAMPLE", 2000)
     monkeypatch.setattr(index, "BLOCK_ROWS", 512)
-    monkeypatch.setattr(index, "RESCORE_ROWS", 300)  # re-scored in several rounds
+    monkeypatch.setattr(index, "RESCORE_PAIRS", 7)  # re-scored in several rounds
 
 
 def planted_rows(count: int, seed: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -92,7 +92,7 @@ def pair_set(report_pairs_file: str) -> dict[tuple[str, str], float]:
 
 
 @pytest.mark.parametrize("fmt", sorted(OUTPUTS))
-def test_the_index_finds_the_groups_and_pairs_exact_search_finds(fmt, tmp_path):
+def test_the_index_finds_the_groups_and_pairs_exact_search_finds(fmt, tmp_path, monkeypatch):
     rows, planted = planted_rows(6000)
     output = write_output(tmp_path, fmt, rows)
     notes: list[str] = []
@@ -123,6 +123,11 @@ def test_the_index_finds_the_groups_and_pairs_exact_search_finds(fmt, tmp_path):
     # The chain: linked pair by pair, its two ends below the threshold.
     chain = next(g for g in exact["groups"] if g["members"][-1]["path"] == "photos/005999.jpg")
     assert chain["size"] == 3 and chain["lowest_similarity"] < 0.85, chain
+    # Re-scored through whole products of blocks and buckets (where candidates are many): the
+    # same.
+    monkeypatch.setattr(index, "DENSE", 0)
+    assert_same_groups(efx.duplicates(output, method="index")["groups"], exact["groups"])
+    monkeypatch.setattr(index, "DENSE", 8)
     # A second run finds the index current: no note, no rebuild.
     again = efx.duplicates(output, on_note=notes.append)  # auto: an index exists
     assert again["method"] == "index" and len(notes) == 1
@@ -148,6 +153,15 @@ def test_an_index_of_another_output_or_of_this_one_before_it_changed_is_rebuilt(
     notes.clear()
     efx.duplicates(first, method="index", on_note=notes.append)
     assert len(notes) == 1 and index.open_index(first)[0] is not None
+    # A damaged index (an array cut short) is rebuilt, not read.
+    with open(first + ".efx-index/projected.npy", "r+b") as file:
+        file.truncate(1000)
+    notes.clear()
+    assert_same_groups(
+        efx.duplicates(first, on_note=notes.append)["groups"],
+        efx.duplicates(first, method="exact")["groups"],
+    )
+    assert len(notes) == 1 and "is damaged" in notes[0], notes
 
 
 BUILD_SECONDS = 1.2  # about how long a build of the output below takes here, start-up included

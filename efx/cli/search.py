@@ -122,7 +122,8 @@ def duplicates(
 @click.argument("output")
 @json_option
 @quiet_option
-def index(output: str, as_json: bool, quiet: bool) -> None:
+@storage_option
+def index(output: str, as_json: bool, quiet: bool, storage_options: dict[str, Any] | None) -> None:
     """Build (or rebuild) the index of OUTPUT that `efx duplicates` uses at millions of rows.
 
     It is kept beside OUTPUT, in OUTPUT.efx-index, and used while OUTPUT is unchanged; efx
@@ -133,10 +134,15 @@ def index(output: str, as_json: bool, quiet: bool) -> None:
     \b
     Examples:
       efx index big.h5
+      efx index s3://bucket/embeddings.parquet     # beside its working copy in efx's cache
     """
     from .. import index as indexes
+    from .. import remote
+    from ..writers import bucket
 
-    built = indexes.build(output, progress=not quiet and sys.stderr.isatty())
+    with remote.using(storage_options):
+        local = bucket.reading(output)  # an output in a bucket: its working copy
+        built = indexes.build(local, progress=not quiet and sys.stderr.isatty())
     report = indexes.describe(built)
     render.show(report, as_json)
     if not quiet:
