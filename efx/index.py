@@ -16,7 +16,8 @@ The index, a folder beside OUTPUT named OUTPUT + ".efx-index":
     centroids.npy   K x DIMS float32, unit length: the bucket centres (spherical k-means)
     projected.npy   N x DIMS float16: each unit row's coordinates in the basis, p(u)
     residual.npy    N float32: |r(u)|, the length of each unit row outside the basis
-    buckets.npy     N x ROW_BUCKETS int32: each row's nearest buckets
+    buckets.npy     N x ROW_BUCKETS int32: each row's nearest buckets (-1: none, where there
+                    are fewer buckets than that)
 
 It is built in a scratch folder beside it and renamed into place whole, so that a kill during a
 build leaves the old index or none. It records the output's identity (model, rows, dates of
@@ -260,7 +261,7 @@ def _first_shared(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     shared = np.full(len(first), np.iinfo(np.int64).max, np.int64)
     for i in range(first.shape[1]):
         for j in range(second.shape[1]):
-            same = first[:, i] == second[:, j]
+            same = (first[:, i] == second[:, j]) & (first[:, i] >= 0)  # -1: no bucket
             shared[same] = np.minimum(shared[same], first[same, i])
     shared[shared == np.iinfo(np.int64).max] = -1
     return shared
@@ -269,7 +270,8 @@ def _first_shared(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 def describe(index: Index) -> dict[str, Any]:
     """What `efx index` reports of an index: its folder, rows, buckets (with their smallest,
     median and largest sizes), dimensions and size on disk in bytes."""
-    sizes = np.bincount(np.asarray(index.buckets).ravel(), minlength=len(index.centroids))
+    slots = np.asarray(index.buckets).ravel()
+    sizes = np.bincount(slots[slots >= 0], minlength=len(index.centroids))
     on_disk = sum(
         os.path.getsize(os.path.join(index.folder, name)) for name in os.listdir(index.folder)
     )
@@ -360,7 +362,7 @@ def _project_all(
         projected[done:stop] = coords
         residual[done:stop] = np.sqrt(np.clip(1.0 - np.einsum("ij,ij->i", coords, coords), 0, 1))
         near = _nearest(_unit(coords), centroids, k)
-        buckets[done:stop] = np.pad(near, ((0, 0), (0, ROW_BUCKETS - k)), mode="edge")
+        buckets[done:stop] = np.pad(near, ((0, 0), (0, ROW_BUCKETS - k)), constant_values=-1)
         done = stop
         bar.update(len(coords))
     if done != count:

@@ -196,6 +196,19 @@ def test_a_build_killed_at_any_moment_leaves_the_old_index_or_none(tmp_path):
     assert sorted(beside) == ["shards", "shards.efx-index"], beside
 
 
+def test_an_output_smaller_than_a_bucket_has_one_and_no_row_pairs_with_itself(tmp_path):
+    rows, _ = planted_rows(60)
+    rows[30] = rows[3] * 2  # a pair at 1.0
+    output = write_output(tmp_path, "hdf5", rows)
+    built = index.describe(index.build(output))
+    assert built["buckets"] == 1 and built["bucket_rows"]["max"] == 60
+    found = efx.duplicates(output, method="index", pairs=str(tmp_path / "pairs.jsonl"))
+    assert_same_groups(found["groups"], efx.duplicates(output, method="exact")["groups"])
+    pairs = pair_set(str(tmp_path / "pairs.jsonl"))
+    assert ("photos/000003.jpg", "photos/000030.jpg") in pairs
+    assert len(pairs) == found["pairs"] and all(a < b for a, b in pairs)  # each once, no self
+
+
 def test_the_commands(tmp_path):
     rows, _ = planted_rows(3000)
     output = write_output(tmp_path, "parquet", rows)
