@@ -408,10 +408,10 @@ def _check_memory(count: int, dim: int) -> None:
         return
     if needed > 0.8 * physical:
         raise EfxError(
-            f"efx duplicates holds the embeddings in memory: {count:,} rows x {dim} floats and "
-            f"a block of similarities need {needed / 2**30:.1f} GiB, more than this machine's "
-            f"{physical / 2**30:.1f} GiB allows; run it on a machine with more memory, or on "
-            "the --shard parts of the output one by one"
+            f"efx duplicates --method exact holds the embeddings in memory: {count:,} rows x "
+            f"{dim} floats and a block of similarities need {needed / 2**30:.1f} GiB, more than "
+            f"this machine's {physical / 2**30:.1f} GiB allows; use the index (--method index, "
+            "which reads a block at a time), or a machine with more memory"
         )
 
 
