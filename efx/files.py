@@ -166,10 +166,15 @@ def file_kind(mode: int) -> str:
 
 def digest_tree(digest: Any, folder: str) -> None:
     """Feed `digest` (a hashlib object) each file's path below `folder`, size and modification
-    time, in a fixed order: what says that a model folder changed, without reading it."""
+    time, in a fixed order: what says that a model folder (or efx itself) changed, without
+    reading it. Python's compiled modules are left out: Python writes them as it first imports
+    each module, so that a process started later would see another tree (an `efx serve`
+    started before them, another efx)."""
     for root, dirs, names in os.walk(folder):
-        dirs.sort()
+        dirs[:] = sorted(name for name in dirs if name != "__pycache__")
         for name in sorted(names):
+            if name.endswith((".pyc", ".pyo")):
+                continue
             path = os.path.join(root, name)
             stat = os.stat(path)
             digest.update(

@@ -238,3 +238,28 @@ def test_a_server_killed_mid_run_leaves_an_output_that_resumes_bit_equal(slow_mo
         )  # fmt: skip
     (p1, r1), (p2, r2) = efx.load(str(tmp_path / "o.h5")), efx.load(str(tmp_path / "w.h5"))
     assert p1 == p2 and np.array_equal(r1, r2)
+
+
+def test_compiled_modules_python_writes_later_do_not_make_efx_another_efx(tmp_path):
+    """What says efx (or a model folder) changed leaves out __pycache__: Python writes it as
+    it first imports each module, so a client started after the server would see another
+    tree (and refuse the server: "it runs another efx") where nothing changed."""
+    import hashlib
+
+    from efx import files
+
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "module.py").write_text("x = 1\n")
+
+    def digest() -> str:
+        found = hashlib.sha1()
+        files.digest_tree(found, str(package))
+        return found.hexdigest()
+
+    before = digest()
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "module.cpython-311.pyc").write_bytes(b"compiled")
+    assert digest() == before
+    (package / "module.py").write_text("x = 2\n")  # an edit is a change
+    assert digest() != before
