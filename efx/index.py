@@ -180,7 +180,7 @@ def build(output: str, progress: bool = False, seed: int = 0) -> Index:
         sample = _sample(output, np.sort(rng.choice(count, size, replace=False)), bar)
         dims = min(DIMS, dim)
         basis = _basis(sample, dims)
-        centroids = _kmeans(_unit(sample @ basis), min(buckets, size), rng)
+        centroids = _kmeans(unit_rows(sample @ basis), min(buckets, size), rng)
         del sample
         with files.scratch_folder(parent, name + ".partial-") as scratch:
             _project_all(output, scratch, basis, centroids, count, bar)
@@ -231,7 +231,7 @@ def pairs_above(
                     continue
                 if len(first) > DENSE * (stop - start):
                     if full is None:
-                        full = _unit(np.asarray(reader.take(rows), np.float32))
+                        full = unit_rows(reader.take(rows))
                     product = full[start:stop] @ full[start:].T
                     sims = product[first - start, second - start]
                     del product
@@ -247,7 +247,7 @@ def _rescore(reader: writers.RowReader, a: np.ndarray, b: np.ndarray) -> np.ndar
     """The exact similarities of pairs (a, b): their distinct rows read, RESCORE_PAIRS pairs'
     products at a time."""
     rows = np.unique(np.concatenate([a, b]))
-    vectors = _unit(np.asarray(reader.take(rows), np.float32))
+    vectors = unit_rows(reader.take(rows))
     at_a, at_b = np.searchsorted(rows, a), np.searchsorted(rows, b)
     sims = np.empty(len(a), np.float32)
     for start in range(0, len(a), RESCORE_PAIRS):
@@ -292,7 +292,7 @@ def _sample(output: str, rows: np.ndarray, bar: Any) -> np.ndarray:
     try:
         parts = []
         for start in range(0, len(rows), BLOCK_ROWS):
-            block = _unit(np.asarray(reader.take(rows[start : start + BLOCK_ROWS]), np.float32))
+            block = unit_rows(reader.take(rows[start : start + BLOCK_ROWS]))
             parts.append(block)
             bar.update(len(block))
         return np.concatenate(parts)
@@ -321,7 +321,7 @@ def _kmeans(points: np.ndarray, count: int, rng: np.random.Generator) -> np.ndar
         np.add.at(sums, nearest, points)
         empty = np.bincount(nearest, minlength=count) == 0
         sums[empty] = points[rng.choice(len(points), int(empty.sum()), replace=False)]
-        centres = _unit(sums)
+        centres = unit_rows(sums)
     return centres
 
 
@@ -355,13 +355,13 @@ def _project_all(
     )
     done = 0
     for _paths, block in writers.iter_rows(output, BLOCK_ROWS):
-        coords = _unit(np.asarray(block, np.float32)) @ basis
+        coords = unit_rows(block) @ basis
         stop = done + len(coords)
         if stop > count:
             raise EfxError(f"{output} changed while it was indexed (more rows); run it again")
         projected[done:stop] = coords
         residual[done:stop] = np.sqrt(np.clip(1.0 - np.einsum("ij,ij->i", coords, coords), 0, 1))
-        near = _nearest(_unit(coords), centroids, k)
+        near = _nearest(unit_rows(coords), centroids, k)
         buckets[done:stop] = np.pad(near, ((0, 0), (0, ROW_BUCKETS - k)), constant_values=-1)
         done = stop
         bar.update(len(coords))
@@ -393,7 +393,10 @@ def _remove_leftovers(parent: str, name: str) -> None:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def _unit(block: np.ndarray) -> np.ndarray:
+def unit_rows(block: np.ndarray) -> np.ndarray:
+    """The rows of `block` (n x D) scaled to length 1, as float32 (a row of zeros stays zeros):
+    cosine similarity is then a dot product."""
+    block = np.asarray(block, np.float32)
     norms = np.linalg.norm(block, axis=1, keepdims=True)
     return block / np.maximum(norms, 1e-12)
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import remote, sources, writers
+from . import index, remote, sources, writers
 from .config import DUPLICATE_METHODS, INDEX_FROM_ROWS
 from .errors import EfxError
+from .index import unit_rows
 from .recorded import Recorded
 from .writers import bucket
 
@@ -143,9 +144,12 @@ def _duplicates(
             found, count = _pairs_above(units, float(threshold), progress), len(units)
             reader, method = _InMemory(units), "exact"
         groups, pairs = _groups(found, float(threshold), count, paths, reader, sink)
-    finally:
+    except BaseException:
         if sink is not None:
-            sink.close()
+            sink.close(whole=False)
+        raise
+    if sink is not None:
+        sink.close(whole=True)
     return {"threshold": float(threshold), "rows": count, "method": method, "pairs": pairs,
             "groups": groups}  # fmt: skip
 
@@ -154,8 +158,6 @@ LOWEST_OF = 2000  # members compared pairwise for a group's lowest similarity (s
 
 
 def _uses_index(output: str, method: str) -> bool:
-    from . import index
-
     if method != "auto":
         return method == "index"
     info = writers.describe(output)
@@ -168,8 +170,6 @@ def _uses_index(output: str, method: str) -> bool:
 def _pairs_through_index(
     output: str, threshold: float, progress: bool, on_note: Callable[[str], None] | None
 ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], int, Any]:
-    from . import index
-
     found, why = index.open_index(output)
     if found is None:
         if on_note is not None:
@@ -232,14 +232,14 @@ class _PairSink:
                 record = {"a": paths[i], "b": paths[j], "similarity": round(sim, 6)}
                 self._text.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
-        """The file appears whole, under its name, only once every pair is in it."""
-        done = sys.exc_info()[0] is None
+    def close(self, whole: bool) -> None:
+        """The file appears, under its name, only once every pair is in it (`whole`); else
+        what was written is removed."""
         if self._parquet is not None:
             self._parquet.close()
         if self._text is not None:
             self._text.close()
-        if done:
+        if whole:
             os.replace(self._scratch, self._path)
         elif os.path.exists(self._scratch):
             os.remove(self._scratch)
@@ -281,7 +281,7 @@ def _groups(
 
 
 def _group(rows: list[int], paths: list[str], reader: Any) -> dict[str, Any]:
-    vectors = _units(np.asarray(reader.take(np.asarray(rows, np.int64)), np.float32))
+    vectors = unit_rows(reader.take(np.asarray(rows, np.int64)))
     sims = vectors @ vectors[0]
     spread = vectors[np.linspace(0, len(rows) - 1, min(len(rows), LOWEST_OF)).astype(np.int64)]
     return {
@@ -370,7 +370,7 @@ def _nearest(
     values = np.zeros((len(own), 0), np.float32)
     start = 0
     for _paths, block in writers.iter_rows(output, BLOCK_ROWS):
-        sims = queries @ _units(block).T  # (queries, block)
+        sims = queries @ unit_rows(block).T  # (queries, block)
         for q, row in enumerate(own):
             if row is not None and start <= row < start + len(block):
                 sims[q, row - start] = -np.inf  # a query is not its own hit
@@ -393,7 +393,7 @@ def _all_units(output: str) -> tuple[list[str], np.ndarray]:
     units = np.empty((count, dim), np.float32)
     paths: list[str] = []
     for block_paths, block in writers.iter_rows(output, BLOCK_ROWS):
-        units[len(paths) : len(paths) + len(block)] = _units(block)
+        units[len(paths) : len(paths) + len(block)] = unit_rows(block)
         paths += block_paths
     return paths, units[: len(paths)]
 
@@ -452,10 +452,4 @@ def _union(parent: array, first: int, second: int) -> None:  # type: ignore[type
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
-    return _units(vector[None])[0]
-
-
-def _units(block: np.ndarray) -> np.ndarray:
-    block = np.asarray(block, np.float32)
-    norms = np.linalg.norm(block, axis=1, keepdims=True)
-    return block / np.maximum(norms, 1e-12)
+    return unit_rows(vector[None])[0]
